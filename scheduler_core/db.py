@@ -1,0 +1,148 @@
+"""Database engines, URL handling (driver choice, password redaction) and schema revisions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from scheduler_core.errors import DatabaseUnavailableError, SchemaVersionError
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "check_schema",
+    "create_db_engine",
+    "current_revision",
+    "head_revision",
+    "normalize_url",
+    "redact_url",
+    "upgrade_schema",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE_URL = "sqlite:///schedctl.db"
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick schedctl's own driver for a plain ``postgresql://`` URL."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError as exc:
+        raise ValueError(f"database URL {redact_url(str(url))!r} is not a valid URL") from exc
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ValueError(
+            f"database URL scheme {parsed.drivername!r} is not supported; "
+            "use sqlite:///path/to/file.db or postgresql://user@host/db"
+        )
+    return parsed
+
+
+def redact_url(url: str | URL) -> str:
+    """Render a URL with its password hidden, for logs and error messages."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the exporter and CLI read while the scheduler writes; busy_timeout makes a
+    # second writer wait for the lock instead of failing at once.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    # Take the write lock at BEGIN: a deferred transaction that later upgrades to a writer can
+    # fail with SQLITE_BUSY without waiting, which busy_timeout cannot help.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_db_engine(url: str | URL, *, pool_size: int = 5, echo: bool = False) -> Engine:
+    """Create an engine for ``url`` with the settings schedctl relies on."""
+    parsed = normalize_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        engine = sa.create_engine(parsed, echo=echo, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling is switched off so BEGIN IMMEDIATE is ours.
+        sa.event.listen(
+            engine, "connect", lambda dbapi_conn, _rec: setattr(dbapi_conn, "isolation_level", None)
+        )
+        sa.event.listen(engine, "begin", _sqlite_begin_immediate)
+        return engine
+    return sa.create_engine(
+        parsed,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 10, "application_name": "schedctl"},
+    )
+
+
+def _alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The schema revision this version of schedctl needs."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None when it was never migrated)."""
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except sa.exc.OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot reach database {redact_url(engine.url)}: {_short_reason(exc)}"
+        ) from None
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaVersionError unless the database is exactly at the head revision."""
+    found = current_revision(engine)
+    needed = head_revision()
+    if found != needed:
+        raise SchemaVersionError(found=found, needed=needed)
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Migrate the database to ``revision``; return (revision before, revision after)."""
+    before = current_revision(engine)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)
+    after = current_revision(engine)
+    assert after is not None
+    return before, after

@@ -1,0 +1,216 @@
+"""The SQL model: the five schedctl tables, shared by the scheduler, the CLI and the exporter.
+
+Migrations in ``scheduler_core/migrations`` create exactly these tables; a test compares them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "RUN_STATUSES",
+    "TERMINAL_STATUSES",
+    "UTCDateTime",
+    "alarm_events",
+    "instances",
+    "metadata",
+    "schedules",
+    "task_health",
+    "task_runs",
+]
+
+#: Every value ``scheduler_task_runs.status`` may take.
+RUN_STATUSES = (
+    "running",
+    "success",
+    "failure",
+    "timeout",
+    "cancelled",
+    "abandoned",
+    "skipped",
+    "missed",
+)
+#: Statuses a finished run ends in; each has a persisted counter on the schedule row.
+TERMINAL_STATUSES = ("success", "failure", "timeout", "cancelled", "abandoned", "skipped")
+ALARM_KINDS = ("consecutive_failures", "stuck", "missed")
+INSTANCE_STATES = ("running", "draining", "stopped")
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores naive UTC text, which sorts and compares
+    correctly because every value goes through this one format.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given where an aware UTC one is needed")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+_BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+schedules = sa.Table(
+    "scheduler_schedules",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    # The definition as the user wrote it (normalised JSON), and its digest to detect edits.
+    sa.Column("definition", sa.Text, nullable=False),
+    sa.Column("definition_hash", sa.String(64), nullable=False),
+    sa.Column("schedule_type", sa.String(10), nullable=False),
+    sa.Column("schedule_expr", sa.String(300), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("action_kind", sa.String(10), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    sa.Column("pause_reason", sa.Text),
+    sa.Column("paused_at", UTCDateTime),
+    sa.Column("paused_by", sa.String(200)),
+    # next_run_at is the next regular tick (shown to people); due_at is when an instance must
+    # next claim the row (the earlier of next_run_at, a pending retry or a run-now request).
+    # due_at is NULL when there is nothing to do (paused, disabled, finished), which keeps
+    # such rows out of the due-query's index range.
+    sa.Column("next_run_at", UTCDateTime),
+    sa.Column("due_at", UTCDateTime),
+    sa.Column("retry_at", UTCDateTime),
+    sa.Column("retry_scheduled_for", UTCDateTime),
+    sa.Column("retry_attempt", sa.Integer),
+    sa.Column("run_now_requested_at", UTCDateTime),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("claimed_until", UTCDateTime),
+    sa.Column("fire_count", _BigInt, nullable=False, default=0),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, default=0),
+    sa.Column("last_success_at", UTCDateTime),
+    sa.Column("last_failure_at", UTCDateTime),
+    sa.Column("max_runtime_seconds", sa.Float),
+    sa.Column("expected_interval_seconds", sa.Float),
+    # Persisted counters: they survive restarts and history cleanup and never go down.
+    sa.Column("runs_success_total", _BigInt, nullable=False, default=0),
+    sa.Column("runs_failure_total", _BigInt, nullable=False, default=0),
+    sa.Column("runs_timeout_total", _BigInt, nullable=False, default=0),
+    sa.Column("runs_cancelled_total", _BigInt, nullable=False, default=0),
+    sa.Column("runs_abandoned_total", _BigInt, nullable=False, default=0),
+    sa.Column("runs_skipped_total", _BigInt, nullable=False, default=0),
+    sa.Column("missed_runs_total", _BigInt, nullable=False, default=0),
+    # Histograms as JSON: {"buckets": [per-bucket counts, non-cumulative, last is +Inf],
+    # "sum": seconds, "count": n}; bucket bounds are in scheduler_core.histograms.
+    sa.Column("duration_histogram", sa.Text, nullable=False, default="{}"),
+    sa.Column("start_delay_histogram", sa.Text, nullable=False, default="{}"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_scheduler_schedules_due_at", "due_at"),
+)
+
+task_runs = sa.Table(
+    "scheduler_task_runs",
+    metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("task_name", sa.String(200), nullable=False),
+    sa.Column("scheduled_for", UTCDateTime, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("trigger", sa.String(10), nullable=False, default="schedule"),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("duration_seconds", sa.Float),
+    sa.Column("error_message", sa.Text),
+    sa.Column("error_traceback", sa.Text),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("pid", sa.Integer),
+    sa.Column("instance_id", sa.String(200)),
+    sa.Column("thread_name", sa.String(200)),
+    sa.Column("consecutive_failures_at_start", sa.Integer),
+    sa.Column("trace_id", sa.String(32)),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("cancel_reason", sa.Text),
+    # For a `missed` row: how many ticks it stands for and the first/last of them.
+    sa.Column("missed_count", sa.Integer),
+    sa.Column("missed_first_at", UTCDateTime),
+    sa.Column("missed_last_at", UTCDateTime),
+    sa.UniqueConstraint("task_name", "scheduled_for", "attempt"),
+    sa.Index("ix_scheduler_task_runs_task_name_id", "task_name", "id"),
+    sa.Index("ix_scheduler_task_runs_status_instance_id", "status", "instance_id"),
+    sa.Index("ix_scheduler_task_runs_started_at", "started_at"),
+)
+
+task_health = sa.Table(
+    "scheduler_task_health",
+    metadata,
+    sa.Column("task_name", sa.String(200), primary_key=True),
+    sa.Column("instance_id", sa.String(200), primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("schedule_type", sa.String(10), nullable=False),
+    sa.Column("schedule_payload", sa.Text, nullable=False),
+    sa.Column("next_run_at", UTCDateTime),
+    sa.Column("last_started_at", UTCDateTime),
+    sa.Column("last_finished_at", UTCDateTime),
+    sa.Column("last_duration_seconds", sa.Float),
+    sa.Column("last_status", sa.String(10)),
+    sa.Column("is_running", sa.Boolean, nullable=False, default=False),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error_message", sa.Text),
+    sa.Column("last_heartbeat_at", UTCDateTime),
+    sa.Column("max_runtime_seconds", sa.Float),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+instances = sa.Table(
+    "scheduler_instances",
+    metadata,
+    sa.Column("instance_id", sa.String(200), primary_key=True),
+    sa.Column("hostname", sa.String(200)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("last_heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("lease_seconds", sa.Float, nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),
+    sa.Column("version", sa.String(50), nullable=False),
+    sa.Column("running_runs", sa.Integer, nullable=False, default=0),
+)
+
+alarm_events = sa.Table(
+    "scheduler_alarm_events",
+    metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("task_name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(30), nullable=False),
+    sa.Column("opened_at", UTCDateTime, nullable=False),
+    sa.Column("closed_at", UTCDateTime),
+    sa.Column("details", sa.Text),
+    # At most one open alarm per (task, kind), enforced by the database.
+    sa.Index(
+        "uq_scheduler_alarm_events_open",
+        "task_name",
+        "kind",
+        unique=True,
+        postgresql_where=sa.text("closed_at IS NULL"),
+        sqlite_where=sa.text("closed_at IS NULL"),
+    ),
+)
