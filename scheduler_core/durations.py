@@ -1,4 +1,4 @@
-"""Parsing of human durations such as ``500ms``, ``30s``, ``5m``, ``1h``, ``2d`` or plain seconds."""
+"""Parse human durations: ``500ms``, ``30s``, ``5m``, ``1h``, ``2d`` or plain seconds."""
 
 from __future__ import annotations
 

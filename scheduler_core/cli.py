@@ -1,0 +1,697 @@
+"""The ``schedctl`` command line: the scheduler daemon, the demo and the admin commands.
+
+Configuration is read here and only here (flags, then ``SCHEDCTL_*`` variables, then
+defaults); everything below takes keyword arguments. Exit codes: 0 ok, 1 runtime or
+database error, 2 bad input (usage, config, unknown task or run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from scheduler_core import __version__
+from scheduler_core.clock import DatabaseClock
+from scheduler_core.config import load_task_file
+from scheduler_core.db import (
+    DEFAULT_DATABASE_URL,
+    check_schema,
+    create_db_engine,
+    redact_url,
+    upgrade_schema,
+)
+from scheduler_core.durations import format_duration, parse_duration
+from scheduler_core.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    RunLookupError,
+    SchemaVersionError,
+    TaskLookupError,
+)
+from scheduler_core.health import parse_listen
+from scheduler_core.logs import configure_logging
+from scheduler_core.models import RUN_STATUSES
+from scheduler_core.store import Store
+
+__all__ = ["main"]
+
+log = logging.getLogger("schedctl")
+DEMO_CONFIG = Path(__file__).parent / "demo" / "tasks.yaml"
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit 2)."""
+
+
+# ---------------------------------------------------------------------------- helpers
+def _env_default(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    return str(args.database_url or _env_default("SCHEDCTL_DATABASE_URL") or DEFAULT_DATABASE_URL)
+
+
+def _password(url: str) -> str | None:
+    try:
+        return make_url(url).password  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 - an unparseable URL has no password to hide
+        return None
+
+
+def _engine(args: argparse.Namespace, *, check: bool = True) -> sa.Engine:
+    url = _database_url(args)
+    try:
+        engine = create_db_engine(url)
+    except ValueError as exc:
+        raise UsageError(f"--database-url: {exc}") from None
+    if check:
+        check_schema(engine)
+    return engine
+
+
+def _fmt_time(value: datetime | None, *, now: datetime | None = None) -> str:
+    if value is None:
+        return "-"
+    text = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if now is not None:
+        delta = (value - now).total_seconds()
+        rel = format_duration(abs(delta))
+        text += f" ({'in ' + rel if delta >= 0 else rel + ' ago'})"
+    return text
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [len(h) for h in headers]
+    clean = [[str(c).replace("\n", " ") for c in row] for row in rows]
+    for row in clean:
+        for i, cell in enumerate(row):
+            widths[i] = min(max(widths[i], len(cell)), 60)
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c[:60].ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(r) for r in clean)
+    return "\n".join(out)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return str(value)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, default=_json_default, indent=2, ensure_ascii=False))
+
+
+def _parse_since(value: str) -> datetime:
+    """An ISO time or a duration back from now (``1h``, ``2d``)."""
+    try:
+        return datetime.now(UTC) - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid --since {value!r}: use a duration like 1h or 2d, or an ISO time"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
+
+
+def _duration_seconds(value: str) -> float:
+    try:
+        return parse_duration(value, allow_zero=True).total_seconds()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _listen(value: str) -> str:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_validate(args: argparse.Namespace) -> int:
+    definitions = load_task_file(args.config)
+    print(f"{args.config}: {len(definitions)} task(s) OK")
+    for d in definitions:
+        print(f"  {d.name}: {d.action.kind}, {d.schedule.describe()}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    engine = _engine(args, check=False)
+    try:
+        before, after = upgrade_schema(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"database {redact_url(engine.url)} already at revision {after}")
+    else:
+        print(f"database {redact_url(engine.url)} upgraded: {before or 'empty'} -> {after}")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    from scheduler_core.db import current_revision, head_revision
+
+    engine = _engine(args, check=False)
+    try:
+        print(f"current: {current_revision(engine) or 'none'}  needed: {head_revision()}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _settings_from_args(args: argparse.Namespace) -> Any:
+    from scheduler_core.engine import EngineSettings, default_instance_id
+
+    return EngineSettings(
+        instance_id=args.instance_id or default_instance_id(),
+        poll_interval=args.poll_interval,
+        max_running=args.max_running,
+        heartbeat_interval=args.heartbeat_interval,
+        instance_lease=args.lease,
+        claim_lease=args.lease,
+        drain_grace=args.drain_grace,
+        failure_alarm_threshold=args.failure_threshold,
+        health_listen=None if args.health_listen in ("", "off") else args.health_listen,
+    )
+
+
+def _run_scheduler(
+    args: argparse.Namespace,
+    *,
+    config: Path,
+    migrate: bool,
+    extra: Callable[[sa.Engine], Callable[[], None]] | None = None,
+) -> int:
+    from scheduler_core.engine import Scheduler, install_signal_handlers
+    from scheduler_core.otel import configure_otel_from_env, shutdown_otel
+
+    definitions = load_task_file(config)  # a bad config is rejected before anything runs
+    engine = _engine(args, check=not migrate)
+    if migrate:
+        upgrade_schema(engine)
+    configure_otel_from_env()
+    settings = _settings_from_args(args)
+    scheduler = Scheduler(engine=engine, settings=settings)
+    result = Store(engine, instance_id=settings.instance_id).sync_tasks(
+        definitions, now=DatabaseClock(engine).now()
+    )
+    log.info(
+        "tasks from %s: %d created, %d updated, %d unchanged, %d disabled (no longer in the file)",
+        config,
+        len(result.created),
+        len(result.updated),
+        len(result.unchanged),
+        len(result.disabled),
+    )
+    install_signal_handlers(scheduler)
+    stop_extra = extra(engine) if extra is not None else None
+    if args.duration:
+        timer = threading.Timer(args.duration, scheduler.request_stop)
+        timer.daemon = True
+        timer.start()
+    try:
+        scheduler.start()
+        if scheduler.health is not None and scheduler.health.url:
+            log.info("liveness endpoint: %s", scheduler.health.url)
+        scheduler.run()
+    finally:
+        if stop_extra is not None:
+            stop_extra()
+        shutdown_otel()
+        engine.dispose()
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    return _run_scheduler(args, config=Path(args.config), migrate=args.migrate)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    config = Path(args.config) if args.config else DEMO_CONFIG
+
+    def start_exporter(engine: sa.Engine) -> Callable[[], None]:
+        try:
+            from exporter.server import ExporterServer
+        except ImportError:
+            log.info("exporter not available in this build; running the scheduler alone")
+            return lambda: None
+        server = ExporterServer(database_url=_database_url(args), listen=args.exporter_listen)
+        server.start()
+        base = server.url.rstrip("/")
+        print(
+            textwrap.dedent(
+                f"""
+                schedctl demo is running (database: {redact_url(_database_url(args))}).
+                  metrics:      {base}/metrics
+                  status (JSON): {base}/api/v1/status
+                  exporter ready: {base}/ready
+                  scheduler health: http://{args.health_listen}/health
+                Try in another shell:  schedctl tasks list   |   schedctl runs --limit 20
+                Stop with Ctrl-C.
+                """
+            ),
+            flush=True,
+        )
+        return server.stop
+
+    return _run_scheduler(args, config=config, migrate=True, extra=start_exporter)
+
+
+def cmd_tasks_list(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    try:
+        tasks = Store(engine).list_tasks()
+    finally:
+        engine.dispose()
+    if args.json:
+        _print_json(tasks)
+        return 0
+    now = datetime.now(UTC)
+    rows = []
+    for t in tasks:
+        state = (
+            "paused"
+            if t["paused"]
+            else "disabled"
+            if not t["enabled"]
+            else "running"
+            if t["running"]
+            else (t["last_status"] or "never run")
+        )
+        rows.append(
+            [
+                t["name"],
+                t["schedule"],
+                state + (f" ({t['pause_reason']})" if t["paused"] and t["pause_reason"] else ""),
+                _fmt_time(t["next_run_at"], now=now),
+                _fmt_time(t["last_started_at"], now=now),
+                format_duration(t["last_duration_seconds"]),
+                str(t["consecutive_failures"]),
+            ]
+        )
+    print(
+        _table(
+            rows,
+            ["TASK", "SCHEDULE", "STATUS", "NEXT RUN", "LAST RUN", "LAST DURATION", "FAILURES"],
+        )
+    )
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    try:
+        runs = Store(engine).list_runs(
+            task=args.task,
+            status=args.status,
+            since=args.since,
+            instance_id=args.instance,
+            limit=args.limit,
+            before_id=args.before_id,
+        )
+    finally:
+        engine.dispose()
+    if args.json:
+        _print_json(runs)
+        return 0
+    rows = []
+    for r in runs:
+        detail = r["error_message"] or ""
+        if r["status"] == "missed" and r["missed_count"]:
+            detail = f"{r['missed_count']} tick(s) {_fmt_time(r['missed_first_at'])} .. {_fmt_time(r['missed_last_at'])}"
+        rows.append(
+            [
+                str(r["id"]),
+                r["task_name"],
+                r["status"],
+                _fmt_time(r["scheduled_for"]),
+                _fmt_time(r["started_at"]),
+                format_duration(r["duration_seconds"]),
+                str(r["attempt"]),
+                r["instance_id"] or "-",
+                detail,
+            ]
+        )
+    print(
+        _table(
+            rows,
+            [
+                "ID",
+                "TASK",
+                "STATUS",
+                "SCHEDULED",
+                "STARTED",
+                "DURATION",
+                "TRY",
+                "INSTANCE",
+                "DETAIL",
+            ],
+        )
+    )
+    if len(runs) == args.limit:
+        print(f"\nmore: schedctl runs --before-id {runs[-1]['id']} (plus the same filters)")
+    return 0
+
+
+def _control(args: argparse.Namespace, action: Callable[[Store, datetime], str]) -> int:
+    engine = _engine(args)
+    try:
+        store = Store(engine, instance_id=_actor())
+        print(action(store, DatabaseClock(engine).now()))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    def act(store: Store, now: datetime) -> str:
+        store.pause(args.task, reason=args.reason, by=_actor(), now=now)
+        return f"paused {args.task}: {args.reason}"
+
+    return _control(args, act)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    def act(store: Store, now: datetime) -> str:
+        store.resume(args.task, now=now)
+        return f"resumed {args.task}"
+
+    return _control(args, act)
+
+
+def cmd_run_now(args: argparse.Namespace) -> int:
+    def act(store: Store, now: datetime) -> str:
+        store.run_now(args.task, now=now)
+        return f"{args.task} will run once at the next poll of any scheduler instance"
+
+    return _control(args, act)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    def act(store: Store, now: datetime) -> str:
+        status = store.request_cancel(args.run_id, reason=f"cancelled by {_actor()}")
+        if status != "running":
+            return f"run {args.run_id} is not running (status {status}); nothing to cancel"
+        return f"cancel requested for run {args.run_id}; its instance stops it within one heartbeat"
+
+    return _control(args, act)
+
+
+def cmd_exporter(args: argparse.Namespace, rest: list[str]) -> int:
+    try:
+        from exporter.cli import main as exporter_main
+    except ImportError:
+        raise UsageError("the exporter is not part of this build") from None
+    return int(exporter_main(rest))
+
+
+# ---------------------------------------------------------------------------- parser
+EXAMPLES = {
+    "scheduler": "schedctl scheduler --config tasks.yaml --database-url postgresql://sched@db/sched",
+    "demo": "schedctl demo            # SQLite file ./schedctl.db, example tasks, exporter on :9464",
+    "validate": "schedctl validate examples/tasks.yaml",
+    "tasks": "schedctl tasks list --json",
+    "runs": "schedctl runs --task nightly-backup --status failure --since 2d",
+    "db": "schedctl db upgrade --database-url postgresql://sched@db/sched",
+    "pause": 'schedctl pause nightly-backup --reason "storage migration, see OPS-123"',
+    "resume": "schedctl resume nightly-backup",
+    "run-now": "schedctl run-now nightly-backup",
+    "cancel": "schedctl cancel 4711",
+    "exporter": "schedctl exporter --database-url sqlite:///schedctl.db --listen 127.0.0.1:9464",
+}
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help=f"SQLAlchemy URL (env SCHEDCTL_DATABASE_URL; default {DEFAULT_DATABASE_URL})",
+    )
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser, *, health_default: str) -> None:
+    parser.add_argument(
+        "--instance-id",
+        default=_env_default("SCHEDCTL_INSTANCE_ID"),
+        help="default: hostname:pid (env SCHEDCTL_INSTANCE_ID)",
+    )
+    parser.add_argument(
+        "--health-listen",
+        default=_env_default("SCHEDCTL_HEALTH_LISTEN", health_default),
+        type=lambda v: v if v in ("", "off") else _listen(v),
+        help="liveness endpoint host:port, or 'off' (default %(default)s)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=_duration_seconds,
+        default=1.0,
+        help="longest sleep between polls (default 1s)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval", type=_duration_seconds, default=5.0, help="default 5s"
+    )
+    parser.add_argument(
+        "--lease",
+        type=_duration_seconds,
+        default=30.0,
+        help="instance and claim lease; runs of an instance silent this long are abandoned (default 30s)",
+    )
+    parser.add_argument(
+        "--drain-grace",
+        type=_duration_seconds,
+        default=30.0,
+        help="on SIGTERM, wait this long for running tasks (default 30s)",
+    )
+    parser.add_argument(
+        "--max-running",
+        type=_positive_int,
+        default=64,
+        help="runs in flight per instance (default 64)",
+    )
+    parser.add_argument(
+        "--failure-threshold",
+        type=_positive_int,
+        default=3,
+        help="consecutive failures that open an alarm (default 3)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_duration_seconds,
+        default=None,
+        help="stop by itself after this long (for trials)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env_default("SCHEDCTL_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="schedctl",
+        description="A job scheduler whose every run is observable.",
+        epilog="Examples:\n  "
+        + "\n  ".join(EXAMPLES[k] for k in ("demo", "scheduler", "tasks", "runs")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"schedctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, func: Callable[..., int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"Example:\n  {EXAMPLES[name.split()[0]]}"
+            if name.split()[0] in EXAMPLES
+            else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add("scheduler", "run one scheduler instance", cmd_scheduler)
+    p.add_argument("--config", required=True, help="YAML task file")
+    p.add_argument("--migrate", action="store_true", help="run `db upgrade` first")
+    _add_db(p)
+    _add_engine_flags(p, health_default="127.0.0.1:8090")
+
+    p = add("demo", "scheduler + exporter in one process on SQLite, with example tasks", cmd_demo)
+    p.add_argument("--config", help="task file (default: the built-in demo tasks)")
+    p.add_argument("--exporter-listen", default="127.0.0.1:9464", type=_listen)
+    _add_db(p)
+    _add_engine_flags(p, health_default="127.0.0.1:8090")
+
+    p = add(
+        "validate", "check a task file; report every error with file, task and field", cmd_validate
+    )
+    p.add_argument("config", help="YAML task file")
+    p.add_argument("--log-level", default="WARNING")
+
+    tasks = sub.add_parser(
+        "tasks",
+        help="task commands",
+        description="task commands",
+        epilog=f"Example:\n  {EXAMPLES['tasks']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tsub = tasks.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND", required=True)
+    p = tsub.add_parser(
+        "list",
+        help="every task: schedule, next run, last run, status, failures",
+        description="every task: schedule, next run, last run, status, failures",
+        epilog=f"Example:\n  {EXAMPLES['tasks']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=cmd_tasks_list)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+
+    p = add("runs", "run history, newest first", cmd_runs)
+    p.add_argument("--task")
+    p.add_argument("--status", choices=RUN_STATUSES)
+    p.add_argument(
+        "--since", type=_parse_since, help="ISO time, or a duration back from now (1h, 2d)"
+    )
+    p.add_argument("--instance", help="instance id")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--before-id", type=_positive_int, help="page: runs older than this id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+
+    db = sub.add_parser(
+        "db",
+        help="database schema",
+        description="database schema",
+        epilog=f"Example:\n  {EXAMPLES['db']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dsub = db.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
+    for name, func, text in (
+        ("upgrade", cmd_db_upgrade, "migrate the schema to this version's revision"),
+        ("current", cmd_db_current, "show the schema revision"),
+    ):
+        p = dsub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=f"Example:\n  {EXAMPLES['db']}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        p.add_argument("--log-level", default="WARNING")
+        _add_db(p)
+
+    p = add("pause", "pause a task (it stops running until resumed)", cmd_pause)
+    p.add_argument("task")
+    p.add_argument("--reason", required=True, help="why: shown in `tasks list` and stored")
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+    p = add("resume", "resume a paused task (ticks during the pause are not run)", cmd_resume)
+    p.add_argument("task")
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+    p = add("run-now", "run a task once at the next poll; its schedule is unchanged", cmd_run_now)
+    p.add_argument("task")
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+    p = add("cancel", "cancel a running run (on any instance)", cmd_cancel)
+    p.add_argument("run_id", type=_positive_int)
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+
+    p = add("exporter", "the sidecar: /metrics, /health, /ready and the JSON API", lambda a: 0)
+    p.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="exporter options (see schedctl exporter --help)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["exporter"]:
+        try:
+            return cmd_exporter(argparse.Namespace(), argv[1:])
+        except UsageError as exc:
+            print(f"schedctl: error: {exc}", file=sys.stderr)
+            return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    url = getattr(args, "database_url", None) or _env_default("SCHEDCTL_DATABASE_URL") or ""
+    configure_logging(
+        getattr(args, "log_level", "INFO"), secrets=[p for p in [_password(url)] if p]
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"schedctl: {exc}", file=sys.stderr)
+        return 2
+    except (TaskLookupError, RunLookupError) as exc:
+        print(f"schedctl: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"schedctl: error: {exc}", file=sys.stderr)
+        return 2
+    except (SchemaVersionError, DatabaseUnavailableError) as exc:
+        print(f"schedctl: error: {exc}", file=sys.stderr)
+        return 1
+    except sa.exc.OperationalError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+        print(
+            f"schedctl: error: cannot use database {redact_url(_database_url(args))}: {reason[0] if reason else exc}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    time.tzset() if hasattr(time, "tzset") else None
+    sys.exit(main())

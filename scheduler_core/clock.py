@@ -1,0 +1,98 @@
+"""Clocks: the system clock, a settable clock for tests, and the database-clock offset."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import sqlalchemy as sa
+
+__all__ = ["Clock", "DatabaseClock", "FakeClock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Something that tells the current time as an aware UTC datetime."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """This host's wall clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FakeClock:
+    """A clock tests move by hand; thread-safe."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def set(self, value: datetime) -> None:
+        with self._lock:
+            self._now = value
+
+    def advance(self, seconds: float | timedelta) -> datetime:
+        delta = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
+        with self._lock:
+            self._now += delta
+            return self._now
+
+
+class DatabaseClock:
+    """The database server's clock, read without a round trip per call.
+
+    Every ``resync_seconds`` it measures the offset between the database's ``now()`` and the
+    local clock (halving the round trip), and otherwise returns local time plus that offset.
+    Leases computed from it agree across instances whose own wall clocks disagree. SQLite
+    is embedded, so its clock is the host's and the offset is zero.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        local: Clock | None = None,
+        resync_seconds: float = 30.0,
+    ) -> None:
+        self._engine = engine
+        self._local = local or SystemClock()
+        self._resync = resync_seconds
+        self._offset = timedelta(0)
+        self._synced_at = float("-inf")
+        self._lock = threading.Lock()
+        self._is_sqlite = engine.dialect.name == "sqlite"
+
+    @property
+    def offset(self) -> timedelta:
+        return self._offset
+
+    def resync(self) -> None:
+        """Measure the offset now; on failure keep the last one (a read must not fail)."""
+        if self._is_sqlite:
+            self._synced_at = time.monotonic()
+            return
+        before = self._local.now()
+        with self._engine.connect() as conn:
+            db_now = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+        after = self._local.now()
+        midpoint = before + (after - before) / 2
+        with self._lock:
+            self._offset = db_now.astimezone(UTC) - midpoint
+            self._synced_at = time.monotonic()
+
+    def now(self) -> datetime:
+        if time.monotonic() - self._synced_at > self._resync:
+            try:
+                self.resync()
+            except sa.exc.SQLAlchemyError:
+                self._synced_at = time.monotonic()  # retry at the next interval, not per call
+        return self._local.now() + self._offset

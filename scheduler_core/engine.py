@@ -1,0 +1,506 @@
+"""The scheduler engine: claim due schedules, run them, record how they ended.
+
+One loop thread does all SQL (claim, dispatch, finalize, heartbeat, reap) in batches; a
+thread pool runs sync callables and commands; one event loop runs async callables. Workers
+report outcomes through a queue, so a burst of finishing runs becomes one finalize
+transaction instead of one commit per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from opentelemetry import trace
+
+from scheduler_core import __version__
+from scheduler_core.clock import Clock, DatabaseClock
+from scheduler_core.executors import (
+    ActionResult,
+    AsyncLoopThread,
+    RunHandle,
+    run_async_callable,
+    run_callable,
+    run_command,
+)
+from scheduler_core.health import HealthServer
+from scheduler_core.store import DispatchedRun, RunOutcome, Store
+from scheduler_core.tasks import CallableAction, CommandAction
+from scheduler_core.telemetry import RateLimitedLogger, TelemetryWriter, tracer
+
+__all__ = ["EngineSettings", "Scheduler", "default_instance_id"]
+
+log = logging.getLogger(__name__)
+
+
+def default_instance_id() -> str:
+    """``hostname:pid``, or ``SCHEDCTL_INSTANCE_ID`` (the pod name in Kubernetes)."""
+    return os.environ.get("SCHEDCTL_INSTANCE_ID") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSettings:
+    """Tuning of one scheduler instance; every field has a production default."""
+
+    instance_id: str
+    poll_interval: float = 1.0
+    batch_size: int = 500
+    max_running: int = 64
+    claim_lease: float = 30.0
+    instance_lease: float = 30.0
+    heartbeat_interval: float = 5.0
+    drain_grace: float = 30.0
+    kill_grace: float = 5.0
+    failure_alarm_threshold: int = 3
+    health_listen: str | None = "127.0.0.1:8090"
+
+
+class Scheduler:
+    """One scheduler instance. ``run()`` blocks until ``request_stop()``; tests call ``step()``."""
+
+    def __init__(
+        self,
+        *,
+        engine: sa.Engine,
+        settings: EngineSettings,
+        clock: Clock | None = None,
+        telemetry: TelemetryWriter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock: Clock = clock or DatabaseClock(engine)
+        self.store = Store(engine, instance_id=settings.instance_id)
+        self.telemetry = telemetry or TelemetryWriter(
+            engine,
+            instance_id=settings.instance_id,
+            failure_threshold=settings.failure_alarm_threshold,
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.max_running, thread_name_prefix="schedctl-run"
+        )
+        self._async: AsyncLoopThread | None = None
+        self._completions: queue.SimpleQueue[RunOutcome] = queue.SimpleQueue()
+        self._pending_finalize: list[RunOutcome] = []
+        self._running: dict[int, RunHandle] = {}
+        self._running_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._next_heartbeat = 0.0
+        self._next_due: datetime | None = None
+        self._db_errors = RateLimitedLogger(log, 30.0)
+        self._backoff = 0.0
+        self.health: HealthServer | None = None
+        self.draining = False
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Register the instance (reaping its own leftovers) and start the health endpoint."""
+        if self._started:
+            return
+        now = self.clock.now()
+        reaped = self.store.register_instance(
+            now=now,
+            lease=timedelta(seconds=self.settings.instance_lease),
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+        )
+        if reaped:
+            log.warning(
+                "instance %s restarted: %d run(s) it left running were marked abandoned",
+                self.settings.instance_id,
+                len(reaped),
+            )
+        if self.settings.health_listen:
+            self.health = HealthServer(
+                self.settings.health_listen, is_draining=lambda: self.draining
+            )
+            self.health.start()
+        self._started = True
+        log.info("scheduler instance %s started", self.settings.instance_id)
+
+    def request_stop(self) -> None:
+        """Begin draining (safe to call from a signal handler)."""
+        self.draining = True
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Schedule until stopped, then drain and record what is left."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.step()
+                    self._backoff = 0.0
+                except sa.exc.SQLAlchemyError as exc:
+                    # Database trouble: back off (capped) instead of spinning or crashing.
+                    self._backoff = min(30.0, max(0.5, self._backoff * 2))
+                    self._db_errors.error(
+                        "loop",
+                        f"database error, retrying in {self._backoff:.1f}s: "
+                        f"{type(exc).__name__}: {str(getattr(exc, 'orig', exc)).splitlines()[0] if str(getattr(exc, 'orig', exc)) else ''}",
+                    )
+                    self._wake.wait(self._backoff)
+                    self._wake.clear()
+                    continue
+                self._wake.wait(self._sleep_seconds())
+                self._wake.clear()
+        finally:
+            self.drain()
+
+    def _sleep_seconds(self) -> float:
+        wait = self.settings.poll_interval
+        if self._next_due is not None:
+            until_due = (self._next_due - self.clock.now()).total_seconds()
+            wait = min(wait, max(0.0, until_due))
+        until_heartbeat = self._next_heartbeat - time.monotonic()
+        return max(0.0, min(wait, until_heartbeat))
+
+    def drain(self) -> None:
+        """Stop claiming, wait up to ``drain_grace`` for runs, then cancel and record the rest."""
+        if self._stopped.is_set():
+            return
+        self.draining = True
+        log.info(
+            "draining: waiting up to %.1fs for %d running run(s)",
+            self.settings.drain_grace,
+            len(self._running),
+        )
+        try:
+            self.store.set_instance_state("draining", now=self.clock.now())
+        except sa.exc.SQLAlchemyError:
+            pass
+        deadline = time.monotonic() + self.settings.drain_grace
+        while self._running and time.monotonic() < deadline:
+            self._finalize_completions()
+            self._enforce_deadlines()
+            self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._wake.clear()
+        self._finalize_completions()
+        leftovers = self._cancel_all(
+            "scheduler shut down before the run finished (drain grace expired)"
+        )
+        if leftovers:
+            log.warning("drain grace expired: %d run(s) recorded as cancelled", leftovers)
+        # Commands get kill_grace to exit; their workers then report cancelled (ignored if first).
+        self._finalize_completions()
+        try:
+            self.store.set_instance_state("stopped", now=self.clock.now())
+        except sa.exc.SQLAlchemyError:
+            pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._async is not None:
+            self._async.stop()
+        if self.health is not None:
+            self.health.stop()
+        self._stopped.set()
+        log.info("scheduler instance %s stopped", self.settings.instance_id)
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self) -> int:
+        """One pass: heartbeat when due, finalize finished runs, claim and start due ones.
+
+        Returns how many runs it started.
+        """
+        if time.monotonic() >= self._next_heartbeat:
+            self.heartbeat()
+        self._finalize_completions()
+        self._enforce_deadlines()
+        if self.draining:
+            return 0
+        started = 0
+        while True:
+            capacity = self.settings.max_running - len(self._running)
+            if capacity <= 0:
+                break
+            now = self.clock.now()
+            claimed = self.store.claim_due_schedules(
+                now=now,
+                limit=min(capacity, self.settings.batch_size),
+                lease=timedelta(seconds=self.settings.claim_lease),
+            )
+            if not claimed:
+                break
+            dispatched = self.store.dispatch_claimed(
+                claimed, now=now, thread_name=threading.current_thread().name
+            )
+            for run in dispatched:
+                self._launch(run)
+            started += len(dispatched)
+            self.telemetry.runs_started(dispatched, now=now)
+            if len(claimed) < min(capacity, self.settings.batch_size):
+                break
+        self._next_due = self.store.next_due_at()
+        return started
+
+    def heartbeat(self) -> None:
+        """Renew the instance row, act on cancel requests, reap dead instances, check stuck."""
+        now = self.clock.now()
+        self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
+        state = "draining" if self.draining else "running"
+        try:
+            cancel_ids = self.store.heartbeat(now=now, running_runs=len(self._running), state=state)
+        except LookupError:
+            self.store.register_instance(
+                now=now,
+                lease=timedelta(seconds=self.settings.instance_lease),
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                version=__version__,
+            )
+            cancel_ids = []
+        for run_id in cancel_ids:
+            self.cancel_local(run_id, "cancel requested")
+        reaped = self.store.reap_abandoned(now=now)
+        if reaped:
+            log.warning("marked %d run(s) of dead instances abandoned", len(reaped))
+        self.telemetry.check_stuck(now=now)
+
+    # ------------------------------------------------------------------ execution
+    def _launch(self, run: DispatchedRun) -> None:
+        policies = run.definition.policies
+        deadline = time.monotonic() + policies.timeout if policies.timeout else None
+        handle = RunHandle(
+            run_id=run.run_id,
+            task_name=run.task_name,
+            definition=run.definition,
+            deadline=deadline,
+            scheduled_for=run.scheduled_for,
+            attempt=run.attempt,
+            started_at=run.started_at,
+        )
+        with self._running_lock:
+            self._running[run.run_id] = handle
+        action = run.definition.action
+        if isinstance(action, CallableAction) and _is_async(action):
+            if self._async is None:
+                self._async = AsyncLoopThread()
+            handle.async_future = self._async.submit(self._execute_async(run, handle))
+        else:
+            self._pool.submit(self._execute_in_thread, run, handle)
+
+    def _span(self, run: DispatchedRun) -> Any:
+        return tracer().start_span(
+            f"schedctl.run {run.task_name}",
+            attributes={
+                "schedctl.task": run.task_name,
+                "schedctl.run_id": run.run_id,
+                "schedctl.attempt": run.attempt,
+                "schedctl.trigger": run.trigger,
+                "schedctl.instance_id": self.settings.instance_id,
+                "schedctl.scheduled_for": run.scheduled_for.isoformat(),
+            },
+        )
+
+    def _execute_in_thread(self, run: DispatchedRun, handle: RunHandle) -> None:
+        span = self._span(run)
+        with trace.use_span(span, end_on_exit=False):
+            action = run.definition.action
+            try:
+                if isinstance(action, CommandAction):
+                    result = run_command(
+                        action,
+                        handle,
+                        timeout=run.definition.policies.timeout,
+                        grace=run.definition.policies.timeout_grace,
+                    )
+                else:
+                    assert isinstance(action, CallableAction)
+                    result = run_callable(action, handle)
+            except Exception as exc:  # the executor itself must never lose a run
+                result = ActionResult(
+                    status="failure", error_message=f"schedctl executor error: {exc!r}"
+                )
+        self._complete(run, handle, result, span)
+
+    async def _execute_async(self, run: DispatchedRun, handle: RunHandle) -> None:
+        span = self._span(run)
+        assert isinstance(run.definition.action, CallableAction)
+        with trace.use_span(span, end_on_exit=False):
+            result = await run_async_callable(
+                run.definition.action, handle, run.definition.policies.timeout
+            )
+        self._complete(run, handle, result, span)
+
+    def _complete(
+        self, run: DispatchedRun, handle: RunHandle, result: ActionResult, span: Any
+    ) -> None:
+        if not handle.claim_finish():
+            span.end()
+            return  # the watchdog or a cancel already recorded this run
+        ctx = span.get_span_context()
+        trace_id = format(ctx.trace_id, "032x") if ctx.trace_id else None
+        if result.status != "success":
+            span.set_status(
+                trace.Status(trace.StatusCode.ERROR, result.error_message or result.status)
+            )
+        span.set_attribute("schedctl.outcome", result.status)
+        span.end()
+        self._completions.put(
+            RunOutcome(
+                run_id=run.run_id,
+                task_name=run.task_name,
+                status=result.status,
+                scheduled_for=run.scheduled_for,
+                attempt=run.attempt,
+                started_at=run.started_at,
+                finished_at=self.clock.now(),
+                error_message=result.error_message,
+                error_traceback=result.error_traceback,
+                exit_code=result.exit_code,
+                pid=result.pid or handle.pid,
+                thread_name=threading.current_thread().name,
+                trace_id=trace_id,
+            )
+        )
+        self._wake.set()
+
+    def _record_without_worker(self, handle: RunHandle, status: str, message: str) -> None:
+        """Finish a run from the loop thread (timeout of a sync callable, cancel, drain)."""
+        if not handle.claim_finish():
+            return
+        self._completions.put(
+            RunOutcome(
+                run_id=handle.run_id,
+                task_name=handle.task_name,
+                status=status,
+                scheduled_for=handle.scheduled_for,
+                attempt=handle.attempt,
+                started_at=handle.started_at,
+                finished_at=self.clock.now(),
+                error_message=message,
+                pid=handle.pid,
+            )
+        )
+
+    def cancel_local(self, run_id: int, reason: str) -> bool:
+        """Cancel a run of this instance: kill a command, cancel a coroutine, give up a thread."""
+        with self._running_lock:
+            handle = self._running.get(run_id)
+        if handle is None:
+            return False
+        handle.cancel_reason = reason
+        handle.cancel_event.set()
+        action = handle.definition.action
+        if isinstance(action, CommandAction):
+            return True  # the worker kills the process group and reports `cancelled`
+        if handle.async_future is not None and self._async is not None:
+            self._async.loop.call_soon_threadsafe(handle.async_future.cancel)
+            # The coroutine wrapper reports cancelled; if it already finished, nothing happens.
+            self._record_without_worker(handle, "cancelled", reason)
+            return True
+        # A sync callable's thread cannot be stopped: the run is recorded cancelled now and
+        # whatever the thread returns later is ignored.
+        self._record_without_worker(
+            handle, "cancelled", f"{reason} (the callable's thread keeps running until it returns)"
+        )
+        return True
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        with self._running_lock:
+            handles = list(self._running.values())
+        for handle in handles:
+            if handle.deadline is None or now <= handle.deadline or handle.finished:
+                continue
+            action = handle.definition.action
+            if isinstance(action, CallableAction) and handle.async_future is None:
+                timeout = handle.definition.policies.timeout
+                self._record_without_worker(
+                    handle,
+                    "timeout",
+                    f"timed out after {timeout:g}s; a sync callable cannot be killed, its thread was left to finish",
+                )
+
+    def _cancel_all(self, reason: str) -> int:
+        with self._running_lock:
+            handles = [h for h in self._running.values() if not h.finished]
+        for handle in handles:
+            handle.cancel_reason = reason
+            handle.cancel_event.set()
+        # Commands: the worker kills them (SIGTERM, SIGKILL after kill_grace) — wait for that.
+        deadline = time.monotonic() + self.settings.kill_grace + 1
+        while time.monotonic() < deadline and any(
+            isinstance(h.definition.action, CommandAction) and not h.finished for h in handles
+        ):
+            time.sleep(0.05)
+        for handle in handles:
+            if handle.async_future is not None and self._async is not None:
+                self._async.loop.call_soon_threadsafe(handle.async_future.cancel)
+            self._record_without_worker(handle, "cancelled", reason)
+        return len(handles)
+
+    # ------------------------------------------------------------------ finishing
+    def _finalize_completions(self) -> None:
+        while True:
+            try:
+                self._pending_finalize.append(self._completions.get_nowait())
+            except queue.Empty:
+                break
+        if not self._pending_finalize:
+            return
+        batch = self._pending_finalize
+        now = self.clock.now()
+        # On a database error this raises with the batch still pending: the loop backs off
+        # and the next pass retries it, so an outcome is never dropped while the process lives.
+        result = self.store.finalize_runs(batch, now=now)
+        self._pending_finalize = []
+        definitions: dict[str, Any] = {}
+        with self._running_lock:
+            for o in batch:
+                handle = self._running.pop(o.run_id, None)
+                if handle is not None:
+                    definitions[o.task_name] = handle.definition
+        if result.rejected:
+            log.warning(
+                "%d late completion(s) rejected: the runs were already marked abandoned by another instance",
+                len(result.rejected),
+            )
+        self.telemetry.runs_finished(result, definitions, now=now)
+
+    # ------------------------------------------------------------------ test helpers
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def wait_for_completions(self, count: int, timeout: float = 10.0) -> None:
+        """Block until ``count`` outcomes are queued (tests; bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self._completions.qsize() < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+def _is_async(action: CallableAction) -> bool:
+    try:
+        return action.is_async()
+    except ValueError:
+        return False  # unresolvable: the thread path reports the error as a failure
+
+
+def install_signal_handlers(
+    scheduler: Scheduler, register: Callable[..., Any] | None = None
+) -> None:
+    """SIGTERM and SIGINT start a drain."""
+    import signal
+
+    reg = register or signal.signal
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received signal %d: draining", signum)
+        scheduler.request_stop()
+
+    reg(signal.SIGTERM, handler)
+    reg(signal.SIGINT, handler)

@@ -1,0 +1,1147 @@
+"""All SQL the scheduler and the admin commands run, behind one class.
+
+Contract (every backend):
+- ``claim_due_schedules`` takes rows whose ``due_at <= now`` and whose lease is free
+  (``claimed_until IS NULL OR claimed_until < now``: a lease is not reclaimable *at*
+  ``claimed_until``, only after), sets ``claimed_by``/``claimed_until`` and returns them.
+  PostgreSQL selects with ``FOR UPDATE SKIP LOCKED``; SQLite serialises writers
+  (``BEGIN IMMEDIATE``), so the same UPDATE is a compare-and-swap.
+- ``dispatch_claimed`` inserts the run rows and advances the schedule in one transaction,
+  fenced on the claim: a claim that expired and was taken over writes nothing. The UNIQUE
+  (task_name, scheduled_for, attempt) constraint makes a second run of a tick impossible.
+- ``finalize_runs`` is fenced on the run: only a row still ``running`` and owned by this
+  instance is finished; a run already marked ``abandoned`` stays so.
+- Times come from the caller's clock (the database clock in production), never from
+  ``now()`` inside statements, so tests drive every boundary with an injected clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite
+
+from scheduler_core.errors import RunLookupError, TaskLookupError
+from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
+from scheduler_core.models import alarm_events, instances, schedules, task_health, task_runs
+from scheduler_core.planning import plan_ticks
+from scheduler_core.tasks import TaskDefinition, definition_from_json
+
+__all__ = [
+    "ClaimedSchedule",
+    "DispatchedRun",
+    "RunOutcome",
+    "Store",
+    "SyncResult",
+    "truncate_text",
+]
+
+log = logging.getLogger(__name__)
+
+ERROR_MESSAGE_LIMIT = 2000
+TRACEBACK_LIMIT = 8000
+
+
+def truncate_text(text: str | None, limit: int) -> str | None:
+    """Cut ``text`` to ``limit`` characters, marking the cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 20] + f"... [{len(text) - limit + 20} more]"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncResult:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedSchedule:
+    """A schedule row this instance holds the lease on."""
+
+    name: str
+    definition_json: str
+    definition_hash: str
+    next_run_at: datetime | None
+    retry_at: datetime | None
+    retry_scheduled_for: datetime | None
+    retry_attempt: int | None
+    run_now_requested_at: datetime | None
+    claimed_until: datetime
+    fire_count: int
+    consecutive_failures: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatchedRun:
+    """A run row inserted as ``running``: the engine must execute and finalize it."""
+
+    run_id: int
+    task_name: str
+    scheduled_for: datetime
+    attempt: int
+    trigger: str
+    started_at: datetime
+    definition: TaskDefinition
+    consecutive_failures_at_start: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOutcome:
+    """How a run ended, ready to be written."""
+
+    run_id: int
+    task_name: str
+    status: str
+    scheduled_for: datetime
+    attempt: int
+    started_at: datetime
+    finished_at: datetime
+    error_message: str | None = None
+    error_traceback: str | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    thread_name: str | None = None
+    trace_id: str | None = None
+
+    @property
+    def duration_seconds(self) -> float:
+        return max(0.0, (self.finished_at - self.started_at).total_seconds())
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalizeResult:
+    """What a finalize batch wrote: the accepted outcomes and per-task failure counts."""
+
+    accepted: list[RunOutcome]
+    rejected: list[RunOutcome]
+    consecutive_failures: dict[str, int]
+    retries_scheduled: dict[str, datetime]
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    return (pg.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_COUNTER_COLUMN = {
+    "success": "runs_success_total",
+    "failure": "runs_failure_total",
+    "timeout": "runs_timeout_total",
+    "cancelled": "runs_cancelled_total",
+    "abandoned": "runs_abandoned_total",
+    "skipped": "runs_skipped_total",
+}
+
+
+class Store:
+    """SQL access for one scheduler instance (or an admin command)."""
+
+    def __init__(self, engine: sa.Engine, *, instance_id: str = "cli") -> None:
+        self.engine = engine
+        self.instance_id = instance_id
+        self.is_postgres = engine.dialect.name == "postgresql"
+        self._definitions: dict[str, TaskDefinition] = {}
+
+    # ----------------------------------------------------------------- definitions
+    def definition(self, definition_hash: str, definition_json: str) -> TaskDefinition:
+        """Parse a stored definition once per digest (callables resolve at run time)."""
+        cached = self._definitions.get(definition_hash)
+        if cached is None:
+            cached = definition_from_json(definition_json)
+            self._definitions[definition_hash] = cached
+        return cached
+
+    def sync_tasks(
+        self, definitions: Sequence[TaskDefinition], *, now: datetime, disable_missing: bool = True
+    ) -> SyncResult:
+        """Make the schedule table match ``definitions``; counters and history are kept.
+
+        A new task gets its first fire time; an edited one keeps its counters and gets a new
+        fire time only if its schedule changed. Tasks no longer defined are disabled, not
+        deleted, so their history and counters stay.
+        """
+        result = SyncResult()
+        wanted = {d.name: d for d in definitions}
+        with self.engine.begin() as conn:
+            existing = {
+                row.name: row
+                for row in conn.execute(
+                    sa.select(
+                        schedules.c.name,
+                        schedules.c.definition,
+                        schedules.c.definition_hash,
+                        schedules.c.enabled,
+                        schedules.c.paused,
+                        schedules.c.next_run_at,
+                    )
+                )
+            }
+            inserts: list[dict[str, Any]] = []
+            for name, definition in wanted.items():
+                row = existing.get(name)
+                digest = definition.digest()
+                if row is None:
+                    inserts.append(self._new_schedule_row(definition, now))
+                    result.created.append(name)
+                    continue
+                if row.definition_hash == digest and row.enabled == definition.policies.enabled:
+                    result.unchanged.append(name)
+                    continue
+                old = json.loads(row.definition)
+                new = definition.to_dict()
+                schedule_keys = (
+                    "cron",
+                    "timezone",
+                    "every",
+                    "at",
+                    "jitter",
+                    "anchor",
+                    "start",
+                    "end",
+                )
+                schedule_changed = any(old.get(k) != new.get(k) for k in schedule_keys)
+                values = self._definition_columns(definition)
+                values["updated_at"] = now
+                if schedule_changed or not row.enabled:
+                    values["next_run_at"] = definition.first_fire_after(now)
+                next_run = values.get("next_run_at", row.next_run_at)
+                values["due_at"] = (
+                    next_run if definition.policies.enabled and not row.paused else None
+                )
+                conn.execute(schedules.update().where(schedules.c.name == name).values(**values))
+                result.updated.append(name)
+            for chunk in _chunks(inserts, 500):
+                conn.execute(schedules.insert(), list(chunk))
+            if disable_missing:
+                gone = [n for n, row in existing.items() if n not in wanted and row.enabled]
+                for chunk in _chunks(gone, 500):
+                    conn.execute(
+                        schedules.update()
+                        .where(schedules.c.name.in_(chunk))
+                        .values(enabled=False, due_at=None, updated_at=now)
+                    )
+                result.disabled.extend(gone)
+        return result
+
+    @staticmethod
+    def _definition_columns(definition: TaskDefinition) -> dict[str, Any]:
+        return {
+            "definition": definition.to_json(),
+            "definition_hash": definition.digest(),
+            "schedule_type": definition.schedule.kind,
+            "schedule_expr": definition.schedule.describe()[:300],
+            "timezone": definition.timezone,
+            "action_kind": definition.action.kind,
+            "enabled": definition.policies.enabled,
+            "max_runtime_seconds": definition.policies.max_runtime,
+            "expected_interval_seconds": definition.schedule.expected_interval,
+        }
+
+    def _new_schedule_row(self, definition: TaskDefinition, now: datetime) -> dict[str, Any]:
+        first = definition.first_fire_after(now)
+        empty_duration = HistogramCounts.empty(DURATION_BUCKETS).to_json()
+        empty_delay = HistogramCounts.empty(START_DELAY_BUCKETS).to_json()
+        return {
+            "name": definition.name,
+            **self._definition_columns(definition),
+            "paused": False,
+            "next_run_at": first,
+            "due_at": first if definition.policies.enabled else None,
+            "fire_count": 0,
+            "consecutive_failures": 0,
+            **{column: 0 for column in _COUNTER_COLUMN.values()},
+            "missed_runs_total": 0,
+            "duration_histogram": empty_duration,
+            "start_delay_histogram": empty_delay,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    # ----------------------------------------------------------------- claiming
+    def next_due_at(self) -> datetime | None:
+        """The earliest ``due_at`` of any schedule (the engine sleeps until then)."""
+        with self.engine.connect() as conn:
+            value: datetime | None = conn.execute(
+                sa.select(sa.func.min(schedules.c.due_at))
+            ).scalar()
+        if value is not None and value.tzinfo is None:
+            from datetime import UTC
+
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def claim_due_schedules(
+        self, *, now: datetime, limit: int, lease: timedelta
+    ) -> list[ClaimedSchedule]:
+        """Claim up to ``limit`` due schedules with a lease until ``now + lease``."""
+        if limit <= 0:
+            return []
+        until = now + lease
+        candidates = (
+            sa.select(schedules.c.name)
+            .where(schedules.c.due_at <= now)
+            .where(sa.or_(schedules.c.claimed_until.is_(None), schedules.c.claimed_until < now))
+            .order_by(schedules.c.due_at)
+            .limit(limit)
+        )
+        if self.is_postgres:
+            candidates = candidates.with_for_update(skip_locked=True)
+        stmt = (
+            schedules.update()
+            .where(schedules.c.name.in_(candidates.scalar_subquery()))
+            # Re-checked in the UPDATE itself: on SQLite this is the compare-and-swap.
+            .where(sa.or_(schedules.c.claimed_until.is_(None), schedules.c.claimed_until < now))
+            .values(claimed_by=self.instance_id, claimed_until=until)
+            .returning(
+                schedules.c.name,
+                schedules.c.definition,
+                schedules.c.definition_hash,
+                schedules.c.next_run_at,
+                schedules.c.retry_at,
+                schedules.c.retry_scheduled_for,
+                schedules.c.retry_attempt,
+                schedules.c.run_now_requested_at,
+                schedules.c.claimed_until,
+                schedules.c.fire_count,
+                schedules.c.consecutive_failures,
+            )
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            ClaimedSchedule(
+                name=r.name,
+                definition_json=r.definition,
+                definition_hash=r.definition_hash,
+                next_run_at=r.next_run_at,
+                retry_at=r.retry_at,
+                retry_scheduled_for=r.retry_scheduled_for,
+                retry_attempt=r.retry_attempt,
+                run_now_requested_at=r.run_now_requested_at,
+                claimed_until=r.claimed_until,
+                fire_count=r.fire_count,
+                consecutive_failures=r.consecutive_failures,
+            )
+            for r in rows
+        ]
+
+    def release_claims(self, names: Sequence[str]) -> None:
+        """Give back claims without dispatching (used when shutting down)."""
+        if not names:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.name.in_(list(names)))
+                .where(schedules.c.claimed_by == self.instance_id)
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+    def dispatch_claimed(
+        self,
+        claimed: Sequence[ClaimedSchedule],
+        *,
+        now: datetime,
+        thread_name: str | None = None,
+        rand: random.Random | None = None,
+    ) -> list[DispatchedRun]:
+        """Plan each claimed schedule's ticks, insert run/missed/skipped rows, advance it.
+
+        One transaction for the whole batch. Only schedules whose claim is still ours
+        (same ``claimed_by`` and ``claimed_until``) are touched.
+        """
+        if not claimed:
+            return []
+        by_name = {c.name: c for c in claimed}
+        with self.engine.begin() as conn:
+            fence = (
+                sa.select(schedules.c.name, schedules.c.claimed_until)
+                .where(schedules.c.name.in_(list(by_name)))
+                .where(schedules.c.claimed_by == self.instance_id)
+            )
+            if self.is_postgres:
+                fence = fence.with_for_update()
+            still_ours = {
+                r.name
+                for r in conn.execute(fence)
+                if r.claimed_until == by_name[r.name].claimed_until
+            }
+            running_counts = self._running_counts(conn, list(still_ours))
+
+            run_rows: list[dict[str, Any]] = []
+            extra_rows: list[dict[str, Any]] = []  # missed / skipped: finished at once
+            schedule_updates: list[dict[str, Any]] = []
+            cancel_for_replace: list[str] = []
+            missed_totals: dict[str, int] = defaultdict(int)
+            skipped_totals: dict[str, int] = defaultdict(int)
+            definitions: dict[str, TaskDefinition] = {}
+            for name in sorted(still_ours):
+                item = by_name[name]
+                definition = self.definition(item.definition_hash, item.definition_json)
+                definitions[name] = definition
+                planned: list[tuple[datetime, int, str]] = []
+                update: dict[str, Any] = {"b_name": name}
+                if item.run_now_requested_at is not None and item.run_now_requested_at <= now:
+                    planned.append((item.run_now_requested_at, 1, "manual"))
+                    update["run_now_requested_at"] = None
+                if (
+                    item.retry_at is not None
+                    and item.retry_at <= now
+                    and item.retry_scheduled_for is not None
+                    and item.retry_attempt is not None
+                ):
+                    planned.append((item.retry_scheduled_for, item.retry_attempt, "retry"))
+                    update.update(retry_at=None, retry_scheduled_for=None, retry_attempt=None)
+                plan = plan_ticks(
+                    definition, next_run_at=item.next_run_at, fire_count=item.fire_count, now=now
+                )
+                planned.extend((p.scheduled_for, 1, "schedule") for p in plan.runs)
+                update["next_run_at"] = plan.next_run_at
+                update["fire_count"] = item.fire_count + len(plan.runs)
+                if plan.missed is not None:
+                    missed_totals[name] += plan.missed.count
+                    extra_rows.append(
+                        self._finished_row(
+                            name,
+                            plan.missed.first,
+                            "missed",
+                            now,
+                            missed_count=plan.missed.count,
+                            missed_first_at=plan.missed.first,
+                            missed_last_at=plan.missed.last,
+                            error_message=(
+                                f"{plan.missed.count} tick(s) not run "
+                                f"(misfire policy {definition.policies.misfire})"
+                            ),
+                        )
+                    )
+                policies = definition.policies
+                running = running_counts.get(name, 0)
+                for scheduled_for, attempt, trigger in planned:
+                    limit = 1 if policies.overlap == "skip" else policies.max_concurrency
+                    if policies.overlap == "replace" and running > 0:
+                        cancel_for_replace.append(name)
+                        running = 0
+                    if running >= limit and policies.overlap != "replace":
+                        skipped_totals[name] += 1
+                        extra_rows.append(
+                            self._finished_row(
+                                name,
+                                scheduled_for,
+                                "skipped",
+                                now,
+                                attempt=attempt,
+                                trigger=trigger,
+                                error_message=f"previous run still running (overlap={policies.overlap})",
+                            )
+                        )
+                        continue
+                    running += 1
+                    run_rows.append(
+                        {
+                            "task_name": name,
+                            "scheduled_for": scheduled_for,
+                            "attempt": attempt,
+                            "trigger": trigger,
+                            "status": "running",
+                            "started_at": now,
+                            "instance_id": self.instance_id,
+                            "thread_name": thread_name,
+                            "consecutive_failures_at_start": item.consecutive_failures,
+                            "cancel_requested": False,
+                        }
+                    )
+                schedule_updates.append(update)
+
+            if cancel_for_replace:
+                conn.execute(
+                    task_runs.update()
+                    .where(task_runs.c.task_name.in_(cancel_for_replace))
+                    .where(task_runs.c.status == "running")
+                    .values(
+                        cancel_requested=True,
+                        cancel_reason="replaced by a newer run (overlap=replace)",
+                    )
+                )
+            inserted: list[Any] = []
+            if run_rows:
+                stmt = (
+                    _insert(conn, task_runs)
+                    .on_conflict_do_nothing(
+                        index_elements=["task_name", "scheduled_for", "attempt"]
+                    )
+                    .returning(
+                        task_runs.c.id,
+                        task_runs.c.task_name,
+                        task_runs.c.scheduled_for,
+                        task_runs.c.attempt,
+                        task_runs.c.trigger,
+                        sort_by_parameter_order=True,
+                    )
+                )
+                inserted = list(conn.execute(stmt, run_rows))
+            if extra_rows:
+                conn.execute(
+                    _insert(conn, task_runs).on_conflict_do_nothing(
+                        index_elements=["task_name", "scheduled_for", "attempt"]
+                    ),
+                    extra_rows,
+                )
+            self._apply_schedule_updates(conn, schedule_updates, missed_totals, skipped_totals, now)
+
+        consec = {c.name: c.consecutive_failures for c in claimed}
+        return [
+            DispatchedRun(
+                run_id=row.id,
+                task_name=row.task_name,
+                scheduled_for=row.scheduled_for,
+                attempt=row.attempt,
+                trigger=row.trigger,
+                started_at=now,
+                definition=definitions[row.task_name],
+                consecutive_failures_at_start=consec[row.task_name],
+            )
+            for row in inserted
+        ]
+
+    def _finished_row(
+        self, name: str, scheduled_for: datetime, status: str, now: datetime, **extra: Any
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "task_name": name,
+            "scheduled_for": scheduled_for,
+            "attempt": 1,
+            "trigger": "schedule",
+            "status": status,
+            "started_at": None,
+            "finished_at": now,
+            "instance_id": self.instance_id,
+            "cancel_requested": False,
+            "missed_count": None,
+            "missed_first_at": None,
+            "missed_last_at": None,
+            "error_message": None,
+        }
+        row.update(extra)
+        return row
+
+    def _running_counts(self, conn: sa.Connection, names: list[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        counts: dict[str, int] = {}
+        for chunk in _chunks(names, 900):
+            stmt = (
+                sa.select(task_runs.c.task_name, sa.func.count())
+                .where(task_runs.c.status == "running")
+                .where(task_runs.c.task_name.in_(list(chunk)))
+                .group_by(task_runs.c.task_name)
+            )
+            counts.update({r[0]: int(r[1]) for r in conn.execute(stmt)})
+        return counts
+
+    def _apply_schedule_updates(
+        self,
+        conn: sa.Connection,
+        updates: list[dict[str, Any]],
+        missed: dict[str, int],
+        skipped: dict[str, int],
+        now: datetime,
+    ) -> None:
+        if not updates:
+            return
+        # Rows that share a shape go in one executemany; the claim is released in the same write.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        for update in updates:
+            name = update["b_name"]
+            params = dict(update)
+            params["b_missed"] = missed.get(name, 0)
+            params["b_skipped"] = skipped.get(name, 0)
+            groups[tuple(sorted(params))].append(params)
+        for keys, params_list in groups.items():
+            values: dict[str, Any] = {k: sa.bindparam(k) for k in keys if not k.startswith("b_")}
+            values["missed_runs_total"] = schedules.c.missed_runs_total + sa.bindparam("b_missed")
+            values["runs_skipped_total"] = schedules.c.runs_skipped_total + sa.bindparam(
+                "b_skipped"
+            )
+            values["claimed_by"] = None
+            values["claimed_until"] = None
+            values["updated_at"] = now
+            stmt = (
+                schedules.update()
+                .where(schedules.c.name == sa.bindparam("b_name"))
+                .where(schedules.c.claimed_by == self.instance_id)
+                .values(**values)
+            )
+            conn.execute(stmt, params_list)
+        self._refresh_due_at(conn, [u["b_name"] for u in updates])
+
+    def _refresh_due_at(self, conn: sa.Connection, names: Sequence[str]) -> None:
+        """``due_at`` = earliest of next run, retry and run-now; NULL when paused or disabled."""
+        earliest = sa.case(
+            (
+                sa.and_(schedules.c.enabled, sa.not_(schedules.c.paused)),
+                _least(schedules.c.next_run_at, schedules.c.retry_at),
+            ),
+            else_=None,
+        )
+        due = sa.case(
+            (
+                schedules.c.run_now_requested_at.is_not(None),
+                _least(schedules.c.run_now_requested_at, earliest),
+            ),
+            else_=earliest,
+        )
+        for chunk in _chunks(list(names), 900):
+            conn.execute(
+                schedules.update().where(schedules.c.name.in_(list(chunk))).values(due_at=due)
+            )
+
+    # ----------------------------------------------------------------- finishing
+    def finalize_runs(self, outcomes: Sequence[RunOutcome], *, now: datetime) -> FinalizeResult:
+        """Write how runs ended and update the persisted counters, in one transaction.
+
+        Only runs still ``running`` and owned by this instance are finished (fencing): a
+        late completion of a run already reaped as ``abandoned`` is rejected. A failed
+        attempt with retries left schedules the retry; only a tick's final failure counts
+        toward ``consecutive_failures``.
+        """
+        if not outcomes:
+            return FinalizeResult(
+                accepted=[], rejected=[], consecutive_failures={}, retries_scheduled={}
+            )
+        by_id = {o.run_id: o for o in outcomes}
+        with self.engine.begin() as conn:
+            fence = (
+                sa.select(task_runs.c.id)
+                .where(task_runs.c.id.in_(list(by_id)))
+                .where(task_runs.c.status == "running")
+                .where(task_runs.c.instance_id == self.instance_id)
+            )
+            if self.is_postgres:
+                fence = fence.with_for_update()
+            live = {r.id for r in conn.execute(fence)}
+            accepted = [o for o in outcomes if o.run_id in live]
+            rejected = [o for o in outcomes if o.run_id not in live]
+            if accepted:
+                conn.execute(
+                    task_runs.update()
+                    .where(task_runs.c.id == sa.bindparam("b_id"))
+                    .values(
+                        status=sa.bindparam("b_status"),
+                        finished_at=sa.bindparam("b_finished_at"),
+                        duration_seconds=sa.bindparam("b_duration"),
+                        error_message=sa.bindparam("b_error"),
+                        error_traceback=sa.bindparam("b_traceback"),
+                        exit_code=sa.bindparam("b_exit_code"),
+                        pid=sa.bindparam("b_pid"),
+                        thread_name=sa.bindparam("b_thread"),
+                        trace_id=sa.bindparam("b_trace_id"),
+                    ),
+                    [
+                        {
+                            "b_id": o.run_id,
+                            "b_status": o.status,
+                            "b_finished_at": o.finished_at,
+                            "b_duration": o.duration_seconds,
+                            "b_error": truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
+                            "b_traceback": truncate_text(o.error_traceback, TRACEBACK_LIMIT),
+                            "b_exit_code": o.exit_code,
+                            "b_pid": o.pid,
+                            "b_thread": o.thread_name,
+                            "b_trace_id": o.trace_id,
+                        }
+                        for o in accepted
+                    ],
+                )
+            consecutive, retries = self._update_counters(conn, accepted, now)
+        return FinalizeResult(
+            accepted=accepted,
+            rejected=rejected,
+            consecutive_failures=consecutive,
+            retries_scheduled=retries,
+        )
+
+    def _update_counters(
+        self, conn: sa.Connection, outcomes: Sequence[RunOutcome], now: datetime
+    ) -> tuple[dict[str, int], dict[str, datetime]]:
+        if not outcomes:
+            return {}, {}
+        per_task: dict[str, list[RunOutcome]] = defaultdict(list)
+        for o in outcomes:
+            per_task[o.task_name].append(o)
+        names = sorted(per_task)
+        current: dict[str, Any] = {}
+        for chunk in _chunks(names, 900):
+            stmt = sa.select(
+                schedules.c.name,
+                schedules.c.definition,
+                schedules.c.definition_hash,
+                schedules.c.duration_histogram,
+                schedules.c.start_delay_histogram,
+                schedules.c.consecutive_failures,
+                schedules.c.retry_at,
+            ).where(schedules.c.name.in_(list(chunk)))
+            if self.is_postgres:
+                # Row locks in name order: concurrent finalizers cannot deadlock.
+                stmt = stmt.order_by(schedules.c.name).with_for_update()
+            current.update({r.name: r for r in conn.execute(stmt)})
+        consecutive: dict[str, int] = {}
+        retries: dict[str, datetime] = {}
+        params: list[dict[str, Any]] = []
+        retry_params: list[dict[str, Any]] = []
+        for name in names:
+            row = current.get(name)
+            if row is None:
+                continue
+            runs = sorted(per_task[name], key=lambda o: o.finished_at)
+            definition = self.definition(row.definition_hash, row.definition)
+            counts = dict.fromkeys(_COUNTER_COLUMN, 0)
+            failures = row.consecutive_failures
+            last_success = last_failure = None
+            for o in runs:
+                counts[o.status] = counts.get(o.status, 0) + 1
+                if o.status == "success":
+                    failures = 0
+                    last_success = o.finished_at
+                elif o.status in ("failure", "timeout"):
+                    last_failure = o.finished_at
+                    retry = definition.policies.retries
+                    if o.attempt <= retry.max and row.retry_at is None and name not in retries:
+                        retry_at = now + timedelta(
+                            seconds=retry.delay_before(o.attempt + 1, rand=random.random())
+                        )
+                        retries[name] = retry_at
+                        retry_params.append(
+                            {
+                                "b_name": name,
+                                "b_retry_at": retry_at,
+                                "b_for": o.scheduled_for,
+                                "b_attempt": o.attempt + 1,
+                            }
+                        )
+                    else:
+                        failures += 1
+            consecutive[name] = failures
+            durations = HistogramCounts.from_json(row.duration_histogram, DURATION_BUCKETS).observe(
+                o.duration_seconds for o in runs if o.status != "skipped"
+            )
+            delays = HistogramCounts.from_json(
+                row.start_delay_histogram, START_DELAY_BUCKETS
+            ).observe(
+                (o.started_at - o.scheduled_for).total_seconds()
+                for o in runs
+                if o.attempt == 1 and o.status != "skipped"
+            )
+            params.append(
+                {
+                    "b_name": name,
+                    "b_failures": failures,
+                    "b_duration_hist": durations.to_json(),
+                    "b_delay_hist": delays.to_json(),
+                    "b_last_success": last_success,
+                    "b_last_failure": last_failure,
+                    **{f"b_{status}": counts.get(status, 0) for status in _COUNTER_COLUMN},
+                }
+            )
+        if params:
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.name == sa.bindparam("b_name"))
+                .values(
+                    consecutive_failures=sa.bindparam("b_failures"),
+                    duration_histogram=sa.bindparam("b_duration_hist"),
+                    start_delay_histogram=sa.bindparam("b_delay_hist"),
+                    last_success_at=sa.func.coalesce(
+                        sa.bindparam("b_last_success", type_=schedules.c.last_success_at.type),
+                        schedules.c.last_success_at,
+                    ),
+                    last_failure_at=sa.func.coalesce(
+                        sa.bindparam("b_last_failure", type_=schedules.c.last_failure_at.type),
+                        schedules.c.last_failure_at,
+                    ),
+                    updated_at=now,
+                    **{
+                        column: getattr(schedules.c, column) + sa.bindparam(f"b_{status}")
+                        for status, column in _COUNTER_COLUMN.items()
+                    },
+                ),
+                params,
+            )
+        if retry_params:
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.name == sa.bindparam("b_name"))
+                .values(
+                    retry_at=sa.bindparam("b_retry_at"),
+                    retry_scheduled_for=sa.bindparam("b_for"),
+                    retry_attempt=sa.bindparam("b_attempt"),
+                ),
+                retry_params,
+            )
+            self._refresh_due_at(conn, [p["b_name"] for p in retry_params])
+        return consecutive, retries
+
+    # ----------------------------------------------------------------- instances
+    def register_instance(
+        self, *, now: datetime, lease: timedelta, hostname: str, pid: int, version: str
+    ) -> list[int]:
+        """Upsert this instance as running; reap its own leftovers from a previous life.
+
+        Returns the ids of runs it found still ``running`` under its id and marked abandoned.
+        """
+        with self.engine.begin() as conn:
+            reaped = self._abandon_where(
+                conn,
+                (task_runs.c.status == "running") & (task_runs.c.instance_id == self.instance_id),
+                now,
+                f"instance {self.instance_id} restarted while the run was in flight",
+            )
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.claimed_by == self.instance_id)
+                .values(claimed_by=None, claimed_until=None)
+            )
+            values = {
+                "hostname": hostname,
+                "pid": pid,
+                "started_at": now,
+                "last_heartbeat_at": now,
+                "lease_seconds": lease.total_seconds(),
+                "state": "running",
+                "version": version,
+                "running_runs": 0,
+            }
+            stmt = _insert(conn, instances).values(instance_id=self.instance_id, **values)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=values))
+            conn.execute(
+                task_health.update()
+                .where(task_health.c.instance_id == self.instance_id)
+                .values(is_running=False)
+            )
+        return reaped
+
+    def heartbeat(self, *, now: datetime, running_runs: int, state: str = "running") -> list[int]:
+        """Renew this instance's heartbeat; return ids of its runs with a cancel request.
+
+        Raises LookupError when the instance row is gone (another host's admin removed it).
+        """
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                instances.update()
+                .where(instances.c.instance_id == self.instance_id)
+                .values(last_heartbeat_at=now, running_runs=running_runs, state=state)
+            )
+            if result.rowcount == 0:
+                raise LookupError(f"instance {self.instance_id!r} is not registered")
+            conn.execute(
+                task_health.update()
+                .where(task_health.c.instance_id == self.instance_id)
+                .where(task_health.c.is_running)
+                .values(last_heartbeat_at=now)
+            )
+            cancel = conn.execute(
+                sa.select(task_runs.c.id)
+                .where(task_runs.c.status == "running")
+                .where(task_runs.c.instance_id == self.instance_id)
+                .where(task_runs.c.cancel_requested)
+            )
+            return [r.id for r in cancel]
+
+    def set_instance_state(self, state: str, *, now: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                instances.update()
+                .where(instances.c.instance_id == self.instance_id)
+                .values(state=state, last_heartbeat_at=now)
+            )
+
+    def reap_abandoned(self, *, now: datetime) -> list[int]:
+        """Mark ``abandoned`` the running rows of instances that stopped heartbeating.
+
+        An instance is dead when ``last_heartbeat_at + lease_seconds < now``; a running row
+        whose instance never registered is dead once it started more than the default lease
+        ago. Each reaped run counts once in ``runs_abandoned_total``.
+        """
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(
+                    instances.c.instance_id,
+                    instances.c.last_heartbeat_at,
+                    instances.c.lease_seconds,
+                ).where(instances.c.state != "stopped")
+            ).all()
+            stale = [
+                r.instance_id
+                for r in rows
+                if r.instance_id != self.instance_id
+                and r.last_heartbeat_at + timedelta(seconds=r.lease_seconds) < now
+            ]
+            known = sa.select(instances.c.instance_id).scalar_subquery()
+            orphan = (
+                (task_runs.c.status == "running")
+                & task_runs.c.instance_id.not_in(known)
+                & (task_runs.c.started_at < now - timedelta(seconds=60))
+            )
+            reaped = self._abandon_where(
+                conn, orphan, now, "its instance never registered a heartbeat"
+            )
+            if stale:
+                for chunk in _chunks(stale, 500):
+                    reaped += self._abandon_where(
+                        conn,
+                        (task_runs.c.status == "running")
+                        & task_runs.c.instance_id.in_(list(chunk)),
+                        now,
+                        "its instance stopped heartbeating past its lease",
+                    )
+                    conn.execute(
+                        instances.update()
+                        .where(instances.c.instance_id.in_(list(chunk)))
+                        .values(running_runs=0)
+                    )
+                    conn.execute(
+                        task_health.update()
+                        .where(task_health.c.instance_id.in_(list(chunk)))
+                        .values(is_running=False)
+                    )
+            return reaped
+
+    def _abandon_where(
+        self, conn: sa.Connection, condition: sa.ColumnElement[bool], now: datetime, why: str
+    ) -> list[int]:
+        rows = conn.execute(
+            task_runs.update()
+            .where(condition)
+            .values(
+                status="abandoned",
+                finished_at=now,
+                error_message=f"abandoned: {why}",
+            )
+            .returning(task_runs.c.id, task_runs.c.task_name, task_runs.c.started_at)
+        ).all()
+        if not rows:
+            return []
+        per_task: dict[str, int] = defaultdict(int)
+        for r in rows:
+            per_task[r.task_name] += 1
+        conn.execute(
+            schedules.update()
+            .where(schedules.c.name == sa.bindparam("b_name"))
+            .values(runs_abandoned_total=schedules.c.runs_abandoned_total + sa.bindparam("b_n")),
+            [{"b_name": n, "b_n": c} for n, c in per_task.items()],
+        )
+        # Duration of an abandoned run is unknown for sure; record the time until it was reaped.
+        conn.execute(
+            task_runs.update()
+            .where(task_runs.c.id.in_([r.id for r in rows]))
+            .where(task_runs.c.started_at.is_not(None))
+            .values(duration_seconds=None)
+        )
+        return [r.id for r in rows]
+
+    # ----------------------------------------------------------------- controls
+    def _require_task(self, conn: sa.Connection, name: str) -> Any:
+        row = conn.execute(sa.select(schedules).where(schedules.c.name == name)).first()
+        if row is None:
+            raise TaskLookupError(name)
+        return row
+
+    def pause(self, name: str, *, reason: str, by: str, now: datetime) -> None:
+        with self.engine.begin() as conn:
+            self._require_task(conn, name)
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.name == name)
+                .values(
+                    paused=True, pause_reason=reason, paused_at=now, paused_by=by, updated_at=now
+                )
+            )
+            self._refresh_due_at(conn, [name])
+
+    def resume(self, name: str, *, now: datetime) -> None:
+        """Unpause; ticks that fell during the pause are not run or counted as missed."""
+        with self.engine.begin() as conn:
+            row = self._require_task(conn, name)
+            definition = self.definition(row.definition_hash, row.definition)
+            values: dict[str, Any] = {
+                "paused": False,
+                "pause_reason": None,
+                "paused_at": None,
+                "paused_by": None,
+                "updated_at": now,
+            }
+            if row.next_run_at is not None and row.next_run_at < now:
+                values["next_run_at"] = definition.first_fire_after(now)
+            conn.execute(schedules.update().where(schedules.c.name == name).values(**values))
+            self._refresh_due_at(conn, [name])
+
+    def run_now(self, name: str, *, now: datetime) -> None:
+        """Ask for one extra run as soon as an instance polls; the schedule is unchanged."""
+        with self.engine.begin() as conn:
+            self._require_task(conn, name)
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.name == name)
+                .values(run_now_requested_at=now, updated_at=now)
+            )
+            self._refresh_due_at(conn, [name])
+
+    def request_cancel(self, run_id: int, *, reason: str) -> str:
+        """Flag a running run for cancellation; its owner acts within one heartbeat.
+
+        Returns the run's status (a finished run is left as it is).
+        """
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(task_runs.c.status).where(task_runs.c.id == run_id)
+            ).first()
+            if row is None:
+                raise RunLookupError(run_id)
+            if row.status == "running":
+                conn.execute(
+                    task_runs.update()
+                    .where(task_runs.c.id == run_id)
+                    .values(cancel_requested=True, cancel_reason=reason)
+                )
+            return str(row.status)
+
+    # ----------------------------------------------------------------- queries
+    def list_tasks(self) -> list[dict[str, Any]]:
+        """Every task with its schedule, next run, last run and failure count."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(schedules).order_by(schedules.c.name)).all()
+            health = conn.execute(
+                sa.select(
+                    task_health.c.task_name,
+                    sa.func.max(task_health.c.last_started_at).label("last_started_at"),
+                    sa.func.max(task_health.c.last_finished_at).label("last_finished_at"),
+                ).group_by(task_health.c.task_name)
+            ).all()
+            last_status = {
+                r.task_name: r
+                for r in conn.execute(
+                    sa.select(
+                        task_health.c.task_name,
+                        task_health.c.last_status,
+                        task_health.c.last_duration_seconds,
+                        task_health.c.last_finished_at,
+                        task_health.c.last_error_message,
+                    )
+                )
+                if r.last_finished_at is not None
+            }
+            running = self._running_counts(conn, [r.name for r in rows])
+        health_by = {h.task_name: h for h in health}
+        # Keep the latest finished row per task across instances.
+        latest: dict[str, Any] = {}
+        for r in last_status.values():
+            prev = latest.get(r.task_name)
+            if prev is None or r.last_finished_at > prev.last_finished_at:
+                latest[r.task_name] = r
+        out = []
+        for r in rows:
+            h = health_by.get(r.name)
+            ls = latest.get(r.name)
+            out.append(
+                {
+                    "name": r.name,
+                    "schedule": r.schedule_expr,
+                    "action": r.action_kind,
+                    "enabled": r.enabled,
+                    "paused": r.paused,
+                    "pause_reason": r.pause_reason,
+                    "paused_by": r.paused_by,
+                    "paused_at": r.paused_at,
+                    "next_run_at": r.next_run_at if r.enabled and not r.paused else None,
+                    "last_started_at": h.last_started_at if h else None,
+                    "last_finished_at": h.last_finished_at if h else None,
+                    "last_status": ls.last_status if ls else None,
+                    "last_duration_seconds": ls.last_duration_seconds if ls else None,
+                    "last_error_message": ls.last_error_message if ls else None,
+                    "consecutive_failures": r.consecutive_failures,
+                    "running": running.get(r.name, 0),
+                    "last_success_at": r.last_success_at,
+                    "runs_total": sum(getattr(r, c) for c in _COUNTER_COLUMN.values()),
+                    "missed_runs_total": r.missed_runs_total,
+                }
+            )
+        return out
+
+    def list_runs(
+        self,
+        *,
+        task: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        instance_id: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run history, newest first, keyset-paginated by ``before_id``."""
+        stmt = sa.select(task_runs).order_by(task_runs.c.id.desc()).limit(limit)
+        if task is not None:
+            stmt = stmt.where(task_runs.c.task_name == task)
+        if status is not None:
+            stmt = stmt.where(task_runs.c.status == status)
+        if since is not None:
+            stmt = stmt.where(
+                sa.func.coalesce(task_runs.c.started_at, task_runs.c.finished_at) >= since
+            )
+        if instance_id is not None:
+            stmt = stmt.where(task_runs.c.instance_id == instance_id)
+        if before_id is not None:
+            stmt = stmt.where(task_runs.c.id < before_id)
+        with self.engine.connect() as conn:
+            if (
+                task is not None
+                and conn.execute(
+                    sa.select(schedules.c.name).where(schedules.c.name == task)
+                ).first()
+                is None
+            ):
+                raise TaskLookupError(task)
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(task_runs).where(task_runs.c.id == run_id)).first()
+        if row is None:
+            raise RunLookupError(run_id)
+        return dict(row._mapping)
+
+    def open_alarms(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [
+                dict(r._mapping)
+                for r in conn.execute(
+                    sa.select(alarm_events)
+                    .where(alarm_events.c.closed_at.is_(None))
+                    .order_by(alarm_events.c.id)
+                )
+            ]
+
+
+def _least(a: sa.ColumnElement[Any], b: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """The earlier of two nullable timestamps (NULL only when both are NULL)."""
+    return sa.case(
+        (a.is_(None), b),
+        (b.is_(None), a),
+        (a <= b, a),
+        else_=b,
+    )

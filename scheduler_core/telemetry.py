@@ -1,0 +1,387 @@
+"""Best-effort run telemetry: per-(task, instance) health snapshots, alarm events, OTel.
+
+Nothing here may fail, repeat or hold up a task: every write runs in its own short
+transaction with a statement timeout, errors are swallowed and logged at most once per
+``log_interval`` seconds. The exact counters are not here: they are written with the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from opentelemetry import metrics, trace
+
+from scheduler_core.models import alarm_events, schedules, task_health, task_runs
+from scheduler_core.store import DispatchedRun, FinalizeResult, RunOutcome, _insert, truncate_text
+
+__all__ = ["RateLimitedLogger", "TelemetryWriter", "otel_instruments"]
+
+log = logging.getLogger(__name__)
+LAST_ERROR_LIMIT = 500
+
+
+class RateLimitedLogger:
+    """Logs a repeated failure once per interval, with how many were suppressed."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def error(self, key: str, message: str) -> bool:
+        """Log ``message`` unless ``key`` was logged within the interval; True when logged."""
+        now = self._monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            suppressed = self._suppressed.pop(key, 0)
+            self._last[key] = now
+        suffix = f" ({suppressed} similar error(s) suppressed)" if suppressed else ""
+        self._logger.error("%s%s", message, suffix)
+        return True
+
+
+class _OtelInstruments:
+    def __init__(self) -> None:
+        meter = metrics.get_meter("schedctl")
+        self.duration = meter.create_histogram(
+            "schedctl.run.duration", unit="s", description="Duration of finished task runs"
+        )
+        self.runs = meter.create_counter(
+            "schedctl.runs", unit="{run}", description="Finished task runs by outcome"
+        )
+        self.next_run: dict[str, float] = {}
+        self.failures: dict[str, int] = {}
+        self.stuck: dict[str, int] = {}
+        meter.create_observable_gauge(
+            "schedctl.task.next_run",
+            callbacks=[lambda _o: self._observe(self.next_run)],
+            unit="s",
+            description="Unix time of each task's next run",
+        )
+        meter.create_observable_gauge(
+            "schedctl.task.consecutive_failures",
+            callbacks=[lambda _o: self._observe(self.failures)],
+            description="Consecutive failed ticks per task",
+        )
+        meter.create_observable_gauge(
+            "schedctl.task.stuck",
+            callbacks=[lambda _o: self._observe(self.stuck)],
+            description="1 while a task has a run past its max_runtime",
+        )
+
+    @staticmethod
+    def _observe(values: dict[str, Any]) -> Iterator[metrics.Observation]:
+        for task, value in list(values.items()):
+            yield metrics.Observation(value, {"task": task})
+
+
+_instruments: _OtelInstruments | None = None
+
+
+def otel_instruments() -> _OtelInstruments:
+    """The process-wide OTel instruments (created on first use, after SDK setup)."""
+    global _instruments
+    if _instruments is None:
+        _instruments = _OtelInstruments()
+    return _instruments
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("schedctl")
+
+
+class TelemetryWriter:
+    """Writes health snapshots and alarm events for one instance, best-effort."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        instance_id: str,
+        failure_threshold: int = 3,
+        statement_timeout: float = 2.0,
+        log_interval: float = 60.0,
+    ) -> None:
+        self.engine = engine
+        self.instance_id = instance_id
+        self.failure_threshold = failure_threshold
+        self.statement_timeout = statement_timeout
+        self.errors = RateLimitedLogger(log, log_interval)
+        self._running_per_task: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sa.Connection | None]:
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    ms = int(self.statement_timeout * 1000)
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+                yield conn
+        except Exception as exc:  # noqa: BLE001 - telemetry must never fail the run
+            self.errors.error(
+                f"telemetry:{what}",
+                f"telemetry write failed ({what}); runs continue unaffected: {type(exc).__name__}: {_first_line(exc)}",
+            )
+
+    def runs_started(self, runs: Sequence[DispatchedRun], *, now: datetime) -> None:
+        if not runs:
+            return
+        with self._lock:
+            for run in runs:
+                self._running_per_task[run.task_name] = (
+                    self._running_per_task.get(run.task_name, 0) + 1
+                )
+        rows = []
+        for run in runs:
+            d = run.definition
+            rows.append(
+                {
+                    "task_name": run.task_name,
+                    "instance_id": self.instance_id,
+                    "enabled": d.policies.enabled,
+                    "schedule_type": d.schedule.kind,
+                    "schedule_payload": json.dumps(d.schedule_dict(), default=str),
+                    "last_started_at": run.started_at,
+                    "is_running": True,
+                    "consecutive_failures": run.consecutive_failures_at_start,
+                    "last_heartbeat_at": now,
+                    "max_runtime_seconds": d.policies.max_runtime,
+                    "updated_at": now,
+                }
+            )
+        rows = list({r["task_name"]: r for r in rows}.values())
+        with self._transaction("health start") as conn:
+            if conn is None:
+                return
+            stmt = _insert(conn, task_health)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["task_name", "instance_id"],
+                    set_={
+                        c: stmt.excluded[c]
+                        for c in (
+                            "enabled",
+                            "schedule_type",
+                            "schedule_payload",
+                            "last_started_at",
+                            "is_running",
+                            "last_heartbeat_at",
+                            "max_runtime_seconds",
+                            "updated_at",
+                        )
+                    },  # fmt: skip
+                ),
+                rows,
+            )
+
+    def runs_finished(
+        self,
+        result: FinalizeResult,
+        definitions: dict[str, Any],
+        *,
+        now: datetime,
+    ) -> None:
+        outcomes = result.accepted
+        if not outcomes:
+            return
+        with self._lock:
+            for o in outcomes:
+                left = self._running_per_task.get(o.task_name, 1) - 1
+                if left <= 0:
+                    self._running_per_task.pop(o.task_name, None)
+                else:
+                    self._running_per_task[o.task_name] = left
+            still_running = dict(self._running_per_task)
+        latest: dict[str, RunOutcome] = {}
+        for o in outcomes:
+            if o.task_name not in latest or o.finished_at >= latest[o.task_name].finished_at:
+                latest[o.task_name] = o
+        rows = []
+        for name, o in latest.items():
+            d = definitions.get(name)
+            rows.append(
+                {
+                    "task_name": name,
+                    "instance_id": self.instance_id,
+                    "enabled": True if d is None else d.policies.enabled,
+                    "schedule_type": "" if d is None else d.schedule.kind,
+                    "schedule_payload": "{}"
+                    if d is None
+                    else json.dumps(d.schedule_dict(), default=str),
+                    "last_started_at": o.started_at,
+                    "last_finished_at": o.finished_at,
+                    "last_duration_seconds": o.duration_seconds,
+                    "last_status": o.status,
+                    "is_running": still_running.get(name, 0) > 0,
+                    "consecutive_failures": result.consecutive_failures.get(name, 0),
+                    "last_error_message": truncate_text(o.error_message, LAST_ERROR_LIMIT),
+                    "last_heartbeat_at": now,
+                    "max_runtime_seconds": None if d is None else d.policies.max_runtime,
+                    "updated_at": now,
+                }
+            )
+        with self._transaction("health finish") as conn:
+            if conn is None:
+                return
+            stmt = _insert(conn, task_health)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["task_name", "instance_id"],
+                    set_={
+                        c: stmt.excluded[c]
+                        for c in (
+                            "last_finished_at",
+                            "last_duration_seconds",
+                            "last_status",
+                            "is_running",
+                            "consecutive_failures",
+                            "last_error_message",
+                            "last_heartbeat_at",
+                            "updated_at",
+                        )
+                    },  # fmt: skip
+                ),
+                rows,
+            )
+        self._update_failure_alarms(result.consecutive_failures, latest, now=now)
+        instruments = otel_instruments()
+        for o in outcomes:
+            instruments.runs.add(1, {"task": o.task_name, "outcome": o.status})
+            instruments.duration.record(
+                o.duration_seconds, {"task": o.task_name, "outcome": o.status}
+            )
+        instruments.failures.update(result.consecutive_failures)
+
+    def _update_failure_alarms(
+        self, failures: dict[str, int], latest: dict[str, RunOutcome], *, now: datetime
+    ) -> None:
+        to_open = [n for n, c in failures.items() if c >= self.failure_threshold]
+        to_close = [n for n, c in failures.items() if c == 0]
+        if not to_open and not to_close:
+            return
+        with self._transaction("alarms") as conn:
+            if conn is None:
+                return
+            if to_open:
+                stmt = _insert(conn, alarm_events).on_conflict_do_nothing(
+                    index_elements=["task_name", "kind"],
+                    index_where=alarm_events.c.closed_at.is_(None),
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "task_name": n,
+                            "kind": "consecutive_failures",
+                            "opened_at": now,
+                            "closed_at": None,
+                            "details": json.dumps(
+                                {
+                                    "consecutive_failures": failures[n],
+                                    "threshold": self.failure_threshold,
+                                    "last_error": truncate_text(
+                                        latest[n].error_message, LAST_ERROR_LIMIT
+                                    )
+                                    if n in latest
+                                    else None,
+                                }
+                            ),
+                        }
+                        for n in to_open
+                    ],
+                )
+            if to_close:
+                conn.execute(
+                    alarm_events.update()
+                    .where(alarm_events.c.task_name.in_(to_close))
+                    .where(alarm_events.c.kind == "consecutive_failures")
+                    .where(alarm_events.c.closed_at.is_(None))
+                    .values(closed_at=now)
+                )
+
+    def check_stuck(self, *, now: datetime) -> set[str]:
+        """Open a ``stuck`` alarm for each task with a run past ``max_runtime``; close cleared ones.
+
+        Returns the names of stuck tasks (empty when the check could not run).
+        """
+        stuck: set[str] = set()
+        with self._transaction("stuck check") as conn:
+            if conn is None:
+                return set()
+            rows = conn.execute(
+                sa.select(
+                    task_runs.c.task_name,
+                    sa.func.min(task_runs.c.started_at).label("oldest"),
+                    schedules.c.max_runtime_seconds,
+                )
+                .join(schedules, schedules.c.name == task_runs.c.task_name)
+                .where(task_runs.c.status == "running")
+                .where(schedules.c.max_runtime_seconds.is_not(None))
+                .group_by(task_runs.c.task_name, schedules.c.max_runtime_seconds)
+            ).all()
+            for r in rows:
+                oldest = r.oldest
+                if oldest is not None and (now - oldest).total_seconds() > r.max_runtime_seconds:
+                    stuck.add(r.task_name)
+            open_rows = conn.execute(
+                sa.select(alarm_events.c.task_name)
+                .where(alarm_events.c.kind == "stuck")
+                .where(alarm_events.c.closed_at.is_(None))
+            ).all()
+            already = {r.task_name for r in open_rows}
+            new = sorted(stuck - already)
+            if new:
+                conn.execute(
+                    _insert(conn, alarm_events).on_conflict_do_nothing(
+                        index_elements=["task_name", "kind"],
+                        index_where=alarm_events.c.closed_at.is_(None),
+                    ),
+                    [
+                        {
+                            "task_name": n,
+                            "kind": "stuck",
+                            "opened_at": now,
+                            "closed_at": None,
+                            "details": None,
+                        }
+                        for n in new
+                    ],
+                )
+            cleared = sorted(already - stuck)
+            if cleared:
+                conn.execute(
+                    alarm_events.update()
+                    .where(alarm_events.c.task_name.in_(cleared))
+                    .where(alarm_events.c.kind == "stuck")
+                    .where(alarm_events.c.closed_at.is_(None))
+                    .values(closed_at=now)
+                )
+        instruments = otel_instruments()
+        instruments.stuck.clear()
+        instruments.stuck.update(dict.fromkeys(stuck, 1))
+        return stuck
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0][:300] if text else ""
