@@ -252,6 +252,14 @@ def _run_scheduler(
             stop_extra()
         shutdown_otel()
         engine.dispose()
+    busy = scheduler.busy_worker_threads()
+    if busy:
+        # Their runs are already recorded `cancelled`; threads cannot be killed, and the
+        # interpreter would wait for them at exit, so leave now.
+        log.warning("exiting with %d callable thread(s) still running (recorded cancelled)", busy)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "sqlite:///schedctl.db"
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK_KEY = 0x5C4ED_C71  # arbitrary, fixed: "schedctl migrations"
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -140,8 +141,12 @@ def check_schema(engine: Engine) -> None:
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Migrate the database to ``revision``; return (revision before, revision after)."""
-    before = current_revision(engine)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several pods may run `db upgrade` at once (one init container each): the first
+            # migrates, the others wait here and then find nothing left to do.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        before = MigrationContext.configure(conn).get_current_revision()
         command.upgrade(_alembic_config(conn), revision)
     after = current_revision(engine)
     assert after is not None

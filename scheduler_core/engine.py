@@ -262,8 +262,8 @@ class Scheduler:
                 version=__version__,
             )
             cancel_ids = []
-        for run_id in cancel_ids:
-            self.cancel_local(run_id, "cancel requested")
+        for run_id, reason in cancel_ids:
+            self.cancel_local(run_id, reason)
         reaped = self.store.reap_abandoned(now=now)
         if reaped:
             log.warning("marked %d run(s) of dead instances abandoned", len(reaped))
@@ -306,6 +306,14 @@ class Scheduler:
         )
 
     def _execute_in_thread(self, run: DispatchedRun, handle: RunHandle) -> None:
+        current = threading.current_thread()
+        current._schedctl_busy = True  # type: ignore[attr-defined]
+        try:
+            self._execute_in_thread_inner(run, handle)
+        finally:
+            current._schedctl_busy = False  # type: ignore[attr-defined]
+
+    def _execute_in_thread_inner(self, run: DispatchedRun, handle: RunHandle) -> None:
         span = self._span(run)
         with trace.use_span(span, end_on_exit=False):
             action = run.definition.action
@@ -472,6 +480,15 @@ class Scheduler:
         self.telemetry.runs_finished(result, definitions, now=now)
 
     # ------------------------------------------------------------------ test helpers
+    @staticmethod
+    def busy_worker_threads() -> int:
+        """Worker threads still inside a sync callable (they cannot be stopped)."""
+        return sum(
+            1
+            for t in threading.enumerate()
+            if t.name.startswith("schedctl-run") and t.is_alive() and getattr(t, "_schedctl_busy", False)
+        )
+
     @property
     def running_count(self) -> int:
         return len(self._running)

@@ -836,8 +836,10 @@ class Store:
             )
         return reaped
 
-    def heartbeat(self, *, now: datetime, running_runs: int, state: str = "running") -> list[int]:
-        """Renew this instance's heartbeat; return ids of its runs with a cancel request.
+    def heartbeat(
+        self, *, now: datetime, running_runs: int, state: str = "running"
+    ) -> list[tuple[int, str]]:
+        """Renew this instance's heartbeat; return (run id, reason) of its runs to cancel.
 
         Raises LookupError when the instance row is gone (another host's admin removed it).
         """
@@ -856,12 +858,12 @@ class Store:
                 .values(last_heartbeat_at=now)
             )
             cancel = conn.execute(
-                sa.select(task_runs.c.id)
+                sa.select(task_runs.c.id, task_runs.c.cancel_reason)
                 .where(task_runs.c.status == "running")
                 .where(task_runs.c.instance_id == self.instance_id)
                 .where(task_runs.c.cancel_requested)
             )
-            return [r.id for r in cancel]
+            return [(r.id, r.cancel_reason or "cancel requested") for r in cancel]
 
     def set_instance_state(self, state: str, *, now: datetime) -> None:
         with self.engine.begin() as conn:

@@ -12,9 +12,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from opentelemetry import metrics, trace
@@ -25,6 +24,7 @@ from scheduler_core.store import DispatchedRun, FinalizeResult, RunOutcome, _ins
 __all__ = ["RateLimitedLogger", "TelemetryWriter", "otel_instruments"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 LAST_ERROR_LIMIT = 500
 
 
@@ -129,19 +129,21 @@ class TelemetryWriter:
         self._running_per_task: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[sa.Connection | None]:
+    def _write(self, what: str, work: Callable[[sa.Connection], T]) -> T | None:
+        """Run ``work`` in its own short transaction; on any error log (rate-limited), return None."""
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     ms = int(self.statement_timeout * 1000)
                     conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
-                yield conn
-        except Exception as exc:  # noqa: BLE001 - telemetry must never fail the run
+                return work(conn)
+        except Exception as exc:  # telemetry must never fail the run
             self.errors.error(
                 f"telemetry:{what}",
-                f"telemetry write failed ({what}); runs continue unaffected: {type(exc).__name__}: {_first_line(exc)}",
+                f"telemetry write failed ({what}); runs continue unaffected: "
+                f"{type(exc).__name__}: {_first_line(exc)}",
             )
+            return None
 
     def runs_started(self, runs: Sequence[DispatchedRun], *, now: datetime) -> None:
         if not runs:
@@ -170,9 +172,8 @@ class TelemetryWriter:
                 }
             )
         rows = list({r["task_name"]: r for r in rows}.values())
-        with self._transaction("health start") as conn:
-            if conn is None:
-                return
+
+        def _work(conn: sa.Connection) -> bool:
             stmt = _insert(conn, task_health)
             conn.execute(
                 stmt.on_conflict_do_update(
@@ -193,6 +194,9 @@ class TelemetryWriter:
                 ),
                 rows,
             )
+            return True
+
+        self._write("health start", _work)
 
     def runs_finished(
         self,
@@ -240,9 +244,8 @@ class TelemetryWriter:
                     "updated_at": now,
                 }
             )
-        with self._transaction("health finish") as conn:
-            if conn is None:
-                return
+
+        def _work(conn: sa.Connection) -> bool:
             stmt = _insert(conn, task_health)
             conn.execute(
                 stmt.on_conflict_do_update(
@@ -263,6 +266,9 @@ class TelemetryWriter:
                 ),
                 rows,
             )
+            return True
+
+        self._write("health finish", _work)
         self._update_failure_alarms(result.consecutive_failures, latest, now=now)
         instruments = otel_instruments()
         for o in outcomes:
@@ -279,9 +285,8 @@ class TelemetryWriter:
         to_close = [n for n, c in failures.items() if c == 0]
         if not to_open and not to_close:
             return
-        with self._transaction("alarms") as conn:
-            if conn is None:
-                return
+
+        def _work(conn: sa.Connection) -> bool:
             if to_open:
                 stmt = _insert(conn, alarm_events).on_conflict_do_nothing(
                     index_elements=["task_name", "kind"],
@@ -318,6 +323,9 @@ class TelemetryWriter:
                     .where(alarm_events.c.closed_at.is_(None))
                     .values(closed_at=now)
                 )
+            return True
+
+        self._write("alarms", _work)
 
     def check_stuck(self, *, now: datetime) -> set[str]:
         """Open a ``stuck`` alarm for each task with a run past ``max_runtime``; close cleared ones.
@@ -325,9 +333,8 @@ class TelemetryWriter:
         Returns the names of stuck tasks (empty when the check could not run).
         """
         stuck: set[str] = set()
-        with self._transaction("stuck check") as conn:
-            if conn is None:
-                return set()
+
+        def _work(conn: sa.Connection) -> bool:
             rows = conn.execute(
                 sa.select(
                     task_runs.c.task_name,
@@ -376,6 +383,10 @@ class TelemetryWriter:
                     .where(alarm_events.c.closed_at.is_(None))
                     .values(closed_at=now)
                 )
+            return True
+
+        if self._write("stuck check", _work) is None:
+            return set()
         instruments = otel_instruments()
         instruments.stuck.clear()
         instruments.stuck.update(dict.fromkeys(stuck, 1))

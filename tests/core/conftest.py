@@ -1,0 +1,58 @@
+"""Fixtures for the core: a store on each backend, a fake clock, task definitions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler_core.clock import FakeClock
+from scheduler_core.config import parse_task_document
+from scheduler_core.engine import EngineSettings, Scheduler
+from scheduler_core.store import Store
+from scheduler_core.tasks import TaskDefinition
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+def tasks(*mappings: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[TaskDefinition]:
+    return parse_task_document({"defaults": defaults or {}, "tasks": list(mappings)}, source="test")
+
+
+@pytest.fixture
+def store(db_engine: sa.Engine) -> Store:
+    return Store(db_engine, instance_id="inst-a")
+
+
+@pytest.fixture
+def make_scheduler(db_engine: sa.Engine, clock: FakeClock) -> Iterator[Callable[..., Scheduler]]:
+    """Build schedulers on the test database; all are drained at teardown."""
+    made: list[Scheduler] = []
+
+    def make(instance_id: str = "inst-a", **overrides: Any) -> Scheduler:
+        settings = EngineSettings(instance_id=instance_id, health_listen=None, drain_grace=2, kill_grace=1, **overrides)
+        scheduler = Scheduler(engine=db_engine, settings=settings, clock=clock)
+        scheduler.start()
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.request_stop()
+        scheduler.drain()
+
+
+def run_cycle(scheduler: Scheduler, timeout: float = 10.0) -> int:
+    """Start what is due, wait for those runs to finish, and record them."""
+    started = scheduler.step()
+    scheduler.wait_for_completions(started, timeout=timeout)
+    scheduler.step()
+    return started

@@ -1,0 +1,170 @@
+"""Engine behaviour with real subprocesses and threads, on both backends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import sqlalchemy as sa
+
+from scheduler_core.db import create_db_engine
+from scheduler_core.models import schedules, task_runs
+from scheduler_core.store import Store
+from scheduler_core.telemetry import TelemetryWriter
+from tests.core.conftest import run_cycle, tasks
+
+
+def all_runs(engine: sa.Engine) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(task_runs).order_by(task_runs.c.id)))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes once reaped or defunct.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_failing_telemetry_never_fails_the_task(db_engine, clock, tmp_path, caplog) -> None:
+    """With telemetry writes failing, each task runs once with its true outcome; one log line."""
+    from scheduler_core.engine import EngineSettings, Scheduler
+
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "ok", "command": ["true"], "every": "10s"}, {"name": "bad", "command": ["false"], "every": "10s"}),
+        now=clock.now(),
+    )
+    broken = create_db_engine(f"sqlite:///{tmp_path}/missing-dir/nope.db")
+    telemetry = TelemetryWriter(broken, instance_id="inst-a", log_interval=3600)
+    scheduler = Scheduler(
+        engine=db_engine,
+        settings=EngineSettings(instance_id="inst-a", health_listen=None, drain_grace=1),
+        clock=clock,
+        telemetry=telemetry,
+    )
+    scheduler.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="scheduler_core.telemetry"):
+            for _ in range(3):
+                clock.advance(10)
+                run_cycle(scheduler)
+    finally:
+        scheduler.request_stop()
+        scheduler.drain()
+        broken.dispose()
+    rows = all_runs(db_engine)
+    by_task = {name: [r.status for r in rows if r.task_name == name] for name in ("ok", "bad")}
+    assert by_task == {"ok": ["success"] * 3, "bad": ["failure"] * 3}
+    telemetry_errors = [r for r in caplog.records if "telemetry write failed" in r.getMessage()]
+    # One line per kind of write (start, finish, alarms...), never one per run.
+    assert 1 <= len(telemetry_errors) <= 4
+    assert len({r.getMessage().split("(")[1].split(")")[0] for r in telemetry_errors}) == len(telemetry_errors)
+
+
+def test_command_timeout_kills_the_process_group(make_scheduler, clock, db_engine) -> None:
+    """A command past its timeout is killed (SIGTERM, then SIGKILL) and recorded `timeout`."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks(
+            {
+                "name": "stubborn",
+                # The shell ignores SIGTERM, so only the SIGKILL after the grace stops it.
+                "command": ["sh", "-c", "trap '' TERM; sleep 30 & wait"],
+                "every": "1h",
+                "timeout": "500ms",
+                "timeout_grace": "300ms",
+            }
+        ),
+        now=clock.now(),
+    )
+    scheduler = make_scheduler()
+    clock.advance(3600)
+    start = time.monotonic()
+    run_cycle(scheduler, timeout=10)
+    (row,) = all_runs(db_engine)
+    assert row.status == "timeout" and "timed out after 0.5s" in row.error_message
+    assert time.monotonic() - start < 5
+    assert row.pid is not None and not pid_alive(row.pid)
+
+
+def test_sync_callable_timeout_is_recorded(make_scheduler, clock, db_engine) -> None:
+    """A sync callable past its timeout is recorded `timeout` at the deadline (thread left to finish)."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "slow", "callable": "time:sleep", "args": [1.5], "every": "1h", "timeout": "200ms"}),
+        now=clock.now(),
+    )
+    scheduler = make_scheduler()
+    clock.advance(3600)
+    scheduler.step()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all_runs(db_engine)[0].status == "timeout":
+        time.sleep(0.05)
+        scheduler.step()
+    (row,) = all_runs(db_engine)
+    assert row.status == "timeout" and "cannot be killed" in row.error_message
+
+
+def test_retry_is_persisted_and_counts_failure_once(make_scheduler, clock, db_engine) -> None:
+    """A failed attempt schedules a retry in SQL; only the tick's final failure counts."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "r", "command": ["false"], "every": "1h", "retries": {"max": 1, "backoff": "fixed", "delay": "10s"}}),
+        now=clock.now(),
+    )
+    scheduler = make_scheduler()
+    clock.advance(3600)
+    run_cycle(scheduler)
+    with db_engine.connect() as conn:
+        row = conn.execute(sa.select(schedules).where(schedules.c.name == "r")).one()
+    assert row.retry_attempt == 2 and row.retry_at == clock.now() + __import__("datetime").timedelta(seconds=10)
+    assert row.consecutive_failures == 0
+    clock.advance(10)
+    run_cycle(scheduler)
+    rows = all_runs(db_engine)
+    assert [(r.attempt, r.trigger, r.status) for r in rows] == [(1, "schedule", "failure"), (2, "retry", "failure")]
+    assert rows[0].scheduled_for == rows[1].scheduled_for
+    with db_engine.connect() as conn:
+        row = conn.execute(sa.select(schedules).where(schedules.c.name == "r")).one()
+    assert row.consecutive_failures == 1 and row.retry_at is None and row.runs_failure_total == 2
+
+
+def test_cancel_from_another_process_kills_command(make_scheduler, clock, db_engine) -> None:
+    """A cancel flagged in SQL (as by `schedctl cancel` on another host) kills the command."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "long", "command": ["sleep", "600"], "every": "1h", "timeout_grace": "1s"}), now=clock.now()
+    )
+    scheduler = make_scheduler(heartbeat_interval=0.2)
+    clock.advance(3600)
+    scheduler.step()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and all_runs(db_engine)[0].pid is None:
+        time.sleep(0.05)
+        pid = next(iter(scheduler._running.values())).pid
+        if pid:
+            break
+    run_id = all_runs(db_engine)[0].id
+    assert Store(db_engine, instance_id="admin").request_cancel(run_id, reason="ops said so") == "running"
+    start = time.monotonic()
+    while time.monotonic() - start < 5 and all_runs(db_engine)[0].status == "running":
+        time.sleep(0.1)
+        scheduler.step()
+    (row,) = all_runs(db_engine)
+    assert row.status == "cancelled" and row.error_message == "ops said so"
+    assert pid and not pid_alive(pid)
+    assert time.monotonic() - start < 0.2 + 1 + 1.5  # heartbeat + grace, with slack for the poll
+
+
+def test_async_callable_runs_on_the_event_loop(make_scheduler, clock, db_engine) -> None:
+    """An async callable is awaited and recorded like any other run."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "a", "callable": "asyncio:sleep", "args": [0.01], "every": "1m"}), now=clock.now()
+    )
+    scheduler = make_scheduler()
+    clock.advance(60)
+    run_cycle(scheduler)
+    assert [r.status for r in all_runs(db_engine)] == ["success"]
