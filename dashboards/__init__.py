@@ -1,0 +1,1 @@
+"""Grafana dashboards for schedctl and the code that builds them (see build.py)."""

@@ -1,0 +1,1 @@
+"""Tests of the shipped Prometheus rules, promtool unit tests and Alertmanager example."""

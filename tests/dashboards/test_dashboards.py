@@ -1,0 +1,438 @@
+"""The Grafana dashboards: current with dashboards/build.py, valid against the Grafana JSON
+schemas in ../shared/grafana-schema, and written so that every query works with several
+exporter replicas."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+
+from dashboards import build
+from tests.alerts.promql_checks import raw_metric_names, unaggregated_selectors
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_DIR = REPO.parent / "shared" / "grafana-schema"
+DESIGN = REPO.parent / "shared" / "DESIGN.md"
+RULES = REPO / "alerts" / "schedctl-rules.yml"
+DASHBOARD_DIR = REPO / "dashboards"
+
+EXPECTED_FILES = {
+    "schedctl-overview": "schedctl-overview.json",
+    "schedctl-task": "schedctl-task.json",
+}
+DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
+UIDS = sorted(EXPECTED_FILES)
+
+
+@cache
+def _schema(name: str) -> dict[str, Any]:
+    path = SCHEMA_DIR / f"{name}.jsonschema.json"
+    if not path.exists():
+        pytest.fail(f"{path} not found: the shared/ checkout must sit beside the repository")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _validator(schema_file: str, definition: str | None = None) -> Draft7Validator:
+    schema = _schema(schema_file)
+    if definition is not None:
+        schema = {"$ref": f"#/definitions/{definition}", "definitions": schema["definitions"]}
+    return Draft7Validator(schema)
+
+
+def _errors(validator: Draft7Validator, instance: Any) -> list[str]:
+    return [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message[:200]}"
+        for error in validator.iter_errors(instance)
+    ]
+
+
+def _committed(uid: str) -> dict[str, Any]:
+    return json.loads((DASHBOARD_DIR / EXPECTED_FILES[uid]).read_text(encoding="utf-8"))
+
+
+def _panels(model: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for panel in model["panels"]:
+        found.append(panel)
+        found.extend(panel.get("panels", []))
+    return [panel for panel in found if panel["type"] != "row"]
+
+
+def _all_panels() -> list[tuple[str, dict[str, Any]]]:
+    return [(uid, panel) for uid in UIDS for panel in _panels(_committed(uid))]
+
+
+def _panel_id(item: tuple[str, dict[str, Any]]) -> str:
+    return f"{item[0]}:{item[1]['title']}"
+
+
+# --- generated and committed --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_committed_json_is_what_build_produces(uid: str) -> None:
+    """The committed JSON file is byte for byte what `python -m dashboards.build` writes now."""
+    committed = (DASHBOARD_DIR / EXPECTED_FILES[uid]).read_text(encoding="utf-8")
+    assert committed == build.render(build.build_all()[uid]), (
+        "stale dashboard: run python -m dashboards.build"
+    )
+
+
+def test_build_check_mode_detects_a_stale_file(tmp_path: Path) -> None:
+    """`--check` exits 1 when a dashboard file differs and 0 once it was rewritten."""
+    assert build.main(["--out", str(tmp_path)]) == 0
+    stale = tmp_path / EXPECTED_FILES["schedctl-task"]
+    stale.write_text("{}\n", encoding="utf-8")
+    assert build.main(["--check", "--out", str(tmp_path)]) == 1
+    assert build.main(["--out", str(tmp_path)]) == 0
+    assert build.main(["--check", "--out", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_uid_id_and_schema_version_are_pinned(uid: str) -> None:
+    """Each dashboard has its stable uid, a null id and the pinned schemaVersion 39."""
+    model = _committed(uid)
+    assert model["uid"] == uid
+    assert model["id"] is None
+    assert model["schemaVersion"] == 39
+    assert build.DASHBOARD_FILES == EXPECTED_FILES
+
+
+# --- Grafana JSON schemas -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_dashboard_validates_against_dashboard_schema(uid: str) -> None:
+    """The dashboard validates against Grafana's classic dashboard model schema."""
+    assert _errors(_validator("dashboard"), _committed(uid)) == []
+
+
+@pytest.mark.parametrize("item", _all_panels(), ids=_panel_id)
+def test_panel_options_validate_against_panel_type_schema(item: tuple[str, dict[str, Any]]) -> None:
+    """Each panel's `options` validate against the Options of its panel type's schema."""
+    _, panel = item
+    assert _errors(_validator(panel["type"], "Options"), panel["options"]) == []
+
+
+@pytest.mark.parametrize("item", _all_panels(), ids=_panel_id)
+def test_panel_field_config_validates_against_panel_type_schema(
+    item: tuple[str, dict[str, Any]],
+) -> None:
+    """fieldConfig.defaults.custom and every `custom.*` override match the panel type's
+    FieldConfig; panel types without one carry no custom field config."""
+    _, panel = item
+    definitions = _schema(panel["type"])["definitions"]
+    field_config = panel["fieldConfig"]
+    custom = field_config["defaults"].get("custom")
+    if "FieldConfig" not in definitions:
+        assert custom is None
+        return
+    validator = _validator(panel["type"], "FieldConfig")
+    if custom is not None:
+        assert _errors(validator, custom) == []
+    for override in field_config["overrides"]:
+        for prop in override["properties"]:
+            if prop["id"].startswith("custom."):
+                key = prop["id"].removeprefix("custom.")
+                assert _errors(validator, {**(custom or {}), key: prop["value"]}) == []
+
+
+@pytest.mark.parametrize("item", _all_panels(), ids=_panel_id)
+def test_targets_validate_against_prometheus_query_schema(
+    item: tuple[str, dict[str, Any]],
+) -> None:
+    """Each panel target is a valid Prometheus query model."""
+    _, panel = item
+    assert panel["targets"], "panel without a query"
+    for target in panel["targets"]:
+        assert _errors(_validator("prometheus"), target) == []
+
+
+# --- house rules --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_datasource_variable_is_used_by_every_panel_and_target(uid: str) -> None:
+    """A `datasource` variable of type datasource (prometheus) drives every panel and target."""
+    model = _committed(uid)
+    variables = {variable["name"]: variable for variable in model["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in _panels(model):
+        assert panel["datasource"] == DATASOURCE_REF, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE_REF, panel["title"]
+    for variable in model["templating"]["list"]:
+        if variable["type"] == "query":
+            assert variable["datasource"] == DATASOURCE_REF, variable["name"]
+
+
+@pytest.mark.parametrize("item", _all_panels(), ids=_panel_id)
+def test_every_panel_has_unit_and_description(item: tuple[str, dict[str, Any]]) -> None:
+    """Every panel states its unit and describes what it shows."""
+    _, panel = item
+    assert panel["fieldConfig"]["defaults"].get("unit")
+    assert panel.get("description", "").strip()
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_panel_ids_unique_and_grid_free_of_overlap(uid: str) -> None:
+    """Panel ids are unique and no two panels overlap on the grid."""
+    panels = _panels(_committed(uid))
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        area = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not area & cells, panel["title"]
+        cells |= area
+
+
+def test_task_dashboard_has_task_variable_from_task_info() -> None:
+    """schedctl-task selects its task from label_values(scheduler_task_info, task)."""
+    variables = {v["name"]: v for v in _committed("schedctl-task")["templating"]["list"]}
+    assert variables["task"]["type"] == "query"
+    assert variables["task"]["query"] == "label_values(scheduler_task_info, task)"
+    assert all(
+        'task="$task"' in expr for uid, _, expr in build.all_queries() if uid == "schedctl-task"
+    )
+
+
+def test_rate_queries_use_rate_interval() -> None:
+    """rate()/irate() use [$__rate_interval]; increase() that or [$__range]; no fixed windows."""
+    for uid, title, expr in build.all_queries():
+        for function, window in re.findall(r"\b(rate|irate|increase)\([^\[]*\[([^\]]+)\]", expr):
+            allowed = {"$__rate_interval"} | ({"$__range"} if function == "increase" else set())
+            assert window in allowed, f"{uid} / {title}: {function}(...[{window}])"
+        assert not re.search(r"\[\d+[smhdwy]\]", expr), f"{uid} / {title}: fixed range"
+
+
+def test_queries_aggregate_away_scrape_target_labels() -> None:
+    """Every raw series in every panel query is aggregated so instance/job/pod are gone."""
+    offenders = {
+        f"{uid} / {title}": found
+        for uid, title, expr in build.all_queries()
+        if (found := unaggregated_selectors(expr))
+    }
+    assert offenders == {}
+
+
+def test_queries_read_only_metrics_of_the_design_contract() -> None:
+    """Every scheduler_* metric the dashboards read is in DESIGN.md's metric table."""
+    if not DESIGN.exists():
+        pytest.fail(f"{DESIGN} not found: the shared/ checkout must sit beside the repository")
+    text = DESIGN.read_text(encoding="utf-8")
+    allowed = set(re.findall(r"\b(scheduler_\w+)", text.split("## Metrics", 1)[1]))
+    used = {
+        re.sub(r"_bucket$", "", name)
+        for _, _, expr in build.all_queries()
+        for name in raw_metric_names(expr)
+        if name.startswith("scheduler_")
+    }
+    assert used <= allowed, used - allowed
+
+
+def test_dashboard_thresholds_match_alert_rules() -> None:
+    """The late grace and heartbeat staleness on the dashboards equal the alert thresholds."""
+    recorded = {
+        rule["record"]: rule["expr"]
+        for group in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    grace = recorded["schedctl:threshold:late_grace_seconds"]
+    stale = recorded["schedctl:threshold:heartbeat_stale_seconds"]
+    assert grace == f"vector({build.LATE_GRACE_SECONDS})"
+    assert stale == f"vector({build.HEARTBEAT_STALE_SECONDS})"
+
+
+def test_table_transformations_refer_to_existing_queries() -> None:
+    """Every `Value #X` column a transformation names comes from a target with refId X."""
+    for uid, panel in _all_panels():
+        ref_ids = {target["refId"] for target in panel["targets"]}
+        named = set(re.findall(r"Value #(\w+)", json.dumps(panel.get("transformations", []))))
+        assert named <= ref_ids, f"{uid} / {panel['title']}: {named - ref_ids}"
+
+
+# --- helpers for the end-to-end test ------------------------------------------------------------
+
+
+def test_all_queries_lists_every_target() -> None:
+    """all_queries() returns one (uid, title, expr) per target of every panel of both dashboards."""
+    expected = [
+        (uid, panel["title"], target["expr"])
+        for uid, panel in _all_panels()
+        for target in panel["targets"]
+    ]
+    assert sorted(build.all_queries()) == sorted(expected)
+    assert {uid for uid, _, _ in build.all_queries()} == set(UIDS)
+
+
+def test_substitute_replaces_every_grafana_variable_form() -> None:
+    """$name, ${name}, ${name:format} and [[name]] are replaced; PromQL's own $1 is left alone."""
+    variables = {"task": "backup", "__rate_interval": "1m", "__range": "1h"}
+    expr = (
+        'rate(x{task="$task"}[$__rate_interval]) + increase(y{task="${task}"}[${__range}])'
+        ' + z{task="${task:raw}", t="[[task]]"} + label_replace(v, "a", "$1", "b", "(.*)")'
+    )
+    assert build.substitute(expr, variables) == (
+        'rate(x{task="backup"}[1m]) + increase(y{task="backup"}[1h])'
+        ' + z{task="backup", t="backup"} + label_replace(v, "a", "$1", "b", "(.*)")'
+    )
+
+
+def test_substitute_refuses_a_missing_variable() -> None:
+    """A variable without a value raises KeyError instead of sending `$task` to Prometheus."""
+    with pytest.raises(KeyError, match="task"):
+        build.substitute('up{task="$task"}', {"__rate_interval": "1m"})
+
+
+@pytest.mark.prometheus
+def test_every_query_parses_as_promql(tmp_path: Path) -> None:
+    """Every panel query, with its variables substituted, is valid PromQL to promtool's parser."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is required (Debian: prometheus)")
+    variables = {"task": "backup", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard-queries",
+                "rules": [
+                    {
+                        "record": f"dashboard_query_{index}",
+                        "expr": build.substitute(expr, variables),
+                    }
+                    for index, (_, _, expr) in enumerate(build.all_queries())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.prometheus
+def test_status_badge_gives_each_task_one_state(tmp_path: Path) -> None:
+    """The status badge query yields one series per task, first match wins in the exporter's
+    precedence, even when two exporter replicas report the task (evaluated by promtool)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is required (Debian: prometheus)")
+    # task -> (gauges that differ from a healthy, idle task due in the future, badge, value)
+    tasks: dict[str, tuple[dict[str, str], str, float]] = {
+        "ok": ({}, "ok", 1),
+        "failing": ({"scheduler_task_consecutive_failures": "2"}, "failing", 2),
+        "paused": (
+            {"scheduler_task_paused": "1", "scheduler_task_consecutive_failures": "2"},
+            "paused",
+            1,
+        ),
+        "disabled": ({"scheduler_task_enabled": "0", "scheduler_task_paused": "1"}, "disabled", 0),
+        "stuck": ({"scheduler_task_stuck": "1", "scheduler_task_running": "1"}, "stuck", 1),
+        "running": ({"scheduler_task_running": "1"}, "running", 1),
+        # At 10m the run due at 60 s is 540 s overdue.
+        "late": ({"scheduler_task_next_run_timestamp_seconds": "60"}, "late", 540),
+        "failing-and-late": (
+            {
+                "scheduler_task_consecutive_failures": "1",
+                "scheduler_task_next_run_timestamp_seconds": "60",
+            },
+            "failing",
+            1,
+        ),
+    }
+    healthy = {
+        "scheduler_task_info": "1",
+        "scheduler_task_paused": "0",
+        "scheduler_task_enabled": "1",
+        "scheduler_task_stuck": "0",
+        "scheduler_task_running": "0",
+        "scheduler_task_consecutive_failures": "0",
+        "scheduler_task_next_run_timestamp_seconds": "100000",
+    }
+    series = [
+        {
+            "series": f'{metric}{{task="{task}", job="schedctl", instance="{ip}", pod="{pod}"}}',
+            "values": f"{value}x10",
+        }
+        for task, (changes, _, _) in tasks.items()
+        for metric, value in {**healthy, **changes}.items()
+        for ip, pod in (("10.0.0.1:9464", "schedctl-0"), ("10.0.0.2:9464", "schedctl-1"))
+    ]
+    expected = [
+        {"labels": f'{{task="{task}", state="{state}"}}', "value": value}
+        for task, (_, state, value) in tasks.items()
+    ]
+    (tmp_path / "none.yml").write_text("groups: []\n", encoding="utf-8")
+    test_file = tmp_path / "status_test.yml"
+    test_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["none.yml"],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": series,
+                        "promql_expr_test": [
+                            {
+                                "expr": build.status_expr(),
+                                "eval_time": "10m",
+                                "exp_samples": expected,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_query_is_free_of_variables_after_substitution() -> None:
+    """With task, rate interval, interval and range given, no `$` variable remains in any query."""
+    variables = {"task": "backup", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+    for _, _, expr in build.all_queries():
+        assert "$" not in build.substitute(expr, variables).replace('"$1"', "")
+
+
+# --- provisioning -------------------------------------------------------------------------------
+
+
+def test_provisioning_files_point_grafana_at_the_dashboards() -> None:
+    """The provisioning examples declare a file dashboard provider and a Prometheus data source."""
+    provisioning = DASHBOARD_DIR / "provisioning"
+    dashboards = yaml.safe_load((provisioning / "dashboards.yml").read_text(encoding="utf-8"))
+    datasources = yaml.safe_load((provisioning / "datasource.yml").read_text(encoding="utf-8"))
+    assert dashboards["apiVersion"] == 1
+    (provider,) = dashboards["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"]
+    assert datasources["apiVersion"] == 1
+    assert [source["type"] for source in datasources["datasources"]] == ["prometheus"]
