@@ -68,7 +68,7 @@ def _database_url(args: argparse.Namespace) -> str:
 def _password(url: str) -> str | None:
     try:
         return make_url(url).password  # type: ignore[return-value]
-    except Exception:  # noqa: BLE001 - an unparseable URL has no password to hide
+    except Exception:
         return None
 
 
@@ -359,7 +359,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:
         detail = r["error_message"] or ""
         if r["status"] == "missed" and r["missed_count"]:
-            detail = f"{r['missed_count']} tick(s) {_fmt_time(r['missed_first_at'])} .. {_fmt_time(r['missed_last_at'])}"
+            first, last = _fmt_time(r["missed_first_at"]), _fmt_time(r["missed_last_at"])
+            detail = f"{r['missed_count']} tick(s) {first} .. {last}"
         rows.append(
             [
                 str(r["id"]),
@@ -410,7 +411,7 @@ def _actor() -> str:
 
     try:
         user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
+    except Exception:
         user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
 
@@ -460,7 +461,7 @@ def cmd_exporter(args: argparse.Namespace, rest: list[str]) -> int:
 # ---------------------------------------------------------------------------- parser
 EXAMPLES = {
     "scheduler": "schedctl scheduler --config tasks.yaml --database-url postgresql://sched@db/sched",
-    "demo": "schedctl demo            # SQLite file ./schedctl.db, example tasks, exporter on :9464",
+    "demo": "schedctl demo    # SQLite file ./schedctl.db, example tasks, exporter on :9464",
     "validate": "schedctl validate examples/tasks.yaml",
     "tasks": "schedctl tasks list --json",
     "runs": "schedctl runs --task nightly-backup --status failure --since 2d",
@@ -505,7 +506,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser, *, health_default: str) -
         "--lease",
         type=_duration_seconds,
         default=30.0,
-        help="instance and claim lease; runs of an instance silent this long are abandoned (default 30s)",
+        help="lease: runs of an instance silent this long are abandoned (default 30s)",
     )
     parser.add_argument(
         "--drain-grace",
@@ -692,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     except sa.exc.OperationalError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()
         print(
-            f"schedctl: error: cannot use database {redact_url(_database_url(args))}: {reason[0] if reason else exc}",
+            f"schedctl: error: cannot use database {redact_url(_database_url(args))}: "
+            f"{reason[0] if reason else exc}",
             file=sys.stderr,
         )
         return 1

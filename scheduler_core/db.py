@@ -145,7 +145,9 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> tuple[str | None, 
         if conn.dialect.name == "postgresql":
             # Several pods may run `db upgrade` at once (one init container each): the first
             # migrates, the others wait here and then find nothing left to do.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+            )
         before = MigrationContext.configure(conn).get_current_revision()
         command.upgrade(_alembic_config(conn), revision)
     after = current_revision(engine)

@@ -8,6 +8,7 @@ transaction instead of one commit per run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -36,7 +37,7 @@ from scheduler_core.executors import (
 from scheduler_core.health import HealthServer
 from scheduler_core.store import DispatchedRun, RunOutcome, Store
 from scheduler_core.tasks import CallableAction, CommandAction
-from scheduler_core.telemetry import RateLimitedLogger, TelemetryWriter, tracer
+from scheduler_core.telemetry import RateLimitedLogger, TelemetryWriter, _first_line, tracer
 
 __all__ = ["EngineSettings", "Scheduler", "default_instance_id"]
 
@@ -151,7 +152,7 @@ class Scheduler:
                     self._db_errors.error(
                         "loop",
                         f"database error, retrying in {self._backoff:.1f}s: "
-                        f"{type(exc).__name__}: {str(getattr(exc, 'orig', exc)).splitlines()[0] if str(getattr(exc, 'orig', exc)) else ''}",
+                        f"{type(exc).__name__}: {_first_line(exc)}",
                     )
                     self._wake.wait(self._backoff)
                     self._wake.clear()
@@ -179,10 +180,8 @@ class Scheduler:
             self.settings.drain_grace,
             len(self._running),
         )
-        try:
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
             self.store.set_instance_state("draining", now=self.clock.now())
-        except sa.exc.SQLAlchemyError:
-            pass
         deadline = time.monotonic() + self.settings.drain_grace
         while self._running and time.monotonic() < deadline:
             self._finalize_completions()
@@ -197,10 +196,8 @@ class Scheduler:
             log.warning("drain grace expired: %d run(s) recorded as cancelled", leftovers)
         # Commands get kill_grace to exit; their workers then report cancelled (ignored if first).
         self._finalize_completions()
-        try:
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
             self.store.set_instance_state("stopped", now=self.clock.now())
-        except sa.exc.SQLAlchemyError:
-            pass
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._async is not None:
             self._async.stop()
@@ -430,7 +427,8 @@ class Scheduler:
                 self._record_without_worker(
                     handle,
                     "timeout",
-                    f"timed out after {timeout:g}s; a sync callable cannot be killed, its thread was left to finish",
+                    f"timed out after {timeout:g}s; a sync callable cannot be killed, "
+                    "its thread was left to finish",
                 )
 
     def _cancel_all(self, reason: str) -> int:
@@ -474,7 +472,7 @@ class Scheduler:
                     definitions[o.task_name] = handle.definition
         if result.rejected:
             log.warning(
-                "%d late completion(s) rejected: the runs were already marked abandoned by another instance",
+                "%d late completion(s) rejected: another instance already marked them abandoned",
                 len(result.rejected),
             )
         self.telemetry.runs_finished(result, definitions, now=now)
@@ -486,7 +484,9 @@ class Scheduler:
         return sum(
             1
             for t in threading.enumerate()
-            if t.name.startswith("schedctl-run") and t.is_alive() and getattr(t, "_schedctl_busy", False)
+            if t.name.startswith("schedctl-run")
+            and t.is_alive()
+            and getattr(t, "_schedctl_busy", False)
         )
 
     @property

@@ -119,10 +119,8 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM the command's process group, then SIGKILL it after ``grace`` seconds."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
     # Children may ignore SIGTERM even after the leader exited: the group gets SIGKILL too.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

@@ -58,7 +58,7 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         try:

@@ -448,7 +448,9 @@ class Store:
                                 now,
                                 attempt=attempt,
                                 trigger=trigger,
-                                error_message=f"previous run still running (overlap={policies.overlap})",
+                                error_message=(
+                                    f"previous run still running (overlap={policies.overlap})"
+                                ),
                             )
                         )
                         continue

@@ -130,7 +130,7 @@ class TelemetryWriter:
         self._lock = threading.Lock()
 
     def _write(self, what: str, work: Callable[[sa.Connection], T]) -> T | None:
-        """Run ``work`` in its own short transaction; on any error log (rate-limited), return None."""
+        """Run ``work`` in its own short transaction; on error log (rate-limited), return None."""
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
@@ -190,7 +190,7 @@ class TelemetryWriter:
                             "max_runtime_seconds",
                             "updated_at",
                         )
-                    },  # fmt: skip
+                    },
                 ),
                 rows,
             )
@@ -262,7 +262,7 @@ class TelemetryWriter:
                             "last_heartbeat_at",
                             "updated_at",
                         )
-                    },  # fmt: skip
+                    },
                 ),
                 rows,
             )

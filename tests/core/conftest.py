@@ -23,7 +23,9 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-def tasks(*mappings: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[TaskDefinition]:
+def tasks(
+    *mappings: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[TaskDefinition]:
     return parse_task_document({"defaults": defaults or {}, "tasks": list(mappings)}, source="test")
 
 
@@ -38,7 +40,9 @@ def make_scheduler(db_engine: sa.Engine, clock: FakeClock) -> Iterator[Callable[
     made: list[Scheduler] = []
 
     def make(instance_id: str = "inst-a", **overrides: Any) -> Scheduler:
-        settings = EngineSettings(instance_id=instance_id, health_listen=None, drain_grace=2, kill_grace=1, **overrides)
+        settings = EngineSettings(
+            instance_id=instance_id, health_listen=None, drain_grace=2, kill_grace=1, **overrides
+        )
         scheduler = Scheduler(engine=db_engine, settings=settings, clock=clock)
         scheduler.start()
         made.append(scheduler)

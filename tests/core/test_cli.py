@@ -28,9 +28,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def schedctl(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def schedctl(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*SCHEDCTL, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        [*SCHEDCTL, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -74,12 +80,28 @@ def test_sigterm_drains_and_records_cancelled(db_url: str, tmp_path: Path, actio
     config.write_text(f"tasks:\n  - {task}\n")
     port = free_port()
     proc = subprocess.Popen(
-        [*SCHEDCTL, "scheduler", "--config", str(config), "--database-url", db_url, "--drain-grace", "2s",
-         "--health-listen", f"127.0.0.1:{port}", "--poll-interval", "100ms"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            *SCHEDCTL,
+            "scheduler",
+            "--config",
+            str(config),
+            "--database-url",
+            db_url,
+            "--drain-grace",
+            "2s",
+            "--health-listen",
+            f"127.0.0.1:{port}",
+            "--poll-interval",
+            "100ms",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        assert wait_for(lambda: any(r.status == "running" for r in run_rows(db_url)), 20), "task never started"
+        assert wait_for(lambda: any(r.status == "running" for r in run_rows(db_url)), 20), (
+            "task never started"
+        )
         assert health(port) == 200
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -102,14 +124,30 @@ def test_rejected_config_changes_nothing(sqlite_url: str, tmp_path: Path) -> Non
     """A bad config exits 2 naming the problem, and the database is left exactly as it was."""
     good = tmp_path / "good.yaml"
     good.write_text("tasks:\n  - {name: a, command: ['true'], every: 1h}\n")
-    assert schedctl("scheduler", "--config", str(good), "--database-url", sqlite_url, "--duration", "0.3s",
-                    "--health-listen", "off").returncode == 0  # fmt: skip
+    assert (
+        schedctl(
+            "scheduler",
+            "--config",
+            str(good),
+            "--database-url",
+            sqlite_url,
+            "--duration",
+            "0.3s",
+            "--health-listen",
+            "off",
+        ).returncode
+        == 0
+    )
     engine = create_db_engine(sqlite_url)
     with engine.connect() as conn:
         before = [tuple(r) for r in conn.execute(sa.select(schedules))]
     bad = tmp_path / "bad.yaml"
-    bad.write_text("tasks:\n  - {name: a, command: ['true'], every: 1h}\n  - {name: b, command: ['true'], cron: '99 * * * *'}\n")
-    result = schedctl("scheduler", "--config", str(bad), "--database-url", sqlite_url, "--health-listen", "off")
+    bad.write_text(
+        "tasks:\n  - {name: a, command: ['true'], every: 1h}\n  - {name: b, command: ['true'], cron: '99 * * * *'}\n"
+    )
+    result = schedctl(
+        "scheduler", "--config", str(bad), "--database-url", sqlite_url, "--health-listen", "off"
+    )
     assert result.returncode == 2
     assert "'b'" in result.stderr and "'cron'" in result.stderr and "99 * * * *" in result.stderr
     with engine.connect() as conn:
@@ -122,9 +160,15 @@ def test_rejected_config_changes_nothing(sqlite_url: str, tmp_path: Path) -> Non
     ("yaml_text", "needle"),
     [
         ("tasks:\n  - {name: a, command: ['true'], cron: 'not a cron'}\n", "not a cron"),
-        ("tasks:\n  - {name: a, command: ['true'], cron: '0 3 * * *', timezone: Nowhere/City}\n", "Nowhere/City"),
+        (
+            "tasks:\n  - {name: a, command: ['true'], cron: '0 3 * * *', timezone: Nowhere/City}\n",
+            "Nowhere/City",
+        ),
         ("tasks:\n  - {name: a, command: ['true'], every: -1s}\n", "-1s"),
-        ("tasks:\n  - {name: a, command: ['true'], every: 1m}\n  - {name: a, command: ['true'], every: 1m}\n", "duplicate"),
+        (
+            "tasks:\n  - {name: a, command: ['true'], every: 1m}\n  - {name: a, command: ['true'], every: 1m}\n",
+            "duplicate",
+        ),
         ("tasks:\n  - {name: a, callable: 'nosuch.mod:fn', every: 1m}\n", "nosuch.mod:fn"),
     ],
 )
@@ -143,7 +187,10 @@ def test_unreachable_database_is_named_without_password(tmp_path: Path) -> None:
     url = f"postgresql://sched:hunter2-secret@127.0.0.1:{port}/sched"
     result = schedctl("tasks", "list", "--database-url", url, timeout=60)
     assert result.returncode == 1
-    assert f"127.0.0.1:{port}" in result.stderr and "hunter2-secret" not in result.stderr + result.stdout
+    assert (
+        f"127.0.0.1:{port}" in result.stderr
+        and "hunter2-secret" not in result.stderr + result.stdout
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -151,27 +198,71 @@ def test_unmigrated_database_is_refused(tmp_path: Path) -> None:
     """The scheduler refuses an un-migrated database, naming found and needed revisions."""
     config = tmp_path / "t.yaml"
     config.write_text("tasks:\n  - {name: a, command: ['true'], every: 1m}\n")
-    result = schedctl("scheduler", "--config", str(config), "--database-url", f"sqlite:///{tmp_path}/new.db",
-                      "--health-listen", "off")  # fmt: skip
-    assert result.returncode == 1 and "none (database not migrated)" in result.stderr and "0001" in result.stderr
+    result = schedctl(
+        "scheduler",
+        "--config",
+        str(config),
+        "--database-url",
+        f"sqlite:///{tmp_path}/new.db",
+        "--health-listen",
+        "off",
+    )
+    assert (
+        result.returncode == 1
+        and "none (database not migrated)" in result.stderr
+        and "0001" in result.stderr
+    )
 
 
 def test_admin_commands_round_trip(sqlite_url: str, tmp_path: Path) -> None:
     """tasks list / pause / resume / run-now / runs work from another process, with --json."""
     config = tmp_path / "t.yaml"
     config.write_text("tasks:\n  - {name: report, command: ['true'], every: 1h}\n")
-    assert schedctl("scheduler", "--config", str(config), "--database-url", sqlite_url, "--duration", "0.3s",
-                    "--health-listen", "off").returncode == 0  # fmt: skip
-    assert schedctl("pause", "report", "--reason", "quarterly close", "--database-url", sqlite_url).returncode == 0
+    assert (
+        schedctl(
+            "scheduler",
+            "--config",
+            str(config),
+            "--database-url",
+            sqlite_url,
+            "--duration",
+            "0.3s",
+            "--health-listen",
+            "off",
+        ).returncode
+        == 0
+    )
+    assert (
+        schedctl(
+            "pause", "report", "--reason", "quarterly close", "--database-url", sqlite_url
+        ).returncode
+        == 0
+    )
     listed = json.loads(schedctl("tasks", "list", "--json", "--database-url", sqlite_url).stdout)
     assert listed[0]["paused"] and listed[0]["pause_reason"] == "quarterly close"
     table = schedctl("tasks", "list", "--database-url", sqlite_url).stdout
     assert "paused (quarterly close)" in table
     assert schedctl("resume", "report", "--database-url", sqlite_url).returncode == 0
     assert schedctl("run-now", "report", "--database-url", sqlite_url).returncode == 0
-    assert schedctl("scheduler", "--config", str(config), "--database-url", sqlite_url, "--duration", "1.5s",
-                    "--health-listen", "off", "--poll-interval", "100ms").returncode == 0  # fmt: skip
-    runs = json.loads(schedctl("runs", "--task", "report", "--json", "--database-url", sqlite_url).stdout)
+    assert (
+        schedctl(
+            "scheduler",
+            "--config",
+            str(config),
+            "--database-url",
+            sqlite_url,
+            "--duration",
+            "1.5s",
+            "--health-listen",
+            "off",
+            "--poll-interval",
+            "100ms",
+        ).returncode
+        == 0
+    )
+    runs = json.loads(
+        schedctl("runs", "--task", "report", "--json", "--database-url", sqlite_url).stdout
+    )
     assert [(r["trigger"], r["status"]) for r in runs] == [("manual", "success")]
     missing = schedctl("pause", "nope", "--reason", "x", "--database-url", sqlite_url)
     assert missing.returncode == 2 and "no task named 'nope'" in missing.stderr
@@ -179,7 +270,9 @@ def test_admin_commands_round_trip(sqlite_url: str, tmp_path: Path) -> None:
     assert missing_run.returncode == 2 and "99999" in missing_run.stderr
 
 
-@pytest.mark.parametrize("command", ["scheduler", "demo", "validate", "runs", "pause", "resume", "run-now", "cancel"])
+@pytest.mark.parametrize(
+    "command", ["scheduler", "demo", "validate", "runs", "pause", "resume", "run-now", "cancel"]
+)
 def test_every_command_has_help_with_an_example(command: str) -> None:
     """Each command's --help shows an example invocation."""
     result = schedctl(command, "--help")

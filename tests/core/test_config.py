@@ -25,7 +25,10 @@ def test_example_file_loads() -> None:
     tasks = {t.name: t for t in load_task_file(REPO / "examples" / "tasks.yaml")}
     kinds = {type(t.action) for t in tasks.values()}
     assert kinds == {CallableAction, CommandAction}
-    assert any(isinstance(t.schedule, CronSchedule) and t.schedule.timezone != "UTC" for t in tasks.values())
+    assert any(
+        isinstance(t.schedule, CronSchedule) and t.schedule.timezone != "UTC"
+        for t in tasks.values()
+    )
 
 
 def test_design_format_parses_all_schedule_kinds(tmp_path: Path) -> None:
@@ -76,7 +79,7 @@ tasks:
 )
 def test_bad_field_is_named(tmp_path: Path, task_yaml: str, field: str, value_text: str) -> None:
     """Each bad field is reported with the file, the task, the field and the value."""
-    path = write(tmp_path, f"tasks:\n  - name: broken\n    command: [\"true\"]\n    {task_yaml}\n")
+    path = write(tmp_path, f'tasks:\n  - name: broken\n    command: ["true"]\n    {task_yaml}\n')
     with pytest.raises(ConfigError) as info:
         load_task_file(path)
     text = str(info.value)
@@ -85,7 +88,9 @@ def test_bad_field_is_named(tmp_path: Path, task_yaml: str, field: str, value_te
 
 def test_unknown_import_path_is_named(tmp_path: Path) -> None:
     """A callable whose module does not exist is rejected, naming the import path."""
-    path = write(tmp_path, "tasks:\n  - name: job\n    callable: no_such_module.jobs:run\n    every: 1m\n")
+    path = write(
+        tmp_path, "tasks:\n  - name: job\n    callable: no_such_module.jobs:run\n    every: 1m\n"
+    )
     with pytest.raises(ConfigError, match=r"no_such_module\.jobs:run"):
         load_task_file(path)
 

@@ -38,7 +38,10 @@ def test_failing_telemetry_never_fails_the_task(db_engine, clock, tmp_path, capl
     from scheduler_core.engine import EngineSettings, Scheduler
 
     Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks({"name": "ok", "command": ["true"], "every": "10s"}, {"name": "bad", "command": ["false"], "every": "10s"}),
+        tasks(
+            {"name": "ok", "command": ["true"], "every": "10s"},
+            {"name": "bad", "command": ["false"], "every": "10s"},
+        ),
         now=clock.now(),
     )
     broken = create_db_engine(f"sqlite:///{tmp_path}/missing-dir/nope.db")
@@ -65,7 +68,9 @@ def test_failing_telemetry_never_fails_the_task(db_engine, clock, tmp_path, capl
     telemetry_errors = [r for r in caplog.records if "telemetry write failed" in r.getMessage()]
     # One line per kind of write (start, finish, alarms...), never one per run.
     assert 1 <= len(telemetry_errors) <= 4
-    assert len({r.getMessage().split("(")[1].split(")")[0] for r in telemetry_errors}) == len(telemetry_errors)
+    assert len({r.getMessage().split("(")[1].split(")")[0] for r in telemetry_errors}) == len(
+        telemetry_errors
+    )
 
 
 def test_command_timeout_kills_the_process_group(make_scheduler, clock, db_engine) -> None:
@@ -96,14 +101,22 @@ def test_command_timeout_kills_the_process_group(make_scheduler, clock, db_engin
 def test_sync_callable_timeout_is_recorded(make_scheduler, clock, db_engine) -> None:
     """A sync callable past its timeout is recorded `timeout` at the deadline (thread left to finish)."""
     Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks({"name": "slow", "callable": "time:sleep", "args": [1.5], "every": "1h", "timeout": "200ms"}),
+        tasks(
+            {
+                "name": "slow",
+                "callable": "time:sleep",
+                "args": [1.5],
+                "every": "1h",
+                "timeout": "200ms",
+            }
+        ),
         now=clock.now(),
     )
     scheduler = make_scheduler()
     clock.advance(3600)
     scheduler.step()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not all_runs(db_engine)[0].status == "timeout":
+    while time.monotonic() < deadline and all_runs(db_engine)[0].status != "timeout":
         time.sleep(0.05)
         scheduler.step()
     (row,) = all_runs(db_engine)
@@ -113,7 +126,14 @@ def test_sync_callable_timeout_is_recorded(make_scheduler, clock, db_engine) -> 
 def test_retry_is_persisted_and_counts_failure_once(make_scheduler, clock, db_engine) -> None:
     """A failed attempt schedules a retry in SQL; only the tick's final failure counts."""
     Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks({"name": "r", "command": ["false"], "every": "1h", "retries": {"max": 1, "backoff": "fixed", "delay": "10s"}}),
+        tasks(
+            {
+                "name": "r",
+                "command": ["false"],
+                "every": "1h",
+                "retries": {"max": 1, "backoff": "fixed", "delay": "10s"},
+            }
+        ),
         now=clock.now(),
     )
     scheduler = make_scheduler()
@@ -121,12 +141,17 @@ def test_retry_is_persisted_and_counts_failure_once(make_scheduler, clock, db_en
     run_cycle(scheduler)
     with db_engine.connect() as conn:
         row = conn.execute(sa.select(schedules).where(schedules.c.name == "r")).one()
-    assert row.retry_attempt == 2 and row.retry_at == clock.now() + __import__("datetime").timedelta(seconds=10)
+    assert row.retry_attempt == 2 and row.retry_at == clock.now() + __import__(
+        "datetime"
+    ).timedelta(seconds=10)
     assert row.consecutive_failures == 0
     clock.advance(10)
     run_cycle(scheduler)
     rows = all_runs(db_engine)
-    assert [(r.attempt, r.trigger, r.status) for r in rows] == [(1, "schedule", "failure"), (2, "retry", "failure")]
+    assert [(r.attempt, r.trigger, r.status) for r in rows] == [
+        (1, "schedule", "failure"),
+        (2, "retry", "failure"),
+    ]
     assert rows[0].scheduled_for == rows[1].scheduled_for
     with db_engine.connect() as conn:
         row = conn.execute(sa.select(schedules).where(schedules.c.name == "r")).one()
@@ -136,7 +161,8 @@ def test_retry_is_persisted_and_counts_failure_once(make_scheduler, clock, db_en
 def test_cancel_from_another_process_kills_command(make_scheduler, clock, db_engine) -> None:
     """A cancel flagged in SQL (as by `schedctl cancel` on another host) kills the command."""
     Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks({"name": "long", "command": ["sleep", "600"], "every": "1h", "timeout_grace": "1s"}), now=clock.now()
+        tasks({"name": "long", "command": ["sleep", "600"], "every": "1h", "timeout_grace": "1s"}),
+        now=clock.now(),
     )
     scheduler = make_scheduler(heartbeat_interval=0.2)
     clock.advance(3600)
@@ -148,7 +174,10 @@ def test_cancel_from_another_process_kills_command(make_scheduler, clock, db_eng
         if pid:
             break
     run_id = all_runs(db_engine)[0].id
-    assert Store(db_engine, instance_id="admin").request_cancel(run_id, reason="ops said so") == "running"
+    assert (
+        Store(db_engine, instance_id="admin").request_cancel(run_id, reason="ops said so")
+        == "running"
+    )
     start = time.monotonic()
     while time.monotonic() - start < 5 and all_runs(db_engine)[0].status == "running":
         time.sleep(0.1)
@@ -162,7 +191,8 @@ def test_cancel_from_another_process_kills_command(make_scheduler, clock, db_eng
 def test_async_callable_runs_on_the_event_loop(make_scheduler, clock, db_engine) -> None:
     """An async callable is awaited and recorded like any other run."""
     Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks({"name": "a", "callable": "asyncio:sleep", "args": [0.01], "every": "1m"}), now=clock.now()
+        tasks({"name": "a", "callable": "asyncio:sleep", "args": [0.01], "every": "1m"}),
+        now=clock.now(),
     )
     scheduler = make_scheduler()
     clock.advance(60)

@@ -3,6 +3,7 @@ and a killed instance's runs are marked abandoned while the survivors keep every
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -23,16 +24,34 @@ SCHEDCTL = [sys.executable, "-m", "scheduler_core.cli"]
 TICK = timedelta(seconds=1)
 
 
-def start_instances(config: Path, url: str, ids: list[str], *extra: str) -> list[subprocess.Popen[str]]:
+def start_instances(
+    config: Path, url: str, ids: list[str], *extra: str
+) -> list[subprocess.Popen[str]]:
     procs = []
     for instance_id in ids:
         procs.append(
             subprocess.Popen(
-                [*SCHEDCTL, "scheduler", "--config", str(config), "--database-url", url,
-                 "--instance-id", instance_id, "--health-listen", "off", "--poll-interval", "200ms",
-                 "--log-level", "WARNING", *extra],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
+                [
+                    *SCHEDCTL,
+                    "scheduler",
+                    "--config",
+                    str(config),
+                    "--database-url",
+                    url,
+                    "--instance-id",
+                    instance_id,
+                    "--health-listen",
+                    "off",
+                    "--poll-interval",
+                    "200ms",
+                    "--log-level",
+                    "WARNING",
+                    *extra,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         )
     return procs
 
@@ -59,7 +78,7 @@ def fetch_runs(engine: sa.Engine) -> list[sa.Row]:
 
 def assert_contiguous(ticks: list, *, task: str) -> None:
     ordered = sorted(ticks)
-    gaps = [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if b - a != TICK]
+    gaps = [(a, b) for a, b in itertools.pairwise(ordered) if b - a != TICK]
     assert not gaps, f"{task}: ticks not run exactly once, gaps/dupes at {gaps[:3]}"
 
 
@@ -67,7 +86,10 @@ def test_three_instances_run_every_tick_exactly_once(pg_url: str, tmp_path: Path
     """3 processes, 20 tasks every 1s, 30 s: no duplicate tick, no lost tick, complete rows."""
     config = tmp_path / "tasks.yaml"
     config.write_text(
-        "tasks:\n" + "".join(f"  - {{name: job-{i:02d}, callable: 'os:getpid', every: 1s}}\n" for i in range(20))
+        "tasks:\n"
+        + "".join(
+            f"  - {{name: job-{i:02d}, callable: 'os:getpid', every: 1s}}\n" for i in range(20)
+        )
     )
     procs = start_instances(config, pg_url, ["node-a", "node-b", "node-c"])
     time.sleep(30)  # the scenario itself is 30 s of real scheduling
@@ -104,16 +126,28 @@ def test_three_instances_run_every_tick_exactly_once(pg_url: str, tmp_path: Path
     assert states == {"node-a": "stopped", "node-b": "stopped", "node-c": "stopped"}
 
 
-def test_killed_instance_runs_become_abandoned_and_survivors_continue(pg_url: str, tmp_path: Path) -> None:
+def test_killed_instance_runs_become_abandoned_and_survivors_continue(
+    pg_url: str, tmp_path: Path
+) -> None:
     """kill -9 of an instance mid-run: its running rows become abandoned after the lease;
     the survivors keep every schedule running."""
     config = tmp_path / "tasks.yaml"
     config.write_text(
         "tasks:\n"
-        + "".join(f"  - {{name: job-{i:02d}, callable: 'os:getpid', every: 1s}}\n" for i in range(20))
+        + "".join(
+            f"  - {{name: job-{i:02d}, callable: 'os:getpid', every: 1s}}\n" for i in range(20)
+        )
         + "  - {name: long, callable: 'time:sleep', args: [4], every: 1s, overlap: allow, max_concurrency: 12}\n"
     )
-    procs = start_instances(config, pg_url, ["node-a", "node-b", "node-c"], "--lease", "3s", "--heartbeat-interval", "1s")
+    procs = start_instances(
+        config,
+        pg_url,
+        ["node-a", "node-b", "node-c"],
+        "--lease",
+        "3s",
+        "--heartbeat-interval",
+        "1s",
+    )
     engine = create_db_engine(pg_url)
     try:
         victim_id = None
@@ -130,11 +164,15 @@ def test_killed_instance_runs_become_abandoned_and_survivors_continue(pg_url: st
                 victim_id = owner
         assert victim_id is not None, "no run in flight to kill"
         with engine.connect() as conn:
-            victim_pid = conn.execute(sa.select(instances.c.pid).where(instances.c.instance_id == victim_id)).scalar_one()
+            victim_pid = conn.execute(
+                sa.select(instances.c.pid).where(instances.c.instance_id == victim_id)
+            ).scalar_one()
             in_flight = {
                 r.id
                 for r in conn.execute(
-                    sa.select(task_runs.c.id).where(task_runs.c.status == "running", task_runs.c.instance_id == victim_id)
+                    sa.select(task_runs.c.id).where(
+                        task_runs.c.status == "running", task_runs.c.instance_id == victim_id
+                    )
                 )
             }
         victim = next(p for p in procs if p.pid == victim_pid)
@@ -154,10 +192,16 @@ def test_killed_instance_runs_become_abandoned_and_survivors_continue(pg_url: st
     abandoned_at = min(by_id[i].finished_at for i in in_flight)
     # Survivors: after the kill, every 1 s task kept running on every tick.
     for i in range(20):
-        ticks = [r.scheduled_for for r in rows if r.task_name == f"job-{i:02d}" and r.scheduled_for > abandoned_at]
+        ticks = [
+            r.scheduled_for
+            for r in rows
+            if r.task_name == f"job-{i:02d}" and r.scheduled_for > abandoned_at
+        ]
         assert len(ticks) >= 5, f"job-{i:02d} stopped after the kill"
         assert_contiguous(ticks, task=f"job-{i:02d}")
-        assert {r.instance_id for r in rows if r.task_name == f"job-{i:02d}" and r.scheduled_for > abandoned_at} <= {
-            "node-a", "node-b", "node-c"
-        } - {victim_id}
+        assert {
+            r.instance_id
+            for r in rows
+            if r.task_name == f"job-{i:02d}" and r.scheduled_for > abandoned_at
+        } <= {"node-a", "node-b", "node-c"} - {victim_id}
     assert time.monotonic() - killed_at < 60

@@ -13,7 +13,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def task(**fields: object):
-    return parse_task_mapping({"name": "t", "command": ["true"], **fields}, defaults={}, source="test")
+    return parse_task_mapping(
+        {"name": "t", "command": ["true"], **fields}, defaults={}, source="test"
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,7 +49,9 @@ def test_two_day_outage_of_a_one_second_task_is_bounded() -> None:
 
 def test_on_time_tick_runs_and_nothing_is_missed() -> None:
     """A tick within the grace runs; nothing is counted missed."""
-    plan = plan_ticks(task(every="10s"), next_run_at=T0, fire_count=0, now=T0 + timedelta(seconds=0.2))
+    plan = plan_ticks(
+        task(every="10s"), next_run_at=T0, fire_count=0, now=T0 + timedelta(seconds=0.2)
+    )
     assert [r.scheduled_for for r in plan.runs] == [T0]
     assert plan.missed is None and plan.next_run_at == T0 + timedelta(seconds=10)
 

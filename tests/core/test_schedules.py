@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -27,7 +28,12 @@ def test_cron_spring_forward_runs_once_after_the_gap() -> None:
     """`30 2 * * *` in Berlin on 2026-03-29 (02:00→03:00) runs once, at 03:00 CEST."""
     sched = CronSchedule(expression="30 2 * * *", timezone="Europe/Berlin")
     got = [t.astimezone(BERLIN) for t in fires(sched, datetime(2026, 3, 27, 12, tzinfo=BERLIN), 4)]
-    assert [(t.day, t.hour, t.minute) for t in got] == [(28, 2, 30), (29, 3, 0), (30, 2, 30), (31, 2, 30)]
+    assert [(t.day, t.hour, t.minute) for t in got] == [
+        (28, 2, 30),
+        (29, 3, 0),
+        (30, 2, 30),
+        (31, 2, 30),
+    ]
     assert got[1].utcoffset() == timedelta(hours=2)
 
 
@@ -44,7 +50,7 @@ def test_wildcard_hour_cron_fires_in_both_repeated_hours() -> None:
     """`*/30 * * * *` keeps its 30-minute rhythm through fall-back (both 02:xx hours run)."""
     sched = CronSchedule(expression="*/30 * * * *", timezone="Europe/Berlin")
     got = fires(sched, datetime(2026, 10, 25, 1, 50, tzinfo=BERLIN), 6)
-    gaps = {(b - a).total_seconds() for a, b in zip(got, got[1:], strict=False)}
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(got)}
     assert gaps == {1800.0}
 
 
@@ -62,7 +68,9 @@ def test_cron_with_seconds_field() -> None:
     offset=st.integers(min_value=0, max_value=10**7),
     span=st.integers(min_value=0, max_value=50_000),
 )
-def test_interval_count_matches_iteration(every: int, jitter_frac: float, offset: int, span: int) -> None:
+def test_interval_count_matches_iteration(
+    every: int, jitter_frac: float, offset: int, span: int
+) -> None:
     """count_between (arithmetic) equals walking next_after, with and without jitter."""
     sched = IntervalSchedule(every=float(every), jitter=every * jitter_frac, seed="t")
     after = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=offset)

@@ -54,7 +54,9 @@ def test_lease_boundary(store: Store, db_engine: sa.Engine) -> None:
     assert [c.name for c in first] == ["a"]
     other = Store(db_engine, instance_id="inst-b")
     assert other.claim_due_schedules(now=due + LEASE, limit=10, lease=LEASE) == []
-    taken = other.claim_due_schedules(now=due + LEASE + timedelta(microseconds=1), limit=10, lease=LEASE)
+    taken = other.claim_due_schedules(
+        now=due + LEASE + timedelta(microseconds=1), limit=10, lease=LEASE
+    )
     assert [c.name for c in taken] == ["a"]
     # The first owner's claim was taken over: its dispatch is fenced off and writes nothing.
     assert store.dispatch_claimed(first, now=due + LEASE) == []
@@ -63,7 +65,9 @@ def test_lease_boundary(store: Store, db_engine: sa.Engine) -> None:
 
 def test_claims_are_disjoint_and_batched(store: Store, db_engine: sa.Engine) -> None:
     """Two instances claiming at once split the due schedules; none is claimed twice."""
-    store.sync_tasks(tasks(*({"name": f"t{i}", "command": ["true"], "every": "1m"} for i in range(50))), now=T0)
+    store.sync_tasks(
+        tasks(*({"name": f"t{i}", "command": ["true"], "every": "1m"} for i in range(50))), now=T0
+    )
     due = T0 + timedelta(minutes=1)
     a = store.claim_due_schedules(now=due, limit=30, lease=LEASE)
     b = Store(db_engine, instance_id="inst-b").claim_due_schedules(now=due, limit=30, lease=LEASE)
@@ -75,10 +79,17 @@ def test_dispatch_inserts_runs_and_advances(store: Store, db_engine: sa.Engine) 
     """Dispatch writes one running row per tick with instance and start, and moves next_run_at."""
     store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
     now = T0 + timedelta(minutes=1, seconds=0.25)
-    dispatched = store.dispatch_claimed(store.claim_due_schedules(now=now, limit=10, lease=LEASE), now=now)
+    dispatched = store.dispatch_claimed(
+        store.claim_due_schedules(now=now, limit=10, lease=LEASE), now=now
+    )
     assert len(dispatched) == 1
     (row,) = runs(db_engine)
-    assert (row.status, row.instance_id, row.started_at, row.attempt) == ("running", "inst-a", now, 1)
+    assert (row.status, row.instance_id, row.started_at, row.attempt) == (
+        "running",
+        "inst-a",
+        now,
+        1,
+    )
     assert row.scheduled_for == T0 + timedelta(minutes=1)
     sched = schedule_row(db_engine, "a")
     assert sched.next_run_at == T0 + timedelta(minutes=2) and sched.claimed_by is None
@@ -92,7 +103,9 @@ def test_a_tick_can_never_run_twice(store: Store, db_engine: sa.Engine) -> None:
     assert len(store.dispatch_claimed(claimed, now=now)) == 1
     with db_engine.begin() as conn:  # force the schedule back as if the advance was lost
         conn.execute(
-            schedules.update().values(next_run_at=now, due_at=now, claimed_by=None, claimed_until=None)
+            schedules.update().values(
+                next_run_at=now, due_at=now, claimed_by=None, claimed_until=None
+            )
         )
     again = store.claim_due_schedules(now=now, limit=10, lease=LEASE)
     assert store.dispatch_claimed(again, now=now) == []
@@ -104,9 +117,13 @@ def test_finalize_is_fenced_against_abandoned_runs(store: Store, db_engine: sa.E
     store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
     store.register_instance(now=T0, lease=LEASE, hostname="h", pid=1, version="t")
     now = T0 + timedelta(minutes=1)
-    (run,) = store.dispatch_claimed(store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now)
+    (run,) = store.dispatch_claimed(
+        store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now
+    )
     survivor = Store(db_engine, instance_id="inst-b")
-    survivor.register_instance(now=now + timedelta(seconds=31), lease=LEASE, hostname="h", pid=2, version="t")
+    survivor.register_instance(
+        now=now + timedelta(seconds=31), lease=LEASE, hostname="h", pid=2, version="t"
+    )
     # inst-a last heartbeat T0; lease 30 s: at T0+31s... it is stale once T0 + 30 s < now.
     reaped = survivor.reap_abandoned(now=now + timedelta(seconds=31))
     assert reaped == [run.run_id]
@@ -140,7 +157,9 @@ def test_orphan_run_without_instance_row_is_abandoned(store: Store, db_engine: s
     assert len(other.reap_abandoned(now=now + timedelta(seconds=61))) == 1
 
 
-def test_restart_with_same_id_reaps_own_leftovers_at_once(store: Store, db_engine: sa.Engine) -> None:
+def test_restart_with_same_id_reaps_own_leftovers_at_once(
+    store: Store, db_engine: sa.Engine
+) -> None:
     """Re-registering an instance id marks its own running rows abandoned immediately."""
     store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
     store.register_instance(now=T0, lease=LEASE, hostname="h", pid=1, version="t")
@@ -152,17 +171,25 @@ def test_restart_with_same_id_reaps_own_leftovers_at_once(store: Store, db_engin
     assert len(reaped) == 1 and runs(db_engine)[0].status == "abandoned"
 
 
-def test_failure_alarm_opens_once_and_closes_on_success(make_scheduler, clock, db_engine: sa.Engine) -> None:
+def test_failure_alarm_opens_once_and_closes_on_success(
+    make_scheduler, clock, db_engine: sa.Engine
+) -> None:
     """3 failures open exactly one consecutive_failures alarm; the next success closes it."""
     store = Store(db_engine, instance_id="inst-a")
-    store.sync_tasks(tasks({"name": "flaky", "command": ["false"], "every": "10s"}), now=clock.now())
+    store.sync_tasks(
+        tasks({"name": "flaky", "command": ["false"], "every": "10s"}), now=clock.now()
+    )
     scheduler = make_scheduler()
     for _ in range(4):
         clock.advance(10)
         run_cycle(scheduler)
     with db_engine.connect() as conn:
         alarms = conn.execute(sa.select(alarm_events)).all()
-    assert len(alarms) == 1 and alarms[0].kind == "consecutive_failures" and alarms[0].closed_at is None
+    assert (
+        len(alarms) == 1
+        and alarms[0].kind == "consecutive_failures"
+        and alarms[0].closed_at is None
+    )
     assert schedule_row(db_engine, "flaky").consecutive_failures == 4
     store.sync_tasks(tasks({"name": "flaky", "command": ["true"], "every": "10s"}), now=clock.now())
     clock.advance(10)
@@ -172,17 +199,25 @@ def test_failure_alarm_opens_once_and_closes_on_success(make_scheduler, clock, d
         health = conn.execute(sa.select(task_health)).one()
     assert len(alarms) == 1 and alarms[0].closed_at is not None
     assert schedule_row(db_engine, "flaky").consecutive_failures == 0
-    assert (health.last_status, health.consecutive_failures, health.is_running) == ("success", 0, False)
+    assert (health.last_status, health.consecutive_failures, health.is_running) == (
+        "success",
+        0,
+        False,
+    )
 
 
 def test_stuck_only_past_max_runtime(store: Store, db_engine: sa.Engine, clock) -> None:
     """A running run opens a stuck alarm only once now - started > max_runtime; it closes after."""
     from scheduler_core.telemetry import TelemetryWriter
 
-    store.sync_tasks(tasks({"name": "slow", "command": ["true"], "every": "1h", "max_runtime": "5m"}), now=T0)
+    store.sync_tasks(
+        tasks({"name": "slow", "command": ["true"], "every": "1h", "max_runtime": "5m"}), now=T0
+    )
     telemetry = TelemetryWriter(db_engine, instance_id="inst-a")
     now = T0 + timedelta(hours=1)
-    (run,) = store.dispatch_claimed(store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now)
+    (run,) = store.dispatch_claimed(
+        store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now
+    )
     assert telemetry.check_stuck(now=now + timedelta(minutes=5)) == set()
     assert telemetry.check_stuck(now=now + timedelta(minutes=5, seconds=1)) == {"slow"}
     store.finalize_runs([outcome(run, "success", now + timedelta(minutes=6))], now=now)
@@ -196,7 +231,9 @@ def test_counters_and_histograms_persist(store: Store, db_engine: sa.Engine) -> 
     """Finalize increments outcome counters and duration/start-delay buckets exactly."""
     store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
     now = T0 + timedelta(minutes=1, seconds=0.02)
-    (run,) = store.dispatch_claimed(store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now)
+    (run,) = store.dispatch_claimed(
+        store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now
+    )
     store.finalize_runs([outcome(run, "success", now + timedelta(seconds=3))], now=now)
     row = schedule_row(db_engine, "a")
     assert row.runs_success_total == 1 and row.last_success_at == now + timedelta(seconds=3)
@@ -208,7 +245,13 @@ def test_counters_and_histograms_persist(store: Store, db_engine: sa.Engine) -> 
 
 def test_sync_keeps_counters_and_disables_removed_tasks(store: Store, db_engine: sa.Engine) -> None:
     """Editing a task keeps its counters; a task gone from the file is disabled, not deleted."""
-    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}, {"name": "b", "command": ["true"], "every": "1m"}), now=T0)
+    store.sync_tasks(
+        tasks(
+            {"name": "a", "command": ["true"], "every": "1m"},
+            {"name": "b", "command": ["true"], "every": "1m"},
+        ),
+        now=T0,
+    )
     with db_engine.begin() as conn:
         conn.execute(schedules.update().where(schedules.c.name == "a").values(runs_success_total=7))
     result = store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "2m"}), now=T0)
@@ -229,8 +272,12 @@ def test_pause_resume_and_run_now(store: Store, db_engine: sa.Engine) -> None:
     assert not row.paused and row.next_run_at == T0 + timedelta(hours=1, minutes=1)
     store.run_now("a", now=T0 + timedelta(hours=1, seconds=5))
     now = T0 + timedelta(hours=1, seconds=6)
-    dispatched = store.dispatch_claimed(store.claim_due_schedules(now=now, limit=5, lease=LEASE), now=now)
-    assert [(d.trigger, d.scheduled_for) for d in dispatched] == [("manual", T0 + timedelta(hours=1, seconds=5))]
+    dispatched = store.dispatch_claimed(
+        store.claim_due_schedules(now=now, limit=5, lease=LEASE), now=now
+    )
+    assert [(d.trigger, d.scheduled_for) for d in dispatched] == [
+        ("manual", T0 + timedelta(hours=1, seconds=5))
+    ]
     assert schedule_row(db_engine, "a").next_run_at == T0 + timedelta(hours=1, minutes=1)
     assert schedule_row(db_engine, "a").missed_runs_total == 0
 
@@ -245,7 +292,9 @@ def test_unknown_task_and_run_raise_lookup_errors(store: Store) -> None:
 
 def test_overlap_skip_records_skipped(store: Store, db_engine: sa.Engine) -> None:
     """With overlap=skip a tick due while the previous run is running is stored as skipped."""
-    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m", "overlap": "skip"}), now=T0)
+    store.sync_tasks(
+        tasks({"name": "a", "command": ["true"], "every": "1m", "overlap": "skip"}), now=T0
+    )
     for minute in (1, 2):
         now = T0 + timedelta(minutes=minute)
         store.dispatch_claimed(store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now)
@@ -256,12 +305,25 @@ def test_overlap_skip_records_skipped(store: Store, db_engine: sa.Engine) -> Non
 
 def test_missed_gap_is_one_row(store: Store, db_engine: sa.Engine) -> None:
     """A long gap is stored as one `missed` row with its count and span, and counted."""
-    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m", "misfire": "skip", "misfire_grace": "30s"}), now=T0)
+    store.sync_tasks(
+        tasks(
+            {
+                "name": "a",
+                "command": ["true"],
+                "every": "1m",
+                "misfire": "skip",
+                "misfire_grace": "30s",
+            }
+        ),
+        now=T0,
+    )
     now = T0 + timedelta(minutes=120, seconds=45)
     store.dispatch_claimed(store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now)
     (row,) = runs(db_engine)
     assert (row.status, row.missed_count) == ("missed", 120)
-    assert row.missed_first_at == T0 + timedelta(minutes=1) and row.missed_last_at == T0 + timedelta(minutes=120)
+    assert row.missed_first_at == T0 + timedelta(
+        minutes=1
+    ) and row.missed_last_at == T0 + timedelta(minutes=120)
     assert schedule_row(db_engine, "a").missed_runs_total == 120
 
 
@@ -270,7 +332,9 @@ def test_instance_heartbeat_returns_cancel_requests(store: Store, db_engine: sa.
     store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
     store.register_instance(now=T0, lease=LEASE, hostname="h", pid=1, version="t")
     now = T0 + timedelta(minutes=1)
-    (run,) = store.dispatch_claimed(store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now)
+    (run,) = store.dispatch_claimed(
+        store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now
+    )
     assert Store(db_engine, instance_id="cli").request_cancel(run.run_id, reason="ops") == "running"
     assert store.heartbeat(now=now, running_runs=1) == [(run.run_id, "ops")]
     with db_engine.connect() as conn:

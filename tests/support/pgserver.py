@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -116,8 +117,8 @@ class PostgresServer:
             return int(row[0]) if row else 0
 
     def stop(self) -> None:
-        try:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop")
-        except subprocess.CalledProcessError:
-            pass
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(
+                str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop"
+            )
         shutil.rmtree(self.tmp, ignore_errors=True)
