@@ -72,10 +72,10 @@ def _password(url: str) -> str | None:
         return None
 
 
-def _engine(args: argparse.Namespace, *, check: bool = True) -> sa.Engine:
+def _engine(args: argparse.Namespace, *, check: bool = True, read_only: bool = False) -> sa.Engine:
     url = _database_url(args)
     try:
-        engine = create_db_engine(url)
+        engine = create_db_engine(url, read_only=read_only)
     except ValueError as exc:
         raise UsageError(f"--database-url: {exc}") from None
     if check:
@@ -222,6 +222,16 @@ def _run_scheduler(
     engine = _engine(args, check=not migrate)
     if migrate:
         upgrade_schema(engine)
+    if not args.no_cleanup:
+        from scheduler_core.config import parse_task_mapping
+        from scheduler_core.retention import RetentionPolicy, register_cleanup_task
+
+        policy = RetentionPolicy(
+            days=args.retention_days, max_runs_per_task=args.retention_max_runs
+        )
+        builtin = register_cleanup_task(engine, policy)
+        if not any(d.name == builtin["name"] for d in definitions):
+            definitions.append(parse_task_mapping(builtin, defaults={}, source="<built-in>"))
     configure_otel_from_env()
     settings = _settings_from_args(args)
     scheduler = Scheduler(engine=engine, settings=settings)
@@ -277,7 +287,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             log.info("exporter not available in this build; running the scheduler alone")
             return lambda: None
         server = ExporterServer(database_url=_database_url(args), listen=args.exporter_listen)
-        server.start()
+        try:
+            server.start()
+        except OSError as exc:
+            log.error(
+                "exporter not started: cannot listen on %s (%s); the scheduler runs without it",
+                args.exporter_listen,
+                exc.strerror or exc,
+            )
+            return lambda: None
         base = server.url.rstrip("/")
         print(
             textwrap.dedent(
@@ -299,7 +317,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks_list(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+    engine = _engine(args, read_only=True)
     try:
         tasks = Store(engine).list_tasks()
     finally:
@@ -340,7 +358,7 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+    engine = _engine(args, read_only=True)
     try:
         runs = Store(engine).list_runs(
             task=args.task,
@@ -426,7 +444,13 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     def act(store: Store, now: datetime) -> str:
-        store.resume(args.task, now=now)
+        if args.all:
+            resumed, still = store.resume_all(by=_actor(), now=now)
+            tail = f"; {still} task(s) paused for other reasons stay paused" if still else ""
+            return f"resumed {resumed} task(s) paused by emergency-stop{tail}"
+        if not args.task:
+            raise UsageError("name a TASK to resume, or use --all after an emergency stop")
+        store.resume(args.task, now=now, by=_actor())
         return f"resumed {args.task}"
 
     return _control(args, act)
@@ -434,7 +458,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_run_now(args: argparse.Namespace) -> int:
     def act(store: Store, now: datetime) -> str:
-        store.run_now(args.task, now=now)
+        store.run_now(args.task, now=now, by=_actor())
         return f"{args.task} will run once at the next poll of any scheduler instance"
 
     return _control(args, act)
@@ -442,12 +466,133 @@ def cmd_run_now(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     def act(store: Store, now: datetime) -> str:
-        status = store.request_cancel(args.run_id, reason=f"cancelled by {_actor()}")
+        reason = f"cancelled by {_actor()}" + (f": {args.reason}" if args.reason else "")
+        status = store.request_cancel(args.run_id, reason=reason, by=_actor(), now=now)
         if status != "running":
             return f"run {args.run_id} is not running (status {status}); nothing to cancel"
         return f"cancel requested for run {args.run_id}; its instance stops it within one heartbeat"
 
     return _control(args, act)
+
+
+def cmd_emergency_stop(args: argparse.Namespace) -> int:
+    def act(store: Store, now: datetime) -> str:
+        paused, cancelled = store.emergency_stop(reason=args.reason, by=_actor(), now=now)
+        return (
+            f"EMERGENCY STOP: {paused} task(s) paused, {cancelled} running run(s) flagged for "
+            "cancellation (owners act within one heartbeat). Undo with: schedctl resume --all"
+        )
+
+    return _control(args, act)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    engine = _engine(args, read_only=True)
+    try:
+        stats = Store(engine).stats(args.task)
+    finally:
+        engine.dispose()
+    if args.json:
+        _print_json(stats)
+        return 0
+    rows = [
+        [
+            s["task"],
+            str(s["total"]),
+            str(s["succeeded"]),
+            str(s["failed"]),
+            str(s["cancelled"]),
+            str(s["missed"]),
+            "-" if s["success_rate"] is None else f"{s['success_rate']:.1%}",
+            format_duration(s["avg_duration_seconds"]),
+            format_duration(s["p95_duration_seconds"]),
+            _fmt_time(s["last_success_at"]),
+            _fmt_time(s["last_failure_at"]),
+        ]
+        for s in stats
+    ]
+    headers = ["TASK", "TOTAL", "OK", "FAILED", "CANCELLED", "MISSED", "SUCCESS", "AVG", "P95"]
+    print(_table(rows, [*headers, "LAST SUCCESS", "LAST FAILURE"]))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    engine = _engine(args, read_only=True)
+    try:
+        events = Store(engine).audit_log(task=args.task, limit=args.limit)
+    finally:
+        engine.dispose()
+    if args.json:
+        _print_json(events)
+        return 0
+    rows = [
+        [
+            _fmt_time(e["at"]),
+            e["actor"],
+            e["action"],
+            e["task_name"] or "-",
+            str(e["run_id"] or "-"),
+            e["reason"] or "",
+        ]
+        for e in events
+    ]
+    print(_table(rows, ["WHEN", "WHO", "ACTION", "TASK", "RUN", "WHY"]))
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from scheduler_core.retention import RetentionPolicy, run_cleanup
+
+    try:
+        policy = RetentionPolicy(
+            days=args.days, max_runs_per_task=args.max_runs, batch_size=args.batch_size
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    engine = _engine(args)
+    interactive = sys.stderr.isatty()
+    last_print = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last_print
+        now = time.monotonic()
+        if now - last_print < (0.2 if interactive else 2.0) and done < total:
+            return
+        last_print = now
+        pct = f" ({done / total:.0%})" if total else ""
+        end = "\r" if interactive else "\n"
+        print(
+            f"cleanup: deleted {done} of ~{total} run row(s){pct}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        clock = DatabaseClock(engine)
+        result = run_cleanup(engine, policy=policy, now=clock.now(), progress=progress)
+        with engine.begin() as conn:
+            Store(engine)._audit(
+                conn,
+                now=clock.now(),
+                actor=_actor(),
+                action="cleanup",
+                details={
+                    "runs_deleted": result.runs_deleted,
+                    "days": args.days,
+                    "max_runs": args.max_runs,
+                },
+            )
+    finally:
+        engine.dispose()
+    if interactive:
+        print(file=sys.stderr)
+    print(
+        f"cleanup done: {result.runs_deleted} run row(s), {result.alarms_deleted} closed alarm(s), "
+        f"{result.audit_deleted} audit row(s) deleted in {result.batches} batch(es); "
+        "counters unchanged"
+    )
+    return 0
 
 
 def cmd_exporter(args: argparse.Namespace, rest: list[str]) -> int:
@@ -469,7 +614,11 @@ EXAMPLES = {
     "pause": 'schedctl pause nightly-backup --reason "storage migration, see OPS-123"',
     "resume": "schedctl resume nightly-backup",
     "run-now": "schedctl run-now nightly-backup",
-    "cancel": "schedctl cancel 4711",
+    "cancel": "schedctl cancel 4711 --reason 'wrong input file'",
+    "emergency-stop": 'schedctl emergency-stop --reason "payments provider incident"',
+    "cleanup": "schedctl cleanup --days 14",
+    "stats": "schedctl stats nightly-backup",
+    "audit": "schedctl audit --task nightly-backup",
     "exporter": "schedctl exporter --database-url sqlite:///schedctl.db --listen 127.0.0.1:9464",
 }
 
@@ -525,6 +674,23 @@ def _add_engine_flags(parser: argparse.ArgumentParser, *, health_default: str) -
         type=_positive_int,
         default=3,
         help="consecutive failures that open an alarm (default 3)",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=30.0,
+        help="built-in cleanup keeps this many days of run history (default 30)",
+    )
+    parser.add_argument(
+        "--retention-max-runs",
+        type=_positive_int,
+        default=500,
+        help="built-in cleanup keeps at most this many runs per task (default 500)",
+    )
+    parser.add_argument(
+        "--no-cleanup",
+        action="store_true",
+        help="do not schedule the built-in schedctl.cleanup task",
     )
     parser.add_argument(
         "--duration",
@@ -643,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING")
     _add_db(p)
     p = add("resume", "resume a paused task (ticks during the pause are not run)", cmd_resume)
-    p.add_argument("task")
+    p.add_argument("task", nargs="?")
+    p.add_argument("--all", action="store_true", help="resume every task an emergency-stop paused")
     p.add_argument("--log-level", default="WARNING")
     _add_db(p)
     p = add("run-now", "run a task once at the next poll; its schedule is unchanged", cmd_run_now)
@@ -652,6 +819,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     p = add("cancel", "cancel a running run (on any instance)", cmd_cancel)
     p.add_argument("run_id", type=_positive_int)
+    p.add_argument("--reason", help="stored with the run and in the audit log")
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+    p = add("emergency-stop", "pause every task and cancel every running run", cmd_emergency_stop)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+    p = add("cleanup", "delete old run history now, in batches (counters are kept)", cmd_cleanup)
+    p.add_argument("--days", type=float, default=30.0, help="keep this many days (default 30)")
+    p.add_argument(
+        "--max-runs", type=_positive_int, default=500, help="keep at most this many per task"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="rows per transaction (default: 300 SQLite, 5000 PostgreSQL)",
+    )
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+    p = add(
+        "stats", "totals, success rate, average and p95 duration, last success/failure", cmd_stats
+    )
+    p.add_argument("task", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--log-level", default="WARNING")
+    _add_db(p)
+    p = add("audit", "who paused, resumed, ran, cancelled or stopped what, and why", cmd_audit)
+    p.add_argument("--task")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--json", action="store_true")
     p.add_argument("--log-level", default="WARNING")
     _add_db(p)
 
@@ -681,6 +878,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"schedctl: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        print(f"schedctl: error: {exc}", file=sys.stderr)
+        return 2
     except (TaskLookupError, RunLookupError) as exc:
         print(f"schedctl: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
@@ -700,6 +900,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

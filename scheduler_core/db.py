@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +77,61 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_db_engine(url: str | URL, *, pool_size: int = 5, echo: bool = False) -> Engine:
-    """Create an engine for ``url`` with the settings schedctl relies on."""
+def _sqlite_begin_deferred(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise sqlite3.OperationalError(f"database file {str(path)!r} does not exist")
+
+
+def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA query_only=ON")
+
+
+def create_db_engine(
+    url: str | URL,
+    *,
+    pool_size: int = 5,
+    echo: bool = False,
+    read_only: bool = False,
+    statement_timeout: float | None = None,
+) -> Engine:
+    """Create an engine for ``url`` with the settings schedctl relies on.
+
+    ``read_only`` (the exporter, ``tasks list``, ``runs``): PostgreSQL sessions get
+    ``default_transaction_read_only``; SQLite reads in a deferred ``BEGIN`` (one WAL
+    snapshot, no writer blocked) with ``query_only``, and a missing file is an error instead
+    of being created. ``statement_timeout`` bounds every PostgreSQL statement.
+    """
     parsed = normalize_url(url)
     if parsed.drivername.startswith("sqlite"):
         engine = sa.create_engine(parsed, echo=echo, connect_args={"timeout": 30})
+        database = parsed.database
+        if read_only and database and database != ":memory:" and not database.startswith("file:"):
+            # Checked at each connect, not here: a reader may start before the file exists.
+            path = Path(database)
+            sa.event.listen(engine, "do_connect", lambda *_args: _require_file(path))
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling is switched off so BEGIN IMMEDIATE is ours.
+        # pysqlite's own transaction handling is switched off so BEGIN is ours.
         sa.event.listen(
             engine, "connect", lambda dbapi_conn, _rec: setattr(dbapi_conn, "isolation_level", None)
         )
-        sa.event.listen(engine, "begin", _sqlite_begin_immediate)
+        if read_only:
+            sa.event.listen(engine, "connect", _sqlite_query_only)
+            sa.event.listen(engine, "begin", _sqlite_begin_deferred)
+        else:
+            sa.event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
+    options = [str(parsed.query.get("options", "") or "")]
+    if statement_timeout is not None:
+        options.append(f"-c statement_timeout={max(1, int(statement_timeout * 1000))}")
+    if read_only:
+        options.append("-c default_transaction_read_only=on")
+    joined = " ".join(o for o in options if o)
+    if joined:
+        parsed = parsed.update_query_dict({"options": joined})
     return sa.create_engine(
         parsed,
         echo=echo,

@@ -76,8 +76,10 @@ class Scheduler:
         settings: EngineSettings,
         clock: Clock | None = None,
         telemetry: TelemetryWriter | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self._monotonic = monotonic
         self.engine = engine
         self.clock: Clock = clock or DatabaseClock(engine)
         self.store = Store(engine, instance_id=settings.instance_id)
@@ -98,6 +100,12 @@ class Scheduler:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._next_heartbeat = 0.0
+        # Monotonic time at which the ``now`` of the last *successful* heartbeat was taken:
+        # other instances treat this one as alive until that ``now`` plus the lease.
+        self._lease_renewed_at: float | None = None
+        self.lease_lost = False
+        #: Why the instance stopped by itself (None when it was asked to stop).
+        self.stop_reason: str | None = None
         self._next_due: datetime | None = None
         self._db_errors = RateLimitedLogger(log, 30.0)
         self._backoff = 0.0
@@ -110,6 +118,7 @@ class Scheduler:
         """Register the instance (reaping its own leftovers) and start the health endpoint."""
         if self._started:
             return
+        began = self._monotonic()
         now = self.clock.now()
         reaped = self.store.register_instance(
             now=now,
@@ -124,6 +133,7 @@ class Scheduler:
                 self.settings.instance_id,
                 len(reaped),
             )
+        self._lease_renewed_at = began
         if self.settings.health_listen:
             self.health = HealthServer(
                 self.settings.health_listen, is_draining=lambda: self.draining
@@ -147,14 +157,18 @@ class Scheduler:
                     self.step()
                     self._backoff = 0.0
                 except sa.exc.SQLAlchemyError as exc:
-                    # Database trouble: back off (capped) instead of spinning or crashing.
-                    self._backoff = min(30.0, max(0.5, self._backoff * 2))
+                    # Database trouble: back off instead of spinning or crashing. The cap is a
+                    # tenth of the lease, so a database back within the lease is noticed in time
+                    # for the next heartbeat to keep this instance's runs its own.
+                    cap = min(30.0, max(0.5, self.settings.instance_lease / 10))
+                    self._backoff = min(cap, max(0.5, self._backoff * 2))
                     self._db_errors.error(
                         "loop",
                         f"database error, retrying in {self._backoff:.1f}s: "
                         f"{type(exc).__name__}: {_first_line(exc)}",
                     )
-                    self._wake.wait(self._backoff)
+                    # Wake up in time to notice a lost lease, however long the backoff.
+                    self._wake.wait(min(self._backoff, self._lease_remaining() + 0.05))
                     self._wake.clear()
                     continue
                 self._wake.wait(self._sleep_seconds())
@@ -168,7 +182,34 @@ class Scheduler:
             until_due = (self._next_due - self.clock.now()).total_seconds()
             wait = min(wait, max(0.0, until_due))
         until_heartbeat = self._next_heartbeat - time.monotonic()
-        return max(0.0, min(wait, until_heartbeat))
+        return max(0.0, min(wait, until_heartbeat, self._lease_remaining() + 0.05))
+
+    def _lease_remaining(self) -> float:
+        """Seconds until this instance's own heartbeat lease runs out (inf before start)."""
+        if self._lease_renewed_at is None:
+            return float("inf")
+        return self._lease_renewed_at + self.settings.instance_lease - self._monotonic()
+
+    def _give_up_lease(self) -> None:
+        """Self-fencing: the heartbeat was not renewed within the lease, so other instances may
+        already have marked this instance's runs abandoned (and may run their next ticks).
+        Stop claiming, cancel every local run and shut down; the late writes are rejected."""
+        assert self._lease_renewed_at is not None
+        age = self._monotonic() - self._lease_renewed_at
+        self.lease_lost = True
+        self.stop_reason = (
+            f"no successful heartbeat for {age:.1f}s, past the {self.settings.instance_lease:g}s "
+            "lease (process paused, or database unreachable)"
+        )
+        log.error(
+            "instance %s lost its lease: %s; other instances may already have marked its runs "
+            "abandoned, so it stops claiming, cancels its %d local run(s) and shuts down",
+            self.settings.instance_id,
+            self.stop_reason,
+            len(self._running),
+        )
+        self.request_stop()
+        self._cancel_all(f"instance {self.settings.instance_id} lost its lease: {self.stop_reason}")
 
     def drain(self) -> None:
         """Stop claiming, wait up to ``drain_grace`` for runs, then cancel and record the rest."""
@@ -184,18 +225,25 @@ class Scheduler:
             self.store.set_instance_state("draining", now=self.clock.now())
         deadline = time.monotonic() + self.settings.drain_grace
         while self._running and time.monotonic() < deadline:
-            self._finalize_completions()
+            # With the database down, poll less often: the outcomes stay queued meanwhile.
+            pause = 0.1 if self._finalize_quietly() else 1.0
             self._enforce_deadlines()
-            self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._wake.wait(min(pause, max(0.0, deadline - time.monotonic())))
             self._wake.clear()
-        self._finalize_completions()
+        self._finalize_quietly()
         leftovers = self._cancel_all(
             "scheduler shut down before the run finished (drain grace expired)"
         )
         if leftovers:
             log.warning("drain grace expired: %d run(s) recorded as cancelled", leftovers)
         # Commands get kill_grace to exit; their workers then report cancelled (ignored if first).
-        self._finalize_completions()
+        if not self._finalize_quietly() and self._pending_finalize:
+            log.error(
+                "%d run outcome(s) could not be recorded (database unreachable); those runs "
+                "stay 'running' until another instance, or this one restarted with the same "
+                "id, marks them abandoned",
+                len(self._pending_finalize),
+            )
         with contextlib.suppress(sa.exc.SQLAlchemyError):
             self.store.set_instance_state("stopped", now=self.clock.now())
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -210,8 +258,14 @@ class Scheduler:
     def step(self) -> int:
         """One pass: heartbeat when due, finalize finished runs, claim and start due ones.
 
-        Returns how many runs it started.
+        Returns how many runs it started. An instance that could not renew its heartbeat
+        within its lease stops itself here instead (see ``_give_up_lease``).
         """
+        if self.lease_lost:
+            return 0
+        if self._lease_remaining() < 0:
+            self._give_up_lease()
+            return 0
         if time.monotonic() >= self._next_heartbeat:
             self.heartbeat()
         self._finalize_completions()
@@ -245,6 +299,7 @@ class Scheduler:
 
     def heartbeat(self) -> None:
         """Renew the instance row, act on cancel requests, reap dead instances, check stuck."""
+        began = self._monotonic()
         now = self.clock.now()
         self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
         state = "draining" if self.draining else "running"
@@ -259,6 +314,7 @@ class Scheduler:
                 version=__version__,
             )
             cancel_ids = []
+        self._lease_renewed_at = began
         for run_id, reason in cancel_ids:
             self.cancel_local(run_id, reason)
         reaped = self.store.reap_abandoned(now=now)
@@ -450,6 +506,19 @@ class Scheduler:
         return len(handles)
 
     # ------------------------------------------------------------------ finishing
+    def _finalize_quietly(self) -> bool:
+        """Finalize while draining; on a database error keep the outcomes queued, say so."""
+        try:
+            self._finalize_completions()
+        except sa.exc.SQLAlchemyError as exc:
+            self._db_errors.error(
+                "drain",
+                f"cannot record run outcomes while draining: {type(exc).__name__}: "
+                f"{_first_line(exc)}",
+            )
+            return False
+        return True
+
     def _finalize_completions(self) -> None:
         while True:
             try:

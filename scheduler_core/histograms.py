@@ -75,6 +75,23 @@ class HistogramCounts:
             count += 1
         return HistogramCounts(bounds=self.bounds, buckets=tuple(buckets), sum=total, count=count)
 
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile, linearly interpolated inside its bucket (as histogram_quantile does).
+
+        None when empty; observations in the +Inf bucket report the highest finite bound.
+        """
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        lower = 0.0
+        seen = 0
+        for bound, n in zip(self.bounds, self.buckets, strict=False):
+            if seen + n >= rank and n > 0:
+                return lower + (bound - lower) * ((rank - seen) / n)
+            seen += n
+            lower = bound
+        return self.bounds[-1]
+
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, cumulative count) pairs, ending with (+Inf, count)."""
         out: list[tuple[float, int]] = []

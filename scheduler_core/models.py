@@ -15,6 +15,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "UTCDateTime",
     "alarm_events",
+    "audit_events",
     "instances",
     "metadata",
     "schedules",
@@ -213,4 +214,22 @@ alarm_events = sa.Table(
         postgresql_where=sa.text("closed_at IS NULL"),
         sqlite_where=sa.text("closed_at IS NULL"),
     ),
+)
+
+#: Who did what, when and why: every operator action (pause, resume, run-now, cancel,
+#: emergency stop, cleanup). An addition to DESIGN.md's five tables; nothing reads it but
+#: `schedctl audit` and the JSON API, so no metric or alert depends on it.
+audit_events = sa.Table(
+    "scheduler_audit_events",
+    metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(30), nullable=False),
+    sa.Column("task_name", sa.String(200)),
+    sa.Column("run_id", _BigInt),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", sa.Text),
+    sa.Index("ix_scheduler_audit_events_at", "at"),
+    sa.Index("ix_scheduler_audit_events_task_name_id", "task_name", "id"),
 )

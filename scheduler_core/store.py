@@ -32,7 +32,14 @@ from sqlalchemy.dialects import sqlite
 
 from scheduler_core.errors import RunLookupError, TaskLookupError
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
-from scheduler_core.models import alarm_events, instances, schedules, task_health, task_runs
+from scheduler_core.models import (
+    alarm_events,
+    audit_events,
+    instances,
+    schedules,
+    task_health,
+    task_runs,
+)
 from scheduler_core.planning import plan_ticks
 from scheduler_core.tasks import TaskDefinition, definition_from_json
 
@@ -432,6 +439,9 @@ class Store:
                         )
                     )
                 policies = definition.policies
+                # overlap=skip compares with runs already in flight: catch-up runs planned in
+                # this same pass (misfire=run_all) do not skip each other. overlap=allow
+                # counts every run against max_concurrency.
                 running = running_counts.get(name, 0)
                 for scheduled_for, attempt, trigger in planned:
                     limit = 1 if policies.overlap == "skip" else policies.max_concurrency
@@ -454,7 +464,8 @@ class Store:
                             )
                         )
                         continue
-                    running += 1
+                    if policies.overlap != "skip":
+                        running += 1
                     run_rows.append(
                         {
                             "task_name": name,
@@ -966,9 +977,37 @@ class Store:
             raise TaskLookupError(name)
         return row
 
+    def _audit(
+        self,
+        conn: sa.Connection,
+        *,
+        now: datetime,
+        actor: str,
+        action: str,
+        task: str | None = None,
+        run_id: int | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            audit_events.insert().values(
+                at=now,
+                actor=actor[:200],
+                action=action,
+                task_name=task,
+                run_id=run_id,
+                reason=truncate_text(reason, ERROR_MESSAGE_LIMIT),
+                details=json.dumps(details, default=str) if details else None,
+            )
+        )
+
     def pause(self, name: str, *, reason: str, by: str, now: datetime) -> None:
+        """Pause a task: it is not claimed until resumed. Who, when and why are stored."""
+        if not reason or not reason.strip():
+            raise ValueError("a pause needs a --reason (shown to whoever finds the task paused)")
         with self.engine.begin() as conn:
             self._require_task(conn, name)
+            self._audit(conn, now=now, actor=by, action="pause", task=name, reason=reason)
             conn.execute(
                 schedules.update()
                 .where(schedules.c.name == name)
@@ -978,10 +1017,13 @@ class Store:
             )
             self._refresh_due_at(conn, [name])
 
-    def resume(self, name: str, *, now: datetime) -> None:
+    def resume(self, name: str, *, now: datetime, by: str = "unknown") -> None:
         """Unpause; ticks that fell during the pause are not run or counted as missed."""
         with self.engine.begin() as conn:
             row = self._require_task(conn, name)
+            self._audit(
+                conn, now=now, actor=by, action="resume", task=name, reason=row.pause_reason
+            )
             definition = self.definition(row.definition_hash, row.definition)
             values: dict[str, Any] = {
                 "paused": False,
@@ -995,10 +1037,11 @@ class Store:
             conn.execute(schedules.update().where(schedules.c.name == name).values(**values))
             self._refresh_due_at(conn, [name])
 
-    def run_now(self, name: str, *, now: datetime) -> None:
+    def run_now(self, name: str, *, now: datetime, by: str = "unknown") -> None:
         """Ask for one extra run as soon as an instance polls; the schedule is unchanged."""
         with self.engine.begin() as conn:
             self._require_task(conn, name)
+            self._audit(conn, now=now, actor=by, action="run-now", task=name)
             conn.execute(
                 schedules.update()
                 .where(schedules.c.name == name)
@@ -1006,14 +1049,17 @@ class Store:
             )
             self._refresh_due_at(conn, [name])
 
-    def request_cancel(self, run_id: int, *, reason: str) -> str:
+    def request_cancel(
+        self, run_id: int, *, reason: str, by: str = "unknown", now: datetime | None = None
+    ) -> str:
         """Flag a running run for cancellation; its owner acts within one heartbeat.
 
-        Returns the run's status (a finished run is left as it is).
+        Returns the run's status (a finished run is left as it is). With ``now`` the request
+        is also written to the audit log.
         """
         with self.engine.begin() as conn:
             row = conn.execute(
-                sa.select(task_runs.c.status).where(task_runs.c.id == run_id)
+                sa.select(task_runs.c.status, task_runs.c.task_name).where(task_runs.c.id == run_id)
             ).first()
             if row is None:
                 raise RunLookupError(run_id)
@@ -1023,7 +1069,117 @@ class Store:
                     .where(task_runs.c.id == run_id)
                     .values(cancel_requested=True, cancel_reason=reason)
                 )
+                if now is not None:
+                    self._audit(
+                        conn,
+                        now=now,
+                        actor=by,
+                        action="cancel",
+                        task=row.task_name,
+                        run_id=run_id,
+                        reason=reason,
+                    )
             return str(row.status)
+
+    EMERGENCY_PREFIX = "[emergency-stop] "
+
+    def emergency_stop(self, *, reason: str, by: str, now: datetime) -> tuple[int, int]:
+        """Pause every task and flag every running run for cancellation.
+
+        Returns (tasks paused, runs flagged). ``resume_all`` undoes the pauses it made; tasks
+        already paused for another reason keep that pause and its reason.
+        """
+        if not reason or not reason.strip():
+            raise ValueError("an emergency stop needs a --reason")
+        with self.engine.begin() as conn:
+            paused = conn.execute(
+                schedules.update()
+                .where(sa.not_(schedules.c.paused))
+                .values(
+                    paused=True,
+                    pause_reason=self.EMERGENCY_PREFIX + reason,
+                    paused_at=now,
+                    paused_by=by,
+                    due_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            flagged = conn.execute(
+                task_runs.update()
+                .where(task_runs.c.status == "running")
+                .where(sa.not_(task_runs.c.cancel_requested))
+                .values(cancel_requested=True, cancel_reason=f"emergency stop by {by}: {reason}")
+            ).rowcount
+            self._audit(
+                conn,
+                now=now,
+                actor=by,
+                action="emergency-stop",
+                reason=reason,
+                details={"tasks_paused": paused, "runs_cancelled": flagged},
+            )
+        return int(paused or 0), int(flagged or 0)
+
+    def resume_all(self, *, by: str, now: datetime) -> tuple[int, int]:
+        """Resume the tasks an emergency stop paused; return (resumed, still paused)."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(schedules.c.name, schedules.c.pause_reason).where(schedules.c.paused)
+            ).all()
+        names = [r.name for r in rows if (r.pause_reason or "").startswith(self.EMERGENCY_PREFIX)]
+        for name in names:
+            self.resume(name, now=now, by=by)
+        with self.engine.begin() as conn:
+            self._audit(
+                conn, now=now, actor=by, action="resume-all", details={"tasks_resumed": len(names)}
+            )
+        return len(names), len(rows) - len(names)
+
+    def audit_log(self, *, task: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        stmt = sa.select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)
+        if task is not None:
+            stmt = stmt.where(audit_events.c.task_name == task)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def stats(self, task: str | None = None) -> list[dict[str, Any]]:
+        """Per task: totals by outcome, missed, success rate, mean/p95 duration, last times.
+
+        Totals and durations come from the persisted counters and histogram, so they are
+        exact however much history was cleaned up; p95 is interpolated within its bucket.
+        """
+        stmt = sa.select(schedules).order_by(schedules.c.name)
+        if task is not None:
+            stmt = stmt.where(schedules.c.name == task)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        if task is not None and not rows:
+            raise TaskLookupError(task)
+        out = []
+        for r in rows:
+            hist = HistogramCounts.from_json(r.duration_histogram, DURATION_BUCKETS)
+            finished = sum(getattr(r, c) for s, c in _COUNTER_COLUMN.items() if s != "skipped")
+            failed = r.runs_failure_total + r.runs_timeout_total
+            out.append(
+                {
+                    "task": r.name,
+                    "total": finished,
+                    "succeeded": r.runs_success_total,
+                    "failed": failed,
+                    "timed_out": r.runs_timeout_total,
+                    "cancelled": r.runs_cancelled_total,
+                    "abandoned": r.runs_abandoned_total,
+                    "skipped": r.runs_skipped_total,
+                    "missed": r.missed_runs_total,
+                    "success_rate": (r.runs_success_total / finished) if finished else None,
+                    "avg_duration_seconds": (hist.sum / hist.count) if hist.count else None,
+                    "p95_duration_seconds": hist.quantile(0.95),
+                    "last_success_at": r.last_success_at,
+                    "last_failure_at": r.last_failure_at,
+                    "consecutive_failures": r.consecutive_failures,
+                }
+            )
+        return out
 
     # ----------------------------------------------------------------- queries
     def list_tasks(self) -> list[dict[str, Any]]:

@@ -1,0 +1,227 @@
+"""The exporter's aiohttp application: /metrics, /health, /ready and the JSON API.
+
+Dependencies come in through :func:`create_app`; nothing here reads configuration. Handlers
+never touch SQL on the event loop: the snapshot is refreshed in a worker thread, and run
+history is queried in a small thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import sqlalchemy as sa
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client.registry import Collector
+
+from exporter.api import fetch_runs, json_response, parse_runs_query, status_document
+from exporter.collector import exporter_version
+from exporter.database import describe_db_error
+from exporter.errors import ApiError, error_response
+from exporter.exposition import CatalogRenderer, MetricsCache, negotiate
+from exporter.refresh import Clock, Refresher, RefreshState, utc_now
+from exporter.settings import ExporterSettings
+
+__all__ = ["REFRESHER", "create_app"]
+
+log = logging.getLogger(__name__)
+
+REFRESHER = web.AppKey("refresher", Refresher)
+_CACHE = web.AppKey("metrics_cache", MetricsCache)
+_SETTINGS = web.AppKey("settings", ExporterSettings)
+_ENGINE = web.AppKey("engine", sa.Engine)
+_RENDER_POOL = web.AppKey("render_pool", ThreadPoolExecutor)
+_API_POOL = web.AppKey("api_pool", ThreadPoolExecutor)
+
+#: Paths a probe must reach without credentials.
+_OPEN_PATHS = frozenset({"/health", "/ready"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(
+    *,
+    settings: ExporterSettings,
+    engine: sa.Engine,
+    registry: Collector | None = None,
+    clock: Clock = utc_now,
+    background_refresh: bool = True,
+) -> web.Application:
+    """Build the exporter app.
+
+    ``engine`` is only read from (see :func:`exporter.database.create_reader_engine`).
+    ``registry`` holds extra collectors served after the catalog (process metrics, say); the
+    catalog itself is rendered from the snapshot, so it must not contain a SnapshotCollector.
+    With ``background_refresh`` off, nothing refreshes until ``app[REFRESHER].refresh_once()``
+    is awaited (tests drive time that way).
+    """
+    render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedctl-exporter-render")
+    api_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="schedctl-exporter-api")
+    cache = MetricsCache(renderer=CatalogRenderer(version=exporter_version()), registry=registry)
+
+    async def render_ahead(state: RefreshState) -> None:
+        await asyncio.get_running_loop().run_in_executor(render_pool, cache.warm, state)
+
+    refresher = Refresher(
+        engine=engine, settings=settings, clock=clock, before_publish=render_ahead
+    )
+    app = web.Application(middlewares=[_error_middleware, _auth_middleware(settings.token)])
+    app[REFRESHER] = refresher
+    app[_CACHE] = cache
+    app[_SETTINGS] = settings
+    app[_ENGINE] = engine
+    app[_RENDER_POOL] = render_pool
+    app[_API_POOL] = api_pool
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _ready)
+    app.router.add_get("/api/v1/status", _status)
+    app.router.add_get("/api/v1/tasks/{name}/runs", _runs)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # Startup only schedules the first refresh: with the database down the exporter
+        # still comes up at once and serves up=0.
+        task = asyncio.create_task(refresher.run_forever()) if background_refresh else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await refresher.aclose()
+        render_pool.shutdown(wait=False, cancel_futures=True)
+        api_pool.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error, including aiohttp's own 404/405, leaves as the one JSON envelope."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, code=exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason, headers=_passthrough_headers(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s", request.path)
+        return error_response(500, "internal error; see the exporter log")
+
+
+def _passthrough_headers(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+def _auth_middleware(token: str | None) -> Middleware:
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is None or request.path in _OPEN_PATHS:
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return error_response(
+                401,
+                "a bearer token is required: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="schedctl-exporter"'},
+            )
+        return await handler(request)
+
+    return auth
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    app = request.app
+    state = app[REFRESHER].state
+    variant, encoder = negotiate(
+        request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+    )
+    cache = app[_CACHE]
+    body = cache.get(state.generation, variant)
+    if body is None:
+        body = await asyncio.get_running_loop().run_in_executor(
+            app[_RENDER_POOL], cache.build, state, variant, encoder
+        )
+    headers = {"Content-Type": variant.content_type, "Vary": "Accept, Accept-Encoding"}
+    if variant.gzip:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+async def _health(_request: web.Request) -> web.Response:
+    # Liveness only: the process serves requests. A database outage is reported by /ready
+    # and scheduler_exporter_up; restarting the exporter would not fix the database.
+    return web.json_response({"status": "healthy"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    app = request.app
+    state = app[REFRESHER].state
+    stale_after = app[_SETTINGS].stale_after
+    age = state.snapshot_age(app[REFRESHER].clock())
+    body: dict[str, object] = {
+        "database_up": state.up,
+        "snapshot_age_seconds": None if age is None else round(age, 3),
+        "last_error": state.last_error,
+    }
+    if age is None:
+        return web.json_response({"status": "not_ready", **body}, status=503)
+    if age > stale_after:
+        return web.json_response({"status": "stale", **body}, status=503)
+    return web.json_response({"status": "ready", **body})
+
+
+def _password(app: web.Application) -> str | None:
+    password = app[_ENGINE].url.password
+    return str(password) if password else None
+
+
+async def _status(request: web.Request) -> web.Response:
+    app = request.app
+    state = app[REFRESHER].state
+    if state.snapshot is None:
+        raise ApiError(
+            503,
+            f"no successful database read yet: {state.last_error or 'first refresh pending'}",
+            code="no_snapshot",
+        )
+    now = app[REFRESHER].clock()
+    loop = asyncio.get_running_loop()
+    # Thousands of tasks take a while to serialise; keep that off the event loop.
+    response: web.Response = await loop.run_in_executor(
+        app[_API_POOL],
+        lambda: json_response(status_document(state, now), scrub=_password(app)),
+    )
+    return response
+
+
+async def _runs(request: web.Request) -> web.Response:
+    app = request.app
+    query = parse_runs_query(request.match_info["name"], request.query)
+    engine = app[_ENGINE]
+    loop = asyncio.get_running_loop()
+    try:
+        document = await asyncio.wait_for(
+            loop.run_in_executor(app[_API_POOL], fetch_runs, engine, query),
+            timeout=app[_SETTINGS].refresh_timeout,
+        )
+    except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise ApiError(
+            503, f"cannot read run history: {describe_db_error(exc, engine.url)}",
+            code="database_unavailable",
+        ) from None  # fmt: skip
+    if document is None:
+        raise ApiError(404, f"no task named {query.task!r}", code="unknown_task")
+    return json_response(document, scrub=_password(app))

@@ -1,0 +1,155 @@
+"""``schedctl exporter``: parse flags and environment, then serve the exporter until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from exporter.app import create_app
+from exporter.database import create_reader_engine
+from exporter.settings import DEFAULT_LISTEN, ExporterSettings
+from scheduler_core.db import DEFAULT_DATABASE_URL, redact_url
+from scheduler_core.durations import parse_duration
+from scheduler_core.health import parse_listen
+
+__all__ = ["add_arguments", "build_parser", "main", "run", "settings_from_args"]
+
+log = logging.getLogger("exporter")
+
+ENV_DATABASE_URL = "SCHEDCTL_DATABASE_URL"
+ENV_TOKEN = "SCHEDCTL_EXPORTER_TOKEN"
+ENV_LISTEN = "SCHEDCTL_EXPORTER_LISTEN"
+
+
+class UsageError(ValueError):
+    """A flag or environment value is unusable; the CLI exits with status 2."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the exporter's flags to ``parser`` (a ``schedctl exporter`` subparser, say)."""
+    parser.add_argument(
+        "--database-url",
+        help=f"database to read (env {ENV_DATABASE_URL}; default {DEFAULT_DATABASE_URL})",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"address to serve on (env {ENV_LISTEN}; default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--token",
+        help=f"bearer token required for /metrics and /api (env {ENV_TOKEN})",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="allow listening on a non-loopback address without a token",
+    )
+    parser.add_argument(
+        "--refresh-interval",
+        default="5s",
+        help="time between two database reads (default 5s)",
+    )
+    parser.add_argument(
+        "--late-grace",
+        default="60s",
+        help="how overdue a tick must be before its task counts as late (default 60s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="schedctl exporter",
+        description="Serve schedctl's SQL state as Prometheus metrics, health endpoints and a "
+        "read-only JSON API.",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> tuple[ExporterSettings, str]:
+    """The settings and database URL from flags, then environment, then defaults."""
+    listen = args.listen or environ.get(ENV_LISTEN) or DEFAULT_LISTEN
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    token = args.token or environ.get(ENV_TOKEN) or None
+    if token is None and not is_loopback(host) and not args.allow_unauthenticated:
+        raise UsageError(
+            f"refusing to serve on non-loopback address {host!r} without authentication: "
+            f"set --token (or {ENV_TOKEN}), or pass --allow-unauthenticated"
+        )
+    try:
+        refresh = parse_duration(args.refresh_interval).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"--refresh-interval: {exc}") from None
+    try:
+        grace = parse_duration(args.late_grace, allow_zero=True).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"--late-grace: {exc}") from None
+    settings = ExporterSettings(
+        host=host, port=port, token=token, refresh_interval=refresh, late_grace=grace
+    )
+    url = args.database_url or environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
+    return settings, url
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; 0 on a clean stop, 2 on a usage error, 1 if serving fails."""
+    try:
+        settings, url = settings_from_args(args)
+        engine = create_reader_engine(url, statement_timeout=settings.statement_timeout)
+    except ValueError as exc:  # UsageError, a bad duration or an unusable database URL
+        print(f"schedctl exporter: error: {exc}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    app = create_app(settings=settings, engine=engine)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    auth = "bearer token required" if settings.token else "no authentication"
+    log.info(
+        "schedctl exporter serving http://%s:%d/metrics (%s), reading %s",
+        host, settings.port, auth, redact_url(url),
+    )  # fmt: skip
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    except OSError as exc:
+        print(f"schedctl exporter: error: cannot listen on {host}:{settings.port}: {exc.strerror}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (argparse's own errors and --help included)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

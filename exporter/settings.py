@@ -1,0 +1,50 @@
+"""The exporter's settings: one frozen value built by the entry point, passed to everything else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_LISTEN", "ExporterSettings"]
+
+DEFAULT_LISTEN = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExporterSettings:
+    """How the exporter listens, authenticates and refreshes its snapshot.
+
+    ``token`` None means no authentication; the CLI refuses that beyond loopback unless told.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+    token: str | None = None
+    #: Seconds between two SQL refreshes of the snapshot.
+    refresh_interval: float = 5.0
+    #: A task is late once its next tick is this many seconds overdue.
+    late_grace: float = 60.0
+    #: Upper bound for one SQL statement (PostgreSQL ``statement_timeout``) and, doubled, for a
+    #: whole refresh; a refresh that takes longer counts as failed.
+    statement_timeout: float = 10.0
+    #: Check the schema revision once before the first read (off only for tests of raw tables).
+    check_schema: bool = True
+
+    def __post_init__(self) -> None:
+        if self.refresh_interval <= 0:
+            raise ValueError(f"refresh_interval must be > 0, got {self.refresh_interval!r}")
+        if self.late_grace < 0:
+            raise ValueError(f"late_grace must be >= 0, got {self.late_grace!r}")
+        if self.statement_timeout <= 0:
+            raise ValueError(f"statement_timeout must be > 0, got {self.statement_timeout!r}")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("token must not be empty")
+
+    @property
+    def refresh_timeout(self) -> float:
+        """Longest a refresh may take before it counts as failed."""
+        return 2 * self.statement_timeout
+
+    @property
+    def stale_after(self) -> float:
+        """Age of the last good snapshot beyond which the exporter is not ready."""
+        return 3 * self.refresh_interval

@@ -1,0 +1,224 @@
+"""History retention: delete old run rows in bounded batches; counters are never touched.
+
+Each batch is its own short transaction (at most ``batch_size`` rows), so claims and
+finalizes from running schedulers interleave with a cleanup of any size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from scheduler_core.models import alarm_events, audit_events, task_runs
+
+__all__ = ["CLEANUP_TASK_NAME", "CleanupResult", "RetentionPolicy", "run_cleanup"]
+
+log = logging.getLogger(__name__)
+
+CLEANUP_TASK_NAME = "schedctl.cleanup"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetentionPolicy:
+    """Keep runs for ``days`` and at most ``max_runs_per_task`` per task; ``running`` rows stay."""
+
+    days: float = 30.0
+    max_runs_per_task: int = 500
+    #: Rows per delete transaction; None picks per backend (see ``batch_for``).
+    batch_size: int | None = None
+    audit_days: float = 365.0
+
+    def batch_for(self, engine: sa.Engine) -> int:
+        """SQLite has one write lock: small batches keep each hold short for claimers."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 300 if engine.dialect.name == "sqlite" else 5000
+
+    def __post_init__(self) -> None:
+        if self.days <= 0:
+            raise ValueError(f"retention days must be positive, got {self.days!r}")
+        if self.max_runs_per_task < 1:
+            raise ValueError(
+                f"max runs per task must be at least 1, got {self.max_runs_per_task!r}"
+            )
+        if self.batch_size is not None and not 1 <= self.batch_size <= 100_000:
+            raise ValueError(f"batch size must be 1..100000, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanupResult:
+    runs_deleted: int
+    alarms_deleted: int
+    audit_deleted: int
+    batches: int
+
+
+Progress = Callable[[int, int], None]  # (deleted so far, estimated total)
+
+
+def _delete_batches(
+    engine: sa.Engine,
+    table: sa.Table,
+    condition: sa.ColumnElement[bool],
+    *,
+    batch_size: int,
+    progress: Callable[[int], None],
+) -> tuple[int, int]:
+    deleted = batches = 0
+    # On SQLite a writer waiting in busy_timeout polls with growing sleeps; pausing between
+    # batches lets it take the lock now instead of after our next batch.
+    pause = 0.005 if engine.dialect.name == "sqlite" else 0.0
+    while True:
+        if batches and pause:
+            time.sleep(pause)
+        ids = sa.select(table.c.id).where(condition).order_by(table.c.id).limit(batch_size)
+        with engine.begin() as conn:
+            count = conn.execute(
+                table.delete().where(table.c.id.in_(ids.scalar_subquery()))
+            ).rowcount
+        if not count:
+            return deleted, batches
+        deleted += count
+        batches += 1
+        progress(count)
+        if count < batch_size:
+            return deleted, batches
+
+
+def _with_lock_retry(engine: sa.Engine, work: Callable[[sa.Connection], int]) -> int:
+    """Run one batch; if SQLite stays locked past its busy timeout, back off and retry.
+
+    Busy schedulers can keep SQLite's single write lock for long stretches; cleanup is the
+    one that should yield, so it waits (up to about two minutes per batch) instead of failing.
+    """
+    delay = 0.05
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with engine.begin() as conn:
+                return int(work(conn) or 0)
+        except sa.exc.OperationalError as exc:
+            if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                raise
+            log.warning("cleanup: database is locked by another writer; retrying in %.2fs", delay)
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
+def _per_task_overflow(conn: sa.Connection, keep: int) -> list[tuple[str, int]]:
+    """(task, lowest id to keep) for tasks with more than ``keep`` finished runs."""
+    ranked = (
+        sa.select(
+            task_runs.c.task_name,
+            task_runs.c.id,
+            sa.func.row_number()
+            .over(partition_by=task_runs.c.task_name, order_by=task_runs.c.id.desc())
+            .label("rank"),
+        )
+        .where(task_runs.c.status != "running")
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(ranked.c.task_name, ranked.c.id).where(ranked.c.rank == keep)
+    ).all()
+    return [(r.task_name, r.id) for r in rows]
+
+
+def run_cleanup(
+    engine: sa.Engine,
+    *,
+    policy: RetentionPolicy,
+    now: datetime,
+    progress: Progress | None = None,
+) -> CleanupResult:
+    """Delete runs past the retention (age and per-task cap), old closed alarms and audit rows."""
+    cutoff = now - timedelta(days=policy.days)
+    finished = task_runs.c.status != "running"
+    with engine.connect() as conn:
+        overflow = _per_task_overflow(conn, policy.max_runs_per_task)
+        old = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(task_runs)
+            .where(finished, task_runs.c.finished_at < cutoff)
+        ).scalar_one()
+    estimate = int(old) + sum(1 for _ in overflow)  # refined as batches report
+    done = 0
+
+    def report(count: int) -> None:
+        nonlocal done, estimate
+        done += count
+        estimate = max(estimate, done)
+        if progress is not None:
+            progress(done, estimate)
+
+    runs_deleted, batches = _delete_batches(
+        engine,
+        task_runs,
+        finished & (task_runs.c.finished_at < cutoff),
+        batch_size=policy.batch_for(engine),
+        progress=report,
+    )
+    for task, keep_from in overflow:
+        n, b = _delete_batches(
+            engine,
+            task_runs,
+            finished & (task_runs.c.task_name == task) & (task_runs.c.id < keep_from),
+            batch_size=policy.batch_for(engine),
+            progress=report,
+        )
+        runs_deleted += n
+        batches += b
+    alarms_deleted, b = _delete_batches(
+        engine,
+        alarm_events,
+        alarm_events.c.closed_at.is_not(None) & (alarm_events.c.closed_at < cutoff),
+        batch_size=policy.batch_for(engine),
+        progress=lambda _n: None,
+    )
+    batches += b
+    audit_deleted, b = _delete_batches(
+        engine,
+        audit_events,
+        audit_events.c.at < now - timedelta(days=policy.audit_days),
+        batch_size=policy.batch_for(engine),
+        progress=lambda _n: None,
+    )
+    batches += b
+    return CleanupResult(
+        runs_deleted=runs_deleted,
+        alarms_deleted=alarms_deleted,
+        audit_deleted=audit_deleted,
+        batches=batches,
+    )
+
+
+def register_cleanup_task(engine: sa.Engine, policy: RetentionPolicy) -> dict[str, object]:
+    """Register the built-in cleanup callable in this process; return its task mapping.
+
+    The task runs daily on whichever instance claims it; it uses the scheduler's own engine.
+    """
+    from scheduler_core.clock import DatabaseClock
+    from scheduler_core.tasks import register_callable
+
+    clock = DatabaseClock(engine)
+
+    def cleanup() -> None:
+        run_cleanup(engine, policy=policy, now=clock.now())
+
+    register_callable(CLEANUP_TASK_NAME, cleanup)
+    return {
+        "name": CLEANUP_TASK_NAME,
+        "callable": CLEANUP_TASK_NAME,
+        "cron": "17 3 * * *",
+        "description": (
+            f"built-in retention: keep {policy.days:g} days and at most "
+            f"{policy.max_runs_per_task} runs per task"
+        ),
+        "timeout": "1h",
+        "misfire": "run_once",
+    }

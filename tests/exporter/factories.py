@@ -1,0 +1,398 @@
+"""Rows for the exporter tests, written with SQLAlchemy Core straight into the five tables.
+
+The scheduler engine is not needed: each helper inserts what the engine would have written,
+and :func:`seed_every_state` builds one task per status badge with known metric values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler_core import models
+from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
+
+#: The "now" the seeded rows are relative to (a fixed instant keeps expected values exact).
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def schedule_row(name: str, *, now: datetime = NOW, **overrides: Any) -> dict[str, Any]:
+    """A scheduler_schedules row for an `every 5m` callable task that has never run."""
+    definition = f'{{"name": "{name}", "callable": "jobs:{name}", "every": "5m"}}'
+    row: dict[str, Any] = {
+        "name": name,
+        "definition": definition,
+        "definition_hash": hashlib.sha256(definition.encode()).hexdigest(),
+        "schedule_type": "every",
+        "schedule_expr": "every 5m",
+        "timezone": "UTC",
+        "action_kind": "callable",
+        "enabled": True,
+        "paused": False,
+        "pause_reason": None,
+        "next_run_at": now + timedelta(minutes=5),
+        "due_at": now + timedelta(minutes=5),
+        "fire_count": 0,
+        "consecutive_failures": 0,
+        "last_success_at": None,
+        "last_failure_at": None,
+        "max_runtime_seconds": None,
+        "expected_interval_seconds": 300.0,
+        **{f"runs_{outcome}_total": 0 for outcome in models.TERMINAL_STATUSES},
+        "missed_runs_total": 0,
+        "duration_histogram": HistogramCounts.empty(DURATION_BUCKETS).to_json(),
+        "start_delay_histogram": HistogramCounts.empty(START_DELAY_BUCKETS).to_json(),
+        "created_at": now - timedelta(days=1),
+        "updated_at": now,
+    }
+    row.update(overrides)
+    return row
+
+
+def health_row(task: str, instance_id: str, *, now: datetime = NOW, **overrides: Any) -> dict:
+    """A scheduler_task_health row of ``task`` as seen by ``instance_id``."""
+    row: dict[str, Any] = {
+        "task_name": task,
+        "instance_id": instance_id,
+        "enabled": True,
+        "schedule_type": "every",
+        "schedule_payload": '{"every": 300}',
+        "next_run_at": None,
+        "last_started_at": None,
+        "last_finished_at": None,
+        "last_duration_seconds": None,
+        "last_status": None,
+        "is_running": False,
+        "consecutive_failures": 0,
+        "last_error_message": None,
+        "last_heartbeat_at": now,
+        "max_runtime_seconds": None,
+        "updated_at": now,
+    }
+    row.update(overrides)
+    return row
+
+
+def run_row(task: str, *, scheduled_for: datetime, **overrides: Any) -> dict[str, Any]:
+    """A scheduler_task_runs row (a success by default)."""
+    row: dict[str, Any] = {
+        "task_name": task,
+        "scheduled_for": scheduled_for,
+        "attempt": 1,
+        "trigger": "schedule",
+        "status": "success",
+        "started_at": scheduled_for + timedelta(seconds=0.2),
+        "finished_at": scheduled_for + timedelta(seconds=1.2),
+        "duration_seconds": 1.0,
+        "instance_id": "node-a:1",
+        "cancel_requested": False,
+    }
+    row.update(overrides)
+    return row
+
+
+def instance_row(instance_id: str, *, now: datetime = NOW, **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "instance_id": instance_id,
+        "hostname": instance_id.split(":")[0],
+        "pid": 1,
+        "started_at": now - timedelta(hours=1),
+        "last_heartbeat_at": now - timedelta(seconds=3),
+        "lease_seconds": 30.0,
+        "state": "running",
+        "version": "0.1.0",
+        "running_runs": 0,
+    }
+    row.update(overrides)
+    return row
+
+
+def alarm_row(task: str, kind: str, *, now: datetime = NOW, **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "task_name": task,
+        "kind": kind,
+        "opened_at": now - timedelta(minutes=10),
+        "closed_at": None,
+        "details": "{}",
+    }
+    row.update(overrides)
+    return row
+
+
+def insert(engine: sa.Engine, table: sa.Table, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(table.insert(), rows)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the exporter must report for one seeded task."""
+
+    badge: str
+    running: int = 0
+    stuck: bool = False
+    consecutive_failures: int = 0
+    last_status: str | None = None
+
+
+def duration_histogram(*values: float) -> HistogramCounts:
+    return HistogramCounts.empty(DURATION_BUCKETS).observe(values)
+
+
+def delay_histogram(*values: float) -> HistogramCounts:
+    return HistogramCounts.empty(START_DELAY_BUCKETS).observe(values)
+
+
+def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Expected]:
+    """One task per badge (plus a never-run one), two instances, alarms; returns expectations.
+
+    Instance ``node-a:1`` runs ``running-task`` and ``stuck-task``; ``node-b:2`` is draining.
+    ``ok-task`` ran on both instances: the newer finish (on node-b) must win.
+    """
+    a, b = "node-a:1", "node-b:2"
+    schedules = [
+        schedule_row(
+            "ok-task",
+            now=now,
+            runs_success_total=7,
+            runs_failure_total=1,
+            missed_runs_total=2,
+            last_success_at=now - timedelta(minutes=1),
+            last_failure_at=now - timedelta(hours=1),
+            duration_histogram=duration_histogram(0.02, 0.3, 0.3, 4.0, 4.0, 40.0, 9000.0).to_json(),
+            start_delay_histogram=delay_histogram(0.002, 0.2, 0.2, 0.2, 2.0, 20.0, 100.0).to_json(),
+            max_runtime_seconds=600.0,
+        ),
+        schedule_row(
+            "failing-task",
+            now=now,
+            schedule_type="cron",
+            schedule_expr="30 2 * * *",
+            timezone="Europe/Berlin",
+            action_kind="command",
+            consecutive_failures=3,
+            runs_success_total=1,
+            runs_failure_total=2,
+            runs_timeout_total=1,
+            last_failure_at=now - timedelta(minutes=2),
+            last_success_at=now - timedelta(days=3),
+            expected_interval_seconds=86400.0,
+        ),
+        schedule_row("running-task", now=now, runs_success_total=4, max_runtime_seconds=3600.0),
+        schedule_row(
+            "stuck-task",
+            now=now,
+            max_runtime_seconds=60.0,
+            runs_cancelled_total=1,
+            runs_abandoned_total=1,
+        ),
+        schedule_row(
+            "paused-task",
+            now=now,
+            paused=True,
+            pause_reason="maintenance",
+            due_at=None,
+            next_run_at=now - timedelta(hours=2),
+            runs_skipped_total=5,
+        ),
+        schedule_row("disabled-task", now=now, enabled=False, next_run_at=None, due_at=None),
+        schedule_row(
+            "late-task",
+            now=now,
+            next_run_at=now - timedelta(minutes=10),
+            due_at=now - timedelta(minutes=10),
+            missed_runs_total=3,
+        ),
+        schedule_row(
+            "once-task",
+            now=now,
+            schedule_type="at",
+            schedule_expr="at 2026-12-01T09:00:00+01:00",
+            next_run_at=datetime(2026, 12, 1, 8, 0, tzinfo=UTC),
+            expected_interval_seconds=None,
+        ),
+    ]
+    health = [
+        health_row(
+            "ok-task",
+            a,
+            now=now,
+            last_started_at=now - timedelta(minutes=5, seconds=2),
+            last_finished_at=now - timedelta(minutes=5),
+            last_duration_seconds=2.0,
+            last_status="failure",
+            last_error_message="old",
+        ),
+        health_row(
+            "ok-task",
+            b,
+            now=now,
+            last_started_at=now - timedelta(minutes=1, seconds=1.5),
+            last_finished_at=now - timedelta(minutes=1),
+            last_duration_seconds=1.5,
+            last_status="success",
+        ),
+        health_row(
+            "failing-task",
+            a,
+            now=now,
+            last_started_at=now - timedelta(minutes=3),
+            last_finished_at=now - timedelta(minutes=2),
+            last_duration_seconds=60.0,
+            last_status="timeout",
+            consecutive_failures=3,
+            last_error_message="killed after 60s",
+        ),
+        health_row(
+            "running-task",
+            a,
+            now=now,
+            is_running=True,
+            last_started_at=now - timedelta(seconds=30),
+            last_finished_at=now - timedelta(minutes=6),
+            last_duration_seconds=12.0,
+            last_status="success",
+        ),
+        health_row(
+            "stuck-task",
+            a,
+            now=now,
+            is_running=True,
+            last_started_at=now - timedelta(minutes=20),
+            max_runtime_seconds=60.0,
+        ),
+    ]
+    runs = [
+        run_row("ok-task", scheduled_for=now - timedelta(minutes=1, seconds=2), instance_id=b),
+        run_row(
+            "failing-task",
+            scheduled_for=now - timedelta(minutes=3),
+            status="timeout",
+            duration_seconds=60.0,
+            error_message="killed after 60s",
+        ),
+        run_row(
+            "running-task",
+            scheduled_for=now - timedelta(seconds=31),
+            status="running",
+            started_at=now - timedelta(seconds=30),
+            finished_at=None,
+            duration_seconds=None,
+        ),
+        run_row(
+            "stuck-task",
+            scheduled_for=now - timedelta(minutes=20, seconds=1),
+            status="running",
+            started_at=now - timedelta(minutes=20),
+            finished_at=None,
+            duration_seconds=None,
+        ),
+    ]
+    insert(engine, models.schedules, schedules)
+    insert(engine, models.task_health, health)
+    insert(engine, models.task_runs, runs)
+    insert(
+        engine,
+        models.instances,
+        [
+            instance_row(a, now=now, running_runs=2),
+            instance_row(b, now=now, state="draining", version="0.0.9",
+                         last_heartbeat_at=now - timedelta(seconds=10)),
+        ],
+    )  # fmt: skip
+    insert(
+        engine,
+        models.alarm_events,
+        [
+            alarm_row("failing-task", "consecutive_failures", now=now),
+            alarm_row("stuck-task", "stuck", now=now),
+            alarm_row("late-task", "missed", now=now, closed_at=now - timedelta(minutes=1)),
+        ],
+    )
+    return {
+        "ok-task": Expected("ok", last_status="success"),
+        "failing-task": Expected("failing", consecutive_failures=3, last_status="timeout"),
+        "running-task": Expected("running", running=1, last_status="success"),
+        "stuck-task": Expected("stuck", running=1, stuck=True),
+        "paused-task": Expected("paused"),
+        "disabled-task": Expected("disabled"),
+        "late-task": Expected("late"),
+        "once-task": Expected("ok"),
+    }
+
+
+def seed_many(engine: sa.Engine, count: int, *, now: datetime = NOW, instances: int = 2) -> None:
+    """``count`` busy tasks with health rows on every instance and a few in-flight runs."""
+    ids = [f"node-{i}:1" for i in range(instances)]
+    hist = duration_histogram(0.1, 1.0, 5.0).to_json()
+    delay = delay_histogram(0.01, 0.2).to_json()
+    names = [f"task-{i:05d}" for i in range(count)]
+    insert(
+        engine,
+        models.schedules,
+        (
+            schedule_row(name, now=now, runs_success_total=i, runs_failure_total=i % 3,
+                         duration_histogram=hist, start_delay_histogram=delay,
+                         max_runtime_seconds=600.0)
+            for i, name in enumerate(names)
+        ),
+    )  # fmt: skip
+    insert(
+        engine,
+        models.task_health,
+        (
+            health_row(name, iid, now=now, last_started_at=now - timedelta(minutes=2),
+                       last_finished_at=now - timedelta(minutes=1), last_duration_seconds=1.0,
+                       last_status="success")
+            for name in names for iid in ids
+        ),
+    )  # fmt: skip
+    insert(
+        engine,
+        models.task_runs,
+        (
+            run_row(name, scheduled_for=now - timedelta(seconds=5), status="running",
+                    started_at=now - timedelta(seconds=4), finished_at=None,
+                    duration_seconds=None, instance_id=ids[i % len(ids)])
+            for i, name in enumerate(names[::100])
+        ),
+    )  # fmt: skip
+    insert(engine, models.instances, (instance_row(iid, now=now) for iid in ids))
+
+
+class FakeClock:
+    """An injectable clock that only moves when told to."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class StatementCounter:
+    """Counts SQL statements an engine sends (SQLAlchemy ``before_cursor_execute``)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.statements: list[str] = []
+
+    def _count(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.statements.append(statement)
+
+    def __enter__(self) -> StatementCounter:
+        sa.event.listen(self.engine, "before_cursor_execute", self._count)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._count)
