@@ -7,8 +7,13 @@ the per-signal ``..._TRACES_ENDPOINT`` / ``..._METRICS_ENDPOINT``); exports over
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["configure_otel_from_env"]
+from opentelemetry import metrics, trace
+
+__all__ = ["configure_otel_from_env", "otel_instruments", "shutdown_otel", "tracer"]
 
 
 def configure_otel_from_env(service_name: str = "schedctl") -> bool:
@@ -51,3 +56,57 @@ def shutdown_otel() -> None:
         shutdown = getattr(provider, "shutdown", None)
         if shutdown is not None:
             shutdown()
+
+
+class _OtelInstruments:
+    """The core's OTel instruments (through the API only; the SDK is the entry point's)."""
+
+    def __init__(self) -> None:
+        meter = metrics.get_meter("schedctl")
+        self.duration = meter.create_histogram(
+            "schedctl.run.duration", unit="s", description="Duration of finished task runs"
+        )
+        self.runs = meter.create_counter(
+            "schedctl.runs", unit="{run}", description="Finished task runs by outcome"
+        )
+        self.next_run: dict[str, float] = {}
+        self.failures: dict[str, int] = {}
+        self.stuck: dict[str, int] = {}
+        meter.create_observable_gauge(
+            "schedctl.task.next_run",
+            callbacks=[lambda _o: self._observe(self.next_run)],
+            unit="s",
+            description="Unix time of each task's next run",
+        )
+        meter.create_observable_gauge(
+            "schedctl.task.consecutive_failures",
+            callbacks=[lambda _o: self._observe(self.failures)],
+            description="Consecutive failed ticks per task",
+        )
+        meter.create_observable_gauge(
+            "schedctl.task.stuck",
+            callbacks=[lambda _o: self._observe(self.stuck)],
+            description="1 while a task has a run past its max_runtime",
+        )
+
+    @staticmethod
+    def _observe(values: dict[str, Any]) -> Iterator[metrics.Observation]:
+        for task, value in list(values.items()):
+            yield metrics.Observation(value, {"task": task})
+
+
+_instruments: _OtelInstruments | None = None
+_lock = threading.Lock()
+
+
+def otel_instruments() -> _OtelInstruments:
+    """The process-wide instruments, created on first use (after any SDK setup)."""
+    global _instruments
+    with _lock:
+        if _instruments is None:
+            _instruments = _OtelInstruments()
+        return _instruments
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("schedctl")

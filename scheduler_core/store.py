@@ -517,6 +517,15 @@ class Store:
                     extra_rows,
                 )
             self._apply_schedule_updates(conn, schedule_updates, missed_totals, skipped_totals, now)
+        from scheduler_core.otel import otel_instruments
+
+        otel_instruments().next_run.update(
+            {
+                u["b_name"]: u["next_run_at"].timestamp()
+                for u in schedule_updates
+                if u["next_run_at"]
+            }
+        )
 
         consec = {c.name: c.consecutive_failures for c in claimed}
         return [

@@ -11,17 +11,17 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from opentelemetry import metrics, trace
 
 from scheduler_core.models import alarm_events, schedules, task_health, task_runs
+from scheduler_core.otel import otel_instruments, tracer
 from scheduler_core.store import DispatchedRun, FinalizeResult, RunOutcome, _insert, truncate_text
 
-__all__ = ["RateLimitedLogger", "TelemetryWriter", "otel_instruments"]
+__all__ = ["RateLimitedLogger", "TelemetryWriter", "otel_instruments", "tracer"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,56 +57,6 @@ class RateLimitedLogger:
         suffix = f" ({suppressed} similar error(s) suppressed)" if suppressed else ""
         self._logger.error("%s%s", message, suffix)
         return True
-
-
-class _OtelInstruments:
-    def __init__(self) -> None:
-        meter = metrics.get_meter("schedctl")
-        self.duration = meter.create_histogram(
-            "schedctl.run.duration", unit="s", description="Duration of finished task runs"
-        )
-        self.runs = meter.create_counter(
-            "schedctl.runs", unit="{run}", description="Finished task runs by outcome"
-        )
-        self.next_run: dict[str, float] = {}
-        self.failures: dict[str, int] = {}
-        self.stuck: dict[str, int] = {}
-        meter.create_observable_gauge(
-            "schedctl.task.next_run",
-            callbacks=[lambda _o: self._observe(self.next_run)],
-            unit="s",
-            description="Unix time of each task's next run",
-        )
-        meter.create_observable_gauge(
-            "schedctl.task.consecutive_failures",
-            callbacks=[lambda _o: self._observe(self.failures)],
-            description="Consecutive failed ticks per task",
-        )
-        meter.create_observable_gauge(
-            "schedctl.task.stuck",
-            callbacks=[lambda _o: self._observe(self.stuck)],
-            description="1 while a task has a run past its max_runtime",
-        )
-
-    @staticmethod
-    def _observe(values: dict[str, Any]) -> Iterator[metrics.Observation]:
-        for task, value in list(values.items()):
-            yield metrics.Observation(value, {"task": task})
-
-
-_instruments: _OtelInstruments | None = None
-
-
-def otel_instruments() -> _OtelInstruments:
-    """The process-wide OTel instruments (created on first use, after SDK setup)."""
-    global _instruments
-    if _instruments is None:
-        _instruments = _OtelInstruments()
-    return _instruments
-
-
-def tracer() -> trace.Tracer:
-    return trace.get_tracer("schedctl")
 
 
 class TelemetryWriter:
