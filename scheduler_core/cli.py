@@ -67,7 +67,7 @@ def _database_url(args: argparse.Namespace) -> str:
 
 def _password(url: str) -> str | None:
     try:
-        return make_url(url).password  # type: ignore[return-value]
+        return make_url(url).password
     except Exception:
         return None
 

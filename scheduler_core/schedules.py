@@ -41,7 +41,10 @@ def load_timezone(name: str) -> ZoneInfo:
 class Schedule(Protocol):
     """When a task fires."""
 
-    kind: str
+    @property
+    def kind(self) -> str:
+        """``cron``, ``every`` or ``at``."""
+        ...
 
     def next_after(self, t: datetime) -> datetime | None:
         """The first fire time strictly after ``t`` (aware UTC), or None when there is none."""
@@ -125,6 +128,23 @@ class CronSchedule:
                 break
             count += 1
         return count
+
+    def last_before(self, t: datetime) -> datetime | None:
+        zone = load_timezone(self.timezone)
+        it = croniter(self.expression, t.astimezone(zone))
+        for _ in range(4):
+            try:
+                candidate: datetime = it.get_prev(datetime)
+            except CroniterBadDateError:
+                return None
+            if candidate.tzinfo is None:
+                candidate = candidate.replace(tzinfo=zone)
+            if self._fixed_hour and _is_second_occurrence(candidate, zone):
+                continue
+            result = candidate.astimezone(UTC)
+            if result < t:
+                return result
+        return None
 
     def describe(self) -> str:
         return (

@@ -194,7 +194,9 @@ def test_cleanup_of_100k_rows_interleaves_with_claims(db_engine: sa.Engine) -> N
     while not done.is_set():
         clock.advance(1)
         before = len(progress)
-        claimed_now = store.claim_due_schedules(now=clock.now(), limit=50, lease=timedelta(seconds=30))
+        claimed_now = store.claim_due_schedules(
+            now=clock.now(), limit=50, lease=timedelta(seconds=30)
+        )
         store.dispatch_claimed(claimed_now, now=clock.now())
         claimed += len(claimed_now)
         if 0 < before < 50:  # cleanup had started and had batches left

@@ -60,3 +60,28 @@ def test_max_runs_stops_the_schedule() -> None:
     """With max_runs reached, no next run is planned."""
     plan = plan_ticks(task(every="10s", max_runs=3), next_run_at=T0, fire_count=2, now=T0)
     assert len(plan.runs) == 1 and plan.next_run_at is None
+
+
+@pytest.mark.parametrize(("policy", "runs", "missed"), [("run_once", 1, 23), ("skip", 0, 24)])
+def test_cron_outage_counts_missed_ticks(policy: str, runs: int, missed: int) -> None:
+    """A day down for an hourly cron task (Berlin time): the late ticks follow the policy."""
+    definition = task(cron="0 * * * *", timezone="Europe/Berlin", misfire=policy)
+    plan = plan_ticks(
+        definition,
+        next_run_at=T0 + timedelta(hours=1),
+        fire_count=0,
+        now=T0 + timedelta(hours=24, minutes=30),
+    )
+    assert len(plan.runs) == runs
+    assert plan.missed is not None and plan.missed.count == missed
+    assert plan.next_run_at == T0 + timedelta(hours=25)
+
+
+def test_cron_last_before_matches_next_after() -> None:
+    """For cron, last_before(t) is the tick whose next_after is the first tick at or after t."""
+    from scheduler_core.schedules import CronSchedule
+
+    sched = CronSchedule(expression="*/7 3-5 * * 1-5", timezone="America/New_York")
+    t = T0 + timedelta(days=3, hours=9)
+    last = sched.last_before(t)
+    assert last is not None and last < t and sched.next_after(last) >= t
