@@ -85,9 +85,9 @@ def task_definitions(*, failing_command: str) -> list[TaskDefinition]:
                 },
                 {"name": STUCK, "callable": HOLD_CALLABLE, "every": "2s", "max_runtime": "2s"},
                 {"name": LATE, "callable": "os:getpid", "every": "1h"},
-                # Every 5 s: its last success is never older than 2 intervals, even counting the
-                # exporter refresh and the scrape, so it must never page.
-                {"name": HEALTHY, "callable": "os:getpid", "every": "5s"},
+                # Every 1 s: through refresh + scrape + evaluation its last success looks older
+                # than 2 intervals; the rules' no-success slack must keep it from paging.
+                {"name": HEALTHY, "callable": "os:getpid", "every": "1s"},
             ]
         },
         source="e2e",
