@@ -81,7 +81,8 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
     app.router.add_get("/api/v1/status", _status)
-    app.router.add_get("/api/v1/tasks/{name}/runs", _runs)
+    # Task names may hold any character (braces, slashes): match the whole segment run.
+    app.router.add_get("/api/v1/tasks/{name:.+}/runs", _runs)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Startup only schedules the first refresh: with the database down the exporter

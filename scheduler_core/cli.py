@@ -2,7 +2,8 @@
 
 Configuration is read here and only here (flags, then ``SCHEDCTL_*`` variables, then
 defaults); everything below takes keyword arguments. Exit codes: 0 ok, 1 runtime or
-database error, 2 bad input (usage, config, unknown task or run).
+database error, 2 bad input (usage, config, unknown task or run), 3 the scheduler lost its
+lease and stopped itself (a supervisor should restart it).
 """
 
 from __future__ import annotations
@@ -195,6 +196,13 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 def _settings_from_args(args: argparse.Namespace) -> Any:
     from scheduler_core.engine import EngineSettings, default_instance_id
 
+    if args.heartbeat_interval >= args.lease:
+        raise UsageError(
+            f"--heartbeat-interval ({args.heartbeat_interval:g}s) must be shorter than --lease "
+            f"({args.lease:g}s), or the instance would lose its lease between heartbeats"
+        )
+    if args.heartbeat_interval <= 0:
+        raise UsageError(f"--heartbeat-interval must be positive, got {args.heartbeat_interval:g}s")
     return EngineSettings(
         instance_id=args.instance_id or default_instance_id(),
         poll_interval=args.poll_interval,
@@ -262,6 +270,8 @@ def _run_scheduler(
             stop_extra()
         shutdown_otel()
         engine.dispose()
+    if scheduler.lease_lost:
+        log.error("scheduler stopped itself: %s", scheduler.stop_reason)
     busy = scheduler.busy_worker_threads()
     if busy:
         # Their runs are already recorded `cancelled`; threads cannot be killed, and the
@@ -269,8 +279,9 @@ def _run_scheduler(
         log.warning("exiting with %d callable thread(s) still running (recorded cancelled)", busy)
         logging.shutdown()
         sys.stdout.flush()
-        os._exit(0)
-    return 0
+        os._exit(3 if scheduler.lease_lost else 0)
+    # Exit 3: the instance lost its lease and fenced itself off (let the supervisor restart it).
+    return 3 if scheduler.lease_lost else 0
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -889,6 +900,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (SchemaVersionError, DatabaseUnavailableError) as exc:
         print(f"schedctl: error: {exc}", file=sys.stderr)
+        return 1
+    except sa.exc.IntegrityError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+        print(
+            f"schedctl: error: the database refused the change (another instance may have made "
+            f"it at the same moment; retry): {reason[0] if reason else type(exc).__name__}",
+            file=sys.stderr,
+        )
         return 1
     except sa.exc.OperationalError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()

@@ -124,7 +124,12 @@ def create_db_engine(
         else:
             sa.event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    options = [str(parsed.query.get("options", "") or "")]
+    # A process paused inside a transaction (SIGSTOP, a debugger) must not hold row locks
+    # that stop other instances' reaper forever; no statement waits on a lock forever.
+    options = [
+        str(parsed.query.get("options", "") or ""),
+        "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=10000",
+    ]
     if statement_timeout is not None:
         options.append(f"-c statement_timeout={max(1, int(statement_timeout * 1000))}")
     if read_only:

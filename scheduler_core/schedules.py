@@ -101,13 +101,13 @@ class CronSchedule:
         hour = self.expression.split()[1]
         return not (hour == "*" or "/" in hour or "-" in hour or "," in hour)
 
-    def next_after(self, t: datetime) -> datetime | None:
+    def _walk(self, t: datetime, *, forward: bool) -> datetime | None:
+        """The nearest fire time strictly after (or before) ``t``, DST rules applied."""
         zone = load_timezone(self.timezone)
-        local = t.astimezone(zone)
-        it = croniter(self.expression, local)
+        it = croniter(self.expression, t.astimezone(zone))
         for _ in range(4):
             try:
-                candidate: datetime = it.get_next(datetime)
+                candidate: datetime = it.get_next(datetime) if forward else it.get_prev(datetime)
             except CroniterBadDateError:
                 return None
             if candidate.tzinfo is None:
@@ -115,9 +115,12 @@ class CronSchedule:
             if self._fixed_hour and _is_second_occurrence(candidate, zone):
                 continue
             result = candidate.astimezone(UTC)
-            if result > t:
+            if (result > t) if forward else (result < t):
                 return result
         return None
+
+    def next_after(self, t: datetime) -> datetime | None:
+        return self._walk(t, forward=True)
 
     def count_between(self, after: datetime, until: datetime, *, cap: int) -> int:
         count = 0
@@ -130,21 +133,7 @@ class CronSchedule:
         return count
 
     def last_before(self, t: datetime) -> datetime | None:
-        zone = load_timezone(self.timezone)
-        it = croniter(self.expression, t.astimezone(zone))
-        for _ in range(4):
-            try:
-                candidate: datetime = it.get_prev(datetime)
-            except CroniterBadDateError:
-                return None
-            if candidate.tzinfo is None:
-                candidate = candidate.replace(tzinfo=zone)
-            if self._fixed_hour and _is_second_occurrence(candidate, zone):
-                continue
-            result = candidate.astimezone(UTC)
-            if result < t:
-                return result
-        return None
+        return self._walk(t, forward=False)
 
     def describe(self) -> str:
         return (

@@ -55,6 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ERROR_MESSAGE_LIMIT = 2000
+_SYNC_LOCK_KEY = 0x5C4ED_5C  # arbitrary, fixed: "schedctl task sync"
 TRACEBACK_LIMIT = 8000
 
 
@@ -186,6 +187,10 @@ class Store:
         result = SyncResult()
         wanted = {d.name: d for d in definitions}
         with self.engine.begin() as conn:
+            if self.is_postgres:
+                # Instances starting together with the same file sync one after the other;
+                # SQLite's BEGIN IMMEDIATE already serialises them.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SYNC_LOCK_KEY})
             existing = {
                 row.name: row
                 for row in conn.execute(
@@ -234,7 +239,10 @@ class Store:
                 conn.execute(schedules.update().where(schedules.c.name == name).values(**values))
                 result.updated.append(name)
             for chunk in _chunks(inserts, 500):
-                conn.execute(schedules.insert(), list(chunk))
+                conn.execute(
+                    _insert(conn, schedules).on_conflict_do_nothing(index_elements=["name"]),
+                    list(chunk),
+                )
             if disable_missing:
                 gone = [n for n, row in existing.items() if n not in wanted and row.enabled]
                 for chunk in _chunks(gone, 500):

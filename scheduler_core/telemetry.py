@@ -95,6 +95,24 @@ class TelemetryWriter:
             )
             return None
 
+    def _upsert_health(
+        self, what: str, rows: list[dict[str, Any]], columns: tuple[str, ...]
+    ) -> None:
+        """Upsert per-(task, instance) health rows, updating only ``columns`` on conflict."""
+
+        def work(conn: sa.Connection) -> bool:
+            stmt = _insert(conn, task_health)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["task_name", "instance_id"],
+                    set_={c: stmt.excluded[c] for c in columns},
+                ),
+                rows,
+            )
+            return True
+
+        self._write(what, work)
+
     def runs_started(self, runs: Sequence[DispatchedRun], *, now: datetime) -> None:
         if not runs:
             return
@@ -123,30 +141,20 @@ class TelemetryWriter:
             )
         rows = list({r["task_name"]: r for r in rows}.values())
 
-        def _work(conn: sa.Connection) -> bool:
-            stmt = _insert(conn, task_health)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["task_name", "instance_id"],
-                    set_={
-                        c: stmt.excluded[c]
-                        for c in (
-                            "enabled",
-                            "schedule_type",
-                            "schedule_payload",
-                            "last_started_at",
-                            "is_running",
-                            "last_heartbeat_at",
-                            "max_runtime_seconds",
-                            "updated_at",
-                        )
-                    },
-                ),
-                rows,
-            )
-            return True
-
-        self._write("health start", _work)
+        self._upsert_health(
+            "health start",
+            rows,
+            (
+                "enabled",
+                "schedule_type",
+                "schedule_payload",
+                "last_started_at",
+                "is_running",
+                "last_heartbeat_at",
+                "max_runtime_seconds",
+                "updated_at",
+            ),
+        )
 
     def runs_finished(
         self,
@@ -195,30 +203,20 @@ class TelemetryWriter:
                 }
             )
 
-        def _work(conn: sa.Connection) -> bool:
-            stmt = _insert(conn, task_health)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["task_name", "instance_id"],
-                    set_={
-                        c: stmt.excluded[c]
-                        for c in (
-                            "last_finished_at",
-                            "last_duration_seconds",
-                            "last_status",
-                            "is_running",
-                            "consecutive_failures",
-                            "last_error_message",
-                            "last_heartbeat_at",
-                            "updated_at",
-                        )
-                    },
-                ),
-                rows,
-            )
-            return True
-
-        self._write("health finish", _work)
+        self._upsert_health(
+            "health finish",
+            rows,
+            (
+                "last_finished_at",
+                "last_duration_seconds",
+                "last_status",
+                "is_running",
+                "consecutive_failures",
+                "last_error_message",
+                "last_heartbeat_at",
+                "updated_at",
+            ),
+        )
         self._update_failure_alarms(result.consecutive_failures, latest, now=now)
         instruments = otel_instruments()
         for o in outcomes:

@@ -77,13 +77,25 @@ class PostgresServer:
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
             "-c shared_buffers=128MB"
         )
-        self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o", opts,
-            "-l", str(self.tmp / "server.log"), "-w", "-t", "60", "start",
-        )  # fmt: skip
+        self._opts = opts
+        self._pg_ctl_start()
         with self.admin() as conn:
             conn.execute(f"CREATE ROLE schedctl LOGIN SUPERUSER PASSWORD '{self.password}'")
         return self
+
+    def _pg_ctl_start(self) -> None:
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o", self._opts,
+            "-l", str(self.tmp / "server.log"), "-w", "-t", "60", "start",
+        )  # fmt: skip
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: open connections are cut) but keep its data."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        """Start a server stopped by ``pause()`` again, on the same port and data directory."""
+        self._pg_ctl_start()
 
     def admin(self) -> psycopg.Connection:
         return psycopg.connect(
