@@ -36,16 +36,37 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _seed(engine: sa.Engine, rows: int) -> Store:
     store = Store(engine, instance_id="bench")
-    doc = {"tasks": [{"name": f"t{i}", "callable": "os:getpid", "every": "1s", "overlap": "allow",
-                      "max_concurrency": 10_000} for i in range(20)]}  # fmt: skip
+    doc = {
+        "tasks": [
+            {
+                "name": f"t{i}",
+                "callable": "os:getpid",
+                "every": "1s",
+                "overlap": "allow",
+                "max_concurrency": 10_000,
+            }
+            for i in range(20)
+        ]
+    }
     store.sync_tasks(parse_task_document(doc, source="bench"), now=T0)
     old = T0 - timedelta(days=60)
     chunk: list[dict[str, object]] = []
     with engine.begin() as conn:
         for i in range(rows):
-            chunk.append({"task_name": f"t{i % 20}", "scheduled_for": old + timedelta(seconds=i), "attempt": 1,
-                          "trigger": "schedule", "status": "success", "started_at": old, "finished_at": old,
-                          "duration_seconds": 0.1, "cancel_requested": False, "instance_id": "old"})  # fmt: skip
+            chunk.append(
+                {
+                    "task_name": f"t{i % 20}",
+                    "scheduled_for": old + timedelta(seconds=i),
+                    "attempt": 1,
+                    "trigger": "schedule",
+                    "status": "success",
+                    "started_at": old,
+                    "finished_at": old,
+                    "duration_seconds": 0.1,
+                    "cancel_requested": False,
+                    "instance_id": "old",
+                }
+            )
             if len(chunk) == 10_000:
                 conn.execute(task_runs.insert(), chunk)
                 chunk = []
