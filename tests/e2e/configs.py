@@ -3,7 +3,7 @@
 The rule copy keeps every expression, label and annotation of alerts/schedctl-rules.yml and
 divides each `for` and each range-selector window by :data:`TIME_SCALE`, so an end-to-end run
 of a minute exercises the real rules. The Alertmanager copy keeps the routes and inhibitions of
-alerts/alertmanager.example.yml and sends every receiver to one test webhook.
+alerts/alertmanager/alertmanager.example.yml and sends every receiver to one test webhook.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO / "alerts" / "schedctl-rules.yml"
-ALERTMANAGER_EXAMPLE = REPO / "alerts" / "alertmanager.example.yml"
+ALERTMANAGER_EXAMPLE = REPO / "alerts" / "alertmanager" / "alertmanager.example.yml"
 
 #: A minute of the shipped rules is a second in the test: `for: 2m` becomes `for: 2s`,
 #: `[1h]` becomes `[1m]`.
