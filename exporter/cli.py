@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="schedctl exporter",
         description="Serve schedctl's SQL state as Prometheus metrics, health endpoints and a "
         "read-only JSON API.",
+        epilog=(
+            "Example:\n"
+            "  schedctl exporter --database-url sqlite:///schedctl.db --listen 127.0.0.1:9464\n"
+            '  schedctl exporter --listen 0.0.0.0:9464 --token "$TOKEN"  # non-loopback needs a token'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     return parser

@@ -270,10 +270,14 @@ def test_admin_commands_round_trip(sqlite_url: str, tmp_path: Path) -> None:
     assert missing_run.returncode == 2 and "99999" in missing_run.stderr
 
 
-@pytest.mark.parametrize(
-    "command", ["scheduler", "demo", "validate", "runs", "pause", "resume", "run-now", "cancel"]
-)
+ALL_COMMANDS = [
+    "scheduler", "demo", "validate", "runs", "pause", "resume", "run-now", "cancel", "tasks list",
+    "db upgrade", "db current", "emergency-stop", "cleanup", "stats", "audit", "exporter",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS)
 def test_every_command_has_help_with_an_example(command: str) -> None:
     """Each command's --help shows an example invocation."""
-    result = schedctl(command, "--help")
+    result = schedctl(*command.split(), "--help")
     assert result.returncode == 0 and "Example:" in result.stdout and "schedctl " in result.stdout
