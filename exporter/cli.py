@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Example:\n"
             "  schedctl exporter --database-url sqlite:///schedctl.db --listen 127.0.0.1:9464\n"
-            '  schedctl exporter --listen 0.0.0.0:9464 --token "$TOKEN"  # needs a token off loopback'
+            '  schedctl exporter --listen 0.0.0.0:9464 --token "$TOKEN"  # token: off loopback'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
