@@ -58,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--late-grace",
-        default="60s",
-        help="how overdue a tick must be before its task counts as late (default 60s)",
+        default="300s",
+        help="how overdue a tick must be before its task counts as late (default 300s, as the alert)",
     )
 
 

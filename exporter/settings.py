@@ -22,7 +22,9 @@ class ExporterSettings:
     #: Seconds between two SQL refreshes of the snapshot.
     refresh_interval: float = 5.0
     #: A task is late once its next tick is this many seconds overdue.
-    late_grace: float = 60.0
+    #: Same grace as the SchedulerTaskLate alert (schedctl:threshold:late_grace_seconds) and the
+    #: dashboards, so the JSON badge, the dashboard and the page agree on what "late" means.
+    late_grace: float = 300.0
     #: Upper bound for one SQL statement (PostgreSQL ``statement_timeout``) and, doubled, for a
     #: whole refresh; a refresh that takes longer counts as failed.
     statement_timeout: float = 10.0

