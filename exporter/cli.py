@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--late-grace",
         default="300s",
-        help="how overdue a tick must be before its task counts as late (default 300s, as the alert)",
+        help="how overdue a tick must be to count as late (default 300s, as the alert)",
     )
 
 
