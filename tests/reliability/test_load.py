@@ -47,11 +47,10 @@ def test_many_tasks_every_second_on_three_instances(
         [f"{{name: {n}, callable: 'os:getpid', every: 1s}}" for n in names],
     )
     began = time.monotonic()
-    # The first instance syncs the task file alone: concurrent first syncs of a new file race
-    # (see test_concurrent_first_sync_of_a_task_file in test_process_faults.py).
-    procs = [scheduler_processes(config, pg_url, "node-a")]
+    # All three start together with a new task file: their first syncs serialise on an
+    # advisory lock (see test_concurrent_first_sync_of_a_task_file_does_not_fail).
+    procs = [scheduler_processes(config, pg_url, i) for i in ("node-a", "node-b", "node-c")]
     wait_for(lambda: count_runs(pg_url) > 0, timeout=30)
-    procs += [scheduler_processes(config, pg_url, i) for i in ("node-b", "node-c")]
     time.sleep(WARM_UP)  # imports, first claims and pools settle before the baseline
     rss_start = [p.rss_kib() for p in procs]
     cpu_start = [p.cpu_seconds() for p in procs]
