@@ -1,0 +1,255 @@
+"""Render a results JSON (from ``python -m bench run``) as the Markdown tables of RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(_fmt(c) for c in cells) + " |"
+
+
+def _met(value: Any) -> str:
+    return {True: "**met**", False: "**MISSED**", None: "not measured"}[value]
+
+
+def _bench(results: dict[str, Any], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    entry = results["benchmarks"].get(name, {})
+    return entry, entry.get("result", {})
+
+
+def _load(entry: dict[str, Any]) -> str:
+    before = entry.get("load_average_before")
+    after = entry.get("load_average_after")
+    return f"load average before {before}, after {after}; took {entry.get('seconds')} s"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    out = [
+        "## Figures",
+        "",
+        f"- Command: `{results['command']}` (sizes: {results['sizes']})",
+        f"- Run: {results['started_at']} → {results['finished_at']} (UTC), "
+        f"commit {results.get('git_commit')} at start, {results.get('git_commit_at_end')} at end; "
+        f"scheduler_core/exporter uncommitted changes at start: "
+        f"{results.get('scheduler_core_uncommitted_at_start')}, at end: "
+        f"{results.get('scheduler_core_uncommitted_at_end')}",
+        f"- Machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
+        f"PostgreSQL {m['postgresql']}, Python {m['python']}, kernel {m['kernel']}",
+        f"- PostgreSQL: {results['postgresql_settings']}",
+        "",
+    ]
+    targets: list[tuple[str, dict[str, Any]]] = []
+
+    entry, r = _bench(results, "burst")
+    if r:
+        out += [
+            "### 1. Burst",
+            "",
+            f"N = {r.get('n')}, pool = {r.get('workers')}, median of {r.get('repeats')} "
+            f"interleaved runs per contender (samples in the last column). {_load(entry)}",
+            "",
+        ]
+        out += [
+            "| backend | contender | all finished (s) | start delay p50 / p99 (ms, in the callable)"
+            " | start delay p50 / p99 (ms, run row) | runs recorded"
+            " | all finished, every run (s) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for backend in ("postgresql", "sqlite"):
+            section = r.get(backend, {})
+            for who, res in section.items():
+                if who == "targets":
+                    continue
+                if "skipped" in res or "error" in res:
+                    out.append(
+                        f"| {backend} | {who} | {res.get('skipped') or res.get('error')} | | | |"
+                    )
+                    continue
+                call = res.get("start_delay_call", {})
+                row = res.get("start_delay_row")
+                recorded = (
+                    f"{res['runs']['rows']} rows, {res['runs']['duplicate_ticks']} dup"
+                    if "runs" in res
+                    else "no run history (peer keeps none)"
+                )
+                out.append(
+                    f"| {backend} | {who} | {_fmt(res.get('all_finished_s'))} | "
+                    f"{_fmt(call.get('p50_ms'))} / {_fmt(call.get('p99_ms'))} | "
+                    + (f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}" if row else "—")
+                    + f" | {recorded} | {res.get('all_finished_s_samples')} |"
+                )
+            targets += [("burst " + backend, t) for t in section.get("targets", [])]
+        out.append("")
+
+    entry, r = _bench(results, "steady")
+    if r and "error" not in r:
+        out += [
+            "### 2. Steady",
+            "",
+            f"{r['tasks']} tasks every {r['every_s']} s (grids offset: "
+            f"{r['runs_per_second']} runs/s), {r['window_s']} s measured. {_load(entry)}",
+            "",
+            "| figure | schedctl |",
+            "| --- | --- |",
+            f"| runs in window (expected) | {r['runs']['rows']} ({r['expected_runs_in_window']}) |",
+            f"| start delay p50 / p99 / max (ms, run row) | {r['start_delay_row']['p50_ms']} / "
+            f"{r['start_delay_row']['p99_ms']} / {r['start_delay_row']['max_ms']} |",
+            f"| scheduler CPU (% of one core) | {r['scheduler_cpu_percent_of_one_core']} |",
+            f"| PostgreSQL CPU (% of one core) | {r['postgres_cpu_percent_of_one_core']} |",
+            _row(
+                "scheduler RSS / peak (MiB)",
+                f"{r['scheduler_rss_mib']} / {r['scheduler_peak_rss_mib']}",
+            ),
+            "",
+        ]
+        targets += [("steady", t) for t in r.get("targets", [])]
+    elif r:
+        out += ["### 2. Steady", "", f"error: {r['error']}", ""]
+
+    entry, r = _bench(results, "scale")
+    if r and "error" not in r:
+        out += [
+            "### 3. Scale",
+            "",
+            f"~{r['due_per_second']} due per second. {_load(entry)}",
+            "",
+            "| backend | stored | empty poll: claim p50 / p99 (ms) | empty poll: next-due p50 (ms)"
+            " | in-run claim p50 / p99 (ms) | start delay p50 / p99 (ms) | due index used |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for backend in ("postgresql", "sqlite"):
+            for size in ("small", "large"):
+                s = r[backend][size]
+                inrun = s.get("in_run_claim") or {}
+                empty = s["empty_poll_claim"]
+                delay = s["start_delay_row"]
+                out.append(
+                    _row(
+                        backend,
+                        s["stored"],
+                        f"{empty['p50_ms']} / {empty['p99_ms']}",
+                        s["empty_poll_next_due_at"]["p50_ms"],
+                        f"{_fmt(inrun.get('p50_ms'))} / {_fmt(inrun.get('p99_ms'))}",
+                        f"{delay['p50_ms']} / {delay['p99_ms']}",
+                        s["plans_use_due_at_index"],
+                    )
+                )
+            targets += [("scale " + backend, t) for t in r[backend].get("targets", [])]
+        out += ["", "Due-query plans at the large size:", ""]
+        for backend in ("postgresql", "sqlite"):
+            for name, plan in r[backend]["large"]["plans"].items():
+                out += [f"{backend} `{name}`:", "", "```", *plan, "```", ""]
+
+    entry, r = _bench(results, "multi")
+    if r and "error" not in r:
+        out += [
+            "### 4. Multi-instance (PostgreSQL)",
+            "",
+            _load(entry),
+            "",
+            "| instances | N | all finished (s) | throughput (runs/s) | start delay p99 (ms) "
+            "| duplicates | tasks not run exactly once | runs per instance |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for key in ("one_instance", "three_instances"):
+            s = r[key]
+            out.append(
+                _row(
+                    s["instances"],
+                    s["n"],
+                    s["all_finished_s"],
+                    s["throughput_runs_per_s"],
+                    s["start_delay_row"]["p99_ms"],
+                    s["duplicates"],
+                    s["runs"]["tasks_not_exactly_once"],
+                    s["runs"]["per_instance"],
+                )
+            )
+        out.append("")
+        targets += [("multi", t) for t in r.get("targets", [])]
+
+    entry, r = _bench(results, "exporter")
+    if r:
+        out += ["### 5. Exporter", "", _load(entry), ""]
+        if "skipped" in r or "error" in r:
+            out += [f"not measured: {r.get('skipped') or r.get('error')}", ""]
+        else:
+            lat = r["metrics_latency"]
+            out += [
+                "| figure | value |",
+                "| --- | --- |",
+                _row("tasks x instances", f"{r['tasks']} x {r['instances']}"),
+                _row(
+                    "/metrics latency p50 / p99 / max (ms)",
+                    f"{lat['p50_ms']} / {lat['p99_ms']} / {lat['max_ms']}",
+                ),
+                f"| payload (bytes) / series | {r['payload_bytes']} / {r['series']} |",
+                _row(
+                    "exporter RSS / peak (MiB)",
+                    f"{r['exporter_rss_mib']} / {r['exporter_peak_rss_mib']}",
+                ),
+                f"| SQL refresh p50 / max (ms, scheduler_exporter_refresh_duration_seconds) | "
+                f"{r['sql_refresh']['p50_ms']} / {r['sql_refresh']['max_ms']} |",
+                "",
+            ]
+            targets += [("exporter", t) for t in r.get("targets", [])]
+
+    entry, r = _bench(results, "telemetry")
+    if r and "error" not in r:
+        out += [
+            "### 6. Telemetry overhead",
+            "",
+            f"Burst N = {r['n']}, median of {r['repeats']} alternated runs each. {_load(entry)}",
+            "",
+            "| backend | all finished on / off (s) | overhead per run, wall (ms) "
+            "| CPU per run on / off (ms) | overhead per run, CPU (ms) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for backend in ("postgresql", "sqlite"):
+            s = r[backend]
+            out.append(
+                _row(
+                    backend,
+                    f"{s['all_finished_s_on']} / {s['all_finished_s_off']}",
+                    s["overhead_wall_ms_per_run"],
+                    f"{s['cpu_ms_per_run_on']} / {s['cpu_ms_per_run_off']}",
+                    s["overhead_cpu_ms_per_run"],
+                )
+            )
+        out.append("")
+        targets += [("telemetry", t) for t in r.get("targets", [])]
+
+    out += [
+        "### Targets",
+        "",
+        "| benchmark | target | measured | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
+    for bench, t in targets:
+        out.append(f"| {bench} | {t['target']} | {_fmt(t['measured'])} | {_met(t['met'])} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    source = Path(args[0]) if args else Path(__file__).parent / "out" / "results.json"
+    print(render(json.loads(source.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Scale: the cost of polling with 1k vs 100k stored schedules at the same ~100 due per second.
+
+Each size gets interval tasks spread evenly so that ``due_per_second`` fall due each second;
+a scheduler process runs them for a while (start delay, in-run store timings), then this
+process measures an empty poll (nothing due: the index probe alone) and shows the plans of
+the due queries (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench.common import (
+    Databases,
+    interval_tasks,
+    read_runs,
+    reader_engine,
+    summarize_ms,
+    sync,
+    wait_until,
+)
+from bench.processes import RunnerProcess
+from bench.sizes import Sizes
+from scheduler_core.db import create_db_engine
+from scheduler_core.models import schedules
+from scheduler_core.store import Store
+
+INDEX = "ix_scheduler_schedules_due_at"
+
+
+def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> dict[str, Any]:
+    """Run ``stored`` schedules at ``sizes.scale_due_per_second`` on ``backend``."""
+    url = dbs.new(backend)
+    runner: RunnerProcess | None = None
+    every = stored / sizes.scale_due_per_second
+    try:
+        definitions = interval_tasks(stored, every, prefix="scale")
+        sync_s = sync(url, definitions)
+        _analyze(url)
+        runner = RunnerProcess(
+            url, f"bench-scale-{stored}", args=["--max-running", str(sizes.workers)]
+        )
+        runner.start()
+        time.sleep(sizes.scale_warmup)
+        # Ticks that fell due while a large sync ran are a backlog: let the scheduler catch
+        # up before the window opens, so the window measures the steady ~100/s only.
+        caught_up = wait_until(lambda: _overdue(url) == 0, timeout=120, interval=0.5)
+        window_start = datetime.now(UTC)
+        time.sleep(sizes.scale_seconds)
+        window_end = datetime.now(UTC)
+        report = runner.stop()
+        runner = None
+        table = read_runs(
+            url,
+            prefix="scale",
+            scheduled_from=window_start,
+            scheduled_until=window_end - timedelta(seconds=1),
+        )
+        probe = _probe(url, sizes.scale_probes)
+    finally:
+        if runner is not None:
+            runner.kill()
+        dbs.drop(url)
+    store = report.get("store", {})
+    return {
+        "stored": stored,
+        "every_s": every,
+        "sync_s": round(sync_s, 2),
+        "caught_up_before_window": caught_up,
+        "runs_in_window": table.rows,
+        "start_delay_row": summarize_ms(table.start_delays),
+        "in_run_claim": store.get("claim_due_schedules"),
+        "in_run_next_due_at": store.get("next_due_at"),
+        **probe,
+        "runner_error": report.get("error"),
+    }
+
+
+def _overdue(url: str) -> int:
+    """Schedules more than a second overdue (the scheduler has not caught up yet)."""
+    engine = reader_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(schedules)
+                    .where(schedules.c.due_at < datetime.now(UTC) - timedelta(seconds=1))
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def _analyze(url: str) -> None:
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    finally:
+        engine.dispose()
+
+
+def _probe(url: str, probes: int) -> dict[str, Any]:
+    """Time empty polls (claim + next-due) and capture and explain their SQL."""
+    engine = create_db_engine(url)
+    captured: dict[str, tuple[str, Any]] = {}
+
+    def capture(
+        _conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, _many: Any
+    ) -> None:
+        text = " ".join(statement.split())
+        if text.startswith("UPDATE scheduler_schedules SET claimed_by"):
+            captured.setdefault("claim", (statement, params))
+        elif "min(scheduler_schedules.due_at)" in text:
+            captured.setdefault("next_due", (statement, params))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    store = Store(engine, instance_id="bench-probe")
+    past = datetime.now(UTC) - timedelta(days=1)  # nothing is due then: the pure probe cost
+    claim_s: list[float] = []
+    next_s: list[float] = []
+    try:
+        for _ in range(probes):
+            started = time.perf_counter()
+            claimed = store.claim_due_schedules(now=past, limit=500, lease=timedelta(seconds=30))
+            claim_s.append(time.perf_counter() - started)
+            assert not claimed
+            started = time.perf_counter()
+            store.next_due_at()
+            next_s.append(time.perf_counter() - started)
+        plans = {name: _explain(engine, *captured[name]) for name in captured}
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+        engine.dispose()
+    return {
+        "empty_poll_claim": summarize_ms(claim_s),
+        "empty_poll_next_due_at": summarize_ms(next_s),
+        "plans": plans,
+        "plans_use_due_at_index": all(INDEX in "\n".join(p) for p in plans.values()),
+    }
+
+
+def _explain(engine: sa.Engine, statement: str, params: Any) -> list[str]:
+    prefix = "EXPLAIN " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(prefix + statement, params).all()
+        conn.rollback()
+    if engine.dialect.name == "postgresql":
+        return [str(r[0]) for r in rows]
+    return [str(r[-1]) for r in rows]
+
+
+def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+    out: dict[str, Any] = {"due_per_second": sizes.scale_due_per_second}
+    for backend in ("postgresql", "sqlite"):
+        small = measure(dbs, backend, sizes.scale_small, sizes)
+        large = measure(dbs, backend, sizes.scale_large, sizes)
+        ratio = _ratio(large["empty_poll_claim"]["p50_ms"], small["empty_poll_claim"]["p50_ms"])
+        in_run = _ratio(
+            (large.get("in_run_claim") or {}).get("p50_ms"),
+            (small.get("in_run_claim") or {}).get("p50_ms"),
+        )
+        out[backend] = {
+            "small": small,
+            "large": large,
+            "empty_poll_cost_ratio_large_vs_small": ratio,
+            "in_run_claim_p50_ratio_large_vs_small": in_run,
+            "targets": [
+                {
+                    "target": "poll cost flat (within 20 %) from small to large",
+                    "measured": f"empty poll x{ratio}, in-run claim x{in_run}",
+                    "met": ratio is not None and ratio <= 1.2,
+                },
+                {
+                    "target": f"due query plans use {INDEX}",
+                    "measured": large["plans_use_due_at_index"],
+                    "met": bool(large["plans_use_due_at_index"]),
+                },
+            ],
+        }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return round(a / b, 2)

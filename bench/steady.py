@@ -1,0 +1,100 @@
+"""Steady: many interval tasks for a while; start delay, and the scheduler's CPU and memory.
+
+The tasks' grids are offset evenly (``anchor`` per task), so 10,000 tasks every 10 s are a
+steady 1,000 runs per second rather than one 10,000-run burst every 10 s. The scheduler runs
+as its own process so its CPU and RSS are its own; PostgreSQL's CPU is reported beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench.common import (
+    Databases,
+    children_cpu_seconds,
+    interval_tasks,
+    read_runs,
+    summarize_ms,
+    sync,
+)
+from bench.processes import RunnerProcess
+from bench.sizes import Sizes
+
+#: Ticks this close to the end of the window may still be waiting when the drain begins.
+TAIL_MARGIN = timedelta(seconds=2)
+
+
+def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+    n, every = sizes.steady_tasks, sizes.steady_every
+    url = dbs.new("postgresql")
+    runner: RunnerProcess | None = None
+    try:
+        definitions = interval_tasks(n, every, prefix="steady")
+        sync_s = sync(url, definitions)
+        runner = RunnerProcess(url, "bench-steady", args=["--max-running", str(sizes.workers)])
+        runner.start()
+        time.sleep(sizes.steady_warmup)
+        postmaster = dbs.postmaster_pid
+        window_start = datetime.now(UTC)
+        wall0, cpu0 = time.monotonic(), runner.cpu_seconds()
+        pg0 = children_cpu_seconds(postmaster) if postmaster else 0.0
+        peak_rss = 0.0
+        deadline = time.monotonic() + sizes.steady_seconds
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            peak_rss = max(peak_rss, runner.rss()["rss_mib"])
+        wall = time.monotonic() - wall0
+        cpu = runner.cpu_seconds() - cpu0
+        pg_cpu = (children_cpu_seconds(postmaster) - pg0) if postmaster else None
+        window_end = datetime.now(UTC)
+        rss = runner.rss()
+        report = runner.stop()
+        runner = None
+        until = window_end - TAIL_MARGIN
+        expected = sum(
+            d.schedule.count_between(
+                window_start - timedelta(microseconds=1),
+                until - timedelta(microseconds=1),
+                cap=10**9,
+            )
+            for d in definitions
+        )
+        table = read_runs(url, prefix="steady", scheduled_from=window_start, scheduled_until=until)
+    finally:
+        if runner is not None:
+            runner.kill()
+        dbs.drop(url)
+    delay = summarize_ms(table.start_delays)
+    cpu_pct = round(cpu / wall * 100, 1)
+    return {
+        "tasks": n,
+        "every_s": every,
+        "runs_per_second": round(n / every, 1),
+        "window_s": round(wall, 1),
+        "sync_s": round(sync_s, 2),
+        "expected_runs_in_window": expected,
+        "runs": table.as_dict(),
+        "missing_runs": expected - table.rows,
+        "start_delay_row": delay,
+        "scheduler_cpu_percent_of_one_core": cpu_pct,
+        "scheduler_rss_mib": rss["rss_mib"],
+        "scheduler_peak_rss_mib": max(peak_rss, rss["peak_rss_mib"]),
+        "postgres_cpu_percent_of_one_core": None
+        if pg_cpu is None
+        else round(pg_cpu / wall * 100, 1),
+        "runner": {k: v for k, v in report.items() if k != "raw_call_delays"},
+        "targets": [
+            {
+                "target": "p99 start delay <= 50 ms",
+                "measured": delay["p99_ms"],
+                "met": delay["p99_ms"] is not None and delay["p99_ms"] <= 50,
+            },
+            {
+                "target": "scheduler CPU <= 25 % of one core",
+                "measured": cpu_pct,
+                "met": cpu_pct <= 25,
+            },
+        ],
+    }

@@ -1,0 +1,92 @@
+"""Smoke runs of every schedctl benchmark at a tiny size: they keep working, and what they
+measure is correct (every run recorded, no tick run twice). Never timings: CI machines vary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bench import burst, exporter_bench, multi, scale, steady, telemetry_overhead
+from bench.common import Databases
+from bench.sizes import SMOKE
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def dbs(pg_server: Any) -> Iterator[Databases]:
+    databases = Databases().attach(pg_server)
+    try:
+        yield databases
+    finally:
+        databases.stop()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_burst_records_every_one_shot_exactly_once(dbs: Databases, backend: str) -> None:
+    """A burst of one-shots leaves one successful run row per task, none twice."""
+    url = dbs.new(backend)
+    try:
+        result = burst.schedctl_burst(url, SMOKE.burst_n, workers=SMOKE.workers)
+    finally:
+        dbs.drop(url)
+    assert result["complete"]
+    assert result["runs"]["by_status"] == {"success": SMOKE.burst_n}
+    assert result["runs"]["duplicate_ticks"] == 0
+    assert result["runs"]["tasks_not_exactly_once"] == 0
+    assert result["start_delay_call"]["count"] == SMOKE.burst_n
+
+
+def test_steady_records_every_tick_in_the_window(dbs: Databases) -> None:
+    """Interval tasks run every tick of the measured window, each once."""
+    result = steady.run(dbs, SMOKE)
+    assert result["expected_runs_in_window"] > 0
+    assert result["missing_runs"] == 0
+    assert result["runs"]["duplicate_ticks"] == 0
+    assert set(result["runs"]["by_status"]) == {"success"}
+    assert "error" not in result["runner"]
+
+
+def test_scale_runs_and_explains_the_due_query_on_both_backends(dbs: Databases) -> None:
+    """The scale benchmark records runs at both sizes and captures both due-query plans."""
+    result = scale.run(dbs, SMOKE)
+    for backend in ("postgresql", "sqlite"):
+        for size in ("small", "large"):
+            measured = result[backend][size]
+            assert measured["runner_error"] is None
+            assert measured["runs_in_window"] > 0
+            assert set(measured["plans"]) == {"claim", "next_due"}
+            assert measured["empty_poll_claim"]["count"] == SMOKE.scale_probes
+
+
+def test_multi_instance_burst_has_no_duplicates(dbs: Databases) -> None:
+    """One and three instances sharing a burst each run every one-shot exactly once."""
+    result = multi.run(dbs, SMOKE)
+    for key in ("one_instance", "three_instances"):
+        measured = result[key]
+        assert measured["complete"]
+        assert measured["errors"] == []
+        assert measured["duplicates"] == 0
+        assert measured["runs"]["tasks_not_exactly_once"] == 0
+        assert measured["runs"]["by_status"] == {"success": SMOKE.multi_n}
+    assert len(result["three_instances"]["runs"]["per_instance"]) >= 1
+
+
+def test_exporter_benchmark_scrapes_every_task(dbs: Databases) -> None:
+    """The exporter answers every scrape with series for the stored tasks."""
+    if exporter_bench.importable() is not None:
+        pytest.skip(str(exporter_bench.importable()))
+    result = exporter_bench.run(dbs, SMOKE)
+    assert "error" not in result, result
+    assert result["requests"] == SMOKE.exporter_requests
+    assert result["series"] >= SMOKE.exporter_tasks
+    assert result["payload_bytes"] > 0
+
+
+def test_telemetry_on_and_off_both_record_every_run(dbs: Databases) -> None:
+    """Switching telemetry off never drops a run row."""
+    result = telemetry_overhead.run(dbs, SMOKE)
+    for backend in ("postgresql", "sqlite"):
+        assert result[backend]["all_runs_recorded"]
