@@ -73,10 +73,12 @@ def _password(url: str) -> str | None:
         return None
 
 
-def _engine(args: argparse.Namespace, *, check: bool = True, read_only: bool = False) -> sa.Engine:
+def _engine(
+    args: argparse.Namespace, *, check: bool = True, read_only: bool = False, pre_ping: bool = True
+) -> sa.Engine:
     url = _database_url(args)
     try:
-        engine = create_db_engine(url, read_only=read_only)
+        engine = create_db_engine(url, read_only=read_only, pre_ping=pre_ping)
     except ValueError as exc:
         raise UsageError(f"--database-url: {exc}") from None
     if check:
@@ -227,7 +229,7 @@ def _run_scheduler(
     from scheduler_core.otel import configure_otel_from_env, shutdown_otel
 
     definitions = load_task_file(config)  # a bad config is rejected before anything runs
-    engine = _engine(args, check=not migrate)
+    engine = _engine(args, check=not migrate, pre_ping=False)
     if migrate:
         upgrade_schema(engine)
     if not args.no_cleanup:
@@ -243,9 +245,8 @@ def _run_scheduler(
     configure_otel_from_env()
     settings = _settings_from_args(args)
     scheduler = Scheduler(engine=engine, settings=settings)
-    result = Store(engine, instance_id=settings.instance_id).sync_tasks(
-        definitions, now=DatabaseClock(engine).now()
-    )
+    # The engine's own store syncs, so the definitions parsed here are reused at dispatch.
+    result = scheduler.store.sync_tasks(definitions, now=DatabaseClock(engine).now())
     log.info(
         "tasks from %s: %d created, %d updated, %d unchanged, %d disabled (no longer in the file)",
         config,

@@ -97,13 +97,16 @@ def create_db_engine(
     echo: bool = False,
     read_only: bool = False,
     statement_timeout: float | None = None,
+    pre_ping: bool = True,
 ) -> Engine:
     """Create an engine for ``url`` with the settings schedctl relies on.
 
     ``read_only`` (the exporter, ``tasks list``, ``runs``): PostgreSQL sessions get
     ``default_transaction_read_only``; SQLite reads in a deferred ``BEGIN`` (one WAL
     snapshot, no writer blocked) with ``query_only``, and a missing file is an error instead
-    of being created. ``statement_timeout`` bounds every PostgreSQL statement.
+    of being created. ``statement_timeout`` bounds every PostgreSQL statement. ``pre_ping``
+    tests each pooled connection before use (a round trip per transaction); the scheduler
+    turns it off because its loop already retries after a dropped connection.
     """
     parsed = normalize_url(url)
     if parsed.drivername.startswith("sqlite"):
@@ -142,7 +145,7 @@ def create_db_engine(
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 10, "application_name": "schedctl"},
     )

@@ -136,6 +136,8 @@ class FinalizeResult:
     rejected: list[RunOutcome]
     consecutive_failures: dict[str, int]
     retries_scheduled: dict[str, datetime]
+    #: Tasks whose consecutive failures went from above zero back to zero in this batch.
+    recovered: frozenset[str] = frozenset()
 
 
 def _insert(conn: sa.Connection, table: sa.Table) -> Any:
@@ -186,11 +188,17 @@ class Store:
         """
         result = SyncResult()
         wanted = {d.name: d for d in definitions}
+        # Serialise every definition once, before the transaction: with a large task file the
+        # Python work must not sit inside it (PostgreSQL cuts idle-in-transaction sessions).
+        for definition in definitions:
+            self._definitions.setdefault(definition.digest(), definition)
         with self.engine.begin() as conn:
             if self.is_postgres:
                 # Instances starting together with the same file sync one after the other;
-                # SQLite's BEGIN IMMEDIATE already serialises them.
+                # SQLite's BEGIN IMMEDIATE already serialises them. The per-row work below is
+                # in Python between statements, so this transaction may sit idle for a while.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SYNC_LOCK_KEY})
+                conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
             existing = {
                 row.name: row
                 for row in conn.execute(
@@ -699,19 +707,20 @@ class Store:
                         for o in accepted
                     ],
                 )
-            consecutive, retries = self._update_counters(conn, accepted, now)
+            consecutive, retries, recovered = self._update_counters(conn, accepted, now)
         return FinalizeResult(
             accepted=accepted,
             rejected=rejected,
             consecutive_failures=consecutive,
             retries_scheduled=retries,
+            recovered=frozenset(recovered),
         )
 
     def _update_counters(
         self, conn: sa.Connection, outcomes: Sequence[RunOutcome], now: datetime
-    ) -> tuple[dict[str, int], dict[str, datetime]]:
+    ) -> tuple[dict[str, int], dict[str, datetime], set[str]]:
         if not outcomes:
-            return {}, {}
+            return {}, {}, set()
         per_task: dict[str, list[RunOutcome]] = defaultdict(list)
         for o in outcomes:
             per_task[o.task_name].append(o)
@@ -732,6 +741,7 @@ class Store:
                 stmt = stmt.order_by(schedules.c.name).with_for_update()
             current.update({r.name: r for r in conn.execute(stmt)})
         consecutive: dict[str, int] = {}
+        recovered: set[str] = set()
         retries: dict[str, datetime] = {}
         params: list[dict[str, Any]] = []
         retry_params: list[dict[str, Any]] = []
@@ -768,6 +778,8 @@ class Store:
                     else:
                         failures += 1
             consecutive[name] = failures
+            if row.consecutive_failures > 0 and failures == 0:
+                recovered.add(name)
             durations = HistogramCounts.from_json(row.duration_histogram, DURATION_BUCKETS).observe(
                 o.duration_seconds for o in runs if o.status != "skipped"
             )
@@ -825,7 +837,7 @@ class Store:
                 retry_params,
             )
             self._refresh_due_at(conn, [p["b_name"] for p in retry_params])
-        return consecutive, retries
+        return consecutive, retries, recovered
 
     # ----------------------------------------------------------------- instances
     def register_instance(

@@ -209,10 +209,18 @@ class TaskDefinition:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        cached: str | None = self.__dict__.get("_json")
+        if cached is None:
+            cached = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+            object.__setattr__(self, "_json", cached)  # frozen value: computing it once is safe
+        return cached
 
     def digest(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        cached: str | None = self.__dict__.get("_digest")
+        if cached is None:
+            cached = hashlib.sha256(self.to_json().encode()).hexdigest()
+            object.__setattr__(self, "_digest", cached)
+        return cached
 
     @property
     def timezone(self) -> str:

@@ -217,7 +217,7 @@ class TelemetryWriter:
                 "updated_at",
             ),
         )
-        self._update_failure_alarms(result.consecutive_failures, latest, now=now)
+        self._update_failure_alarms(result.consecutive_failures, result.recovered, latest, now=now)
         instruments = otel_instruments()
         for o in outcomes:
             instruments.runs.add(1, {"task": o.task_name, "outcome": o.status})
@@ -227,10 +227,17 @@ class TelemetryWriter:
         instruments.failures.update(result.consecutive_failures)
 
     def _update_failure_alarms(
-        self, failures: dict[str, int], latest: dict[str, RunOutcome], *, now: datetime
+        self,
+        failures: dict[str, int],
+        recovered: frozenset[str],
+        latest: dict[str, RunOutcome],
+        *,
+        now: datetime,
     ) -> None:
         to_open = [n for n, c in failures.items() if c >= self.failure_threshold]
-        to_close = [n for n, c in failures.items() if c == 0]
+        # Only a task that was failing can have an open alarm: a success of a healthy task
+        # (the common case) writes nothing here.
+        to_close = sorted(recovered)
         if not to_open and not to_close:
             return
 
