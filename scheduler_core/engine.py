@@ -66,6 +66,10 @@ class EngineSettings:
     health_listen: str | None = "127.0.0.1:8090"
     #: Shortest pause between loop passes; batches completions and bounds idle CPU.
     min_step_interval: float = 0.005
+    #: Claim up to ``max_running * claim_ahead`` runs: at most ``max_running`` execute at once,
+    #: the rest wait in this instance's queue (their rows read ``running``; the real start
+    #: time replaces the claim time when they finish). Fewer, larger claim batches.
+    claim_ahead: int = 4
 
 
 class Scheduler:
@@ -279,7 +283,7 @@ class Scheduler:
             return 0
         started = 0
         while True:
-            capacity = self.settings.max_running - len(self._running)
+            capacity = self.settings.max_running * self.settings.claim_ahead - len(self._running)
             if capacity <= 0:
                 break
             now = self.clock.now()
@@ -329,8 +333,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ execution
     def _launch(self, run: DispatchedRun) -> None:
-        policies = run.definition.policies
-        deadline = time.monotonic() + policies.timeout if policies.timeout else None
+        # The timeout clock starts when a worker picks the run up (see _mark_started).
+        deadline = None
         handle = RunHandle(
             run_id=run.run_id,
             task_name=run.task_name,
@@ -371,7 +375,15 @@ class Scheduler:
         finally:
             current._schedctl_busy = False  # type: ignore[attr-defined]
 
+    def _mark_started(self, handle: RunHandle) -> None:
+        """A worker starts the run now: its real start time and its timeout begin here."""
+        handle.started_at = self.clock.now()
+        timeout = handle.definition.policies.timeout
+        if timeout:
+            handle.deadline = time.monotonic() + timeout
+
     def _execute_in_thread_inner(self, run: DispatchedRun, handle: RunHandle) -> None:
+        self._mark_started(handle)
         span = self._span(run)
         with trace.use_span(span, end_on_exit=False):
             action = run.definition.action
@@ -393,6 +405,7 @@ class Scheduler:
         self._complete(run, handle, result, span)
 
     async def _execute_async(self, run: DispatchedRun, handle: RunHandle) -> None:
+        self._mark_started(handle)
         span = self._span(run)
         assert isinstance(run.definition.action, CallableAction)
         with trace.use_span(span, end_on_exit=False):
@@ -422,7 +435,7 @@ class Scheduler:
                 status=result.status,
                 scheduled_for=run.scheduled_for,
                 attempt=run.attempt,
-                started_at=run.started_at,
+                started_at=handle.started_at,
                 finished_at=self.clock.now(),
                 error_message=result.error_message,
                 error_traceback=result.error_traceback,

@@ -682,6 +682,8 @@ class Store:
                     .where(task_runs.c.id == sa.bindparam("b_id"))
                     .values(
                         status=sa.bindparam("b_status"),
+                        # The real start (a run may wait in its instance's queue after dispatch).
+                        started_at=sa.bindparam("b_started_at"),
                         finished_at=sa.bindparam("b_finished_at"),
                         duration_seconds=sa.bindparam("b_duration"),
                         error_message=sa.bindparam("b_error"),
@@ -695,6 +697,7 @@ class Store:
                         {
                             "b_id": o.run_id,
                             "b_status": o.status,
+                            "b_started_at": o.started_at,
                             "b_finished_at": o.finished_at,
                             "b_duration": o.duration_seconds,
                             "b_error": truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),

@@ -3,6 +3,7 @@ stats and the audit trail. Time comes from a FakeClock."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -137,10 +138,51 @@ def test_max_running_per_instance(make_scheduler, clock, db_engine) -> None:
         ),
         now=clock.now(),
     )
-    scheduler = make_scheduler(max_running=2)
+    scheduler = make_scheduler(max_running=2, claim_ahead=1)
     clock.advance(60)
     assert scheduler.step() == 2
     assert scheduler.running_count == 2
+
+
+def test_claim_ahead_queues_but_never_executes_more_than_max_running(
+    make_scheduler, clock, db_engine
+) -> None:
+    """With claim_ahead, extra runs are claimed and queued; at most max_running execute at once,
+    and a queued run records when it really started, not when it was claimed."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks(
+            *(
+                {"name": f"q{i}", "callable": "time:sleep", "args": [0.3], "every": "1h"}
+                for i in range(4)
+            )
+        ),
+        now=clock.now(),
+    )
+    scheduler = make_scheduler(max_running=2, claim_ahead=2)
+    claimed_at = clock.advance(3600)
+    assert scheduler.step() == 4
+    deadline = time.monotonic() + 5
+    while scheduler.busy_worker_threads() < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)  # both workers are inside their callables (started at claimed_at)
+    clock.advance(5)  # the two queued runs start after this
+    peak = 0
+    while scheduler.running_count and time.monotonic() < deadline:
+        peak = max(peak, scheduler.busy_worker_threads())
+        scheduler.step()
+        time.sleep(0.01)
+    assert 1 <= peak <= 2
+    with db_engine.connect() as conn:
+        starts = sorted(
+            r.started_at
+            for r in conn.execute(sa.select(task_runs).where(task_runs.c.status == "success"))
+        )
+    assert starts == [
+        claimed_at,
+        claimed_at,
+        claimed_at + timedelta(seconds=5),
+        claimed_at + timedelta(seconds=5),
+    ]
 
 
 def test_emergency_stop_and_resume_all(store: Store, db_engine) -> None:
