@@ -225,6 +225,20 @@ def _panel(
     return panel
 
 
+def _timeseries_panel(
+    layout: _Layout, *, bars: bool = False, color: Json | None = None, **fields: Any
+) -> Json:
+    """A time-series panel with the dashboards' common options and legend (lines or bars)."""
+    return _panel(
+        layout,
+        kind="timeseries",
+        options=_timeseries_options(),
+        custom=_timeseries_custom(bars=True) if bars else _timeseries_custom(),
+        color=color or {"mode": "palette-classic"},
+        **fields,
+    )
+
+
 def _stat_options(*, text_mode: str = "auto", color_mode: str = "value", fields: str = "") -> Json:
     return {
         "reduceOptions": {"values": False, "calcs": ["lastNotNull"], "fields": fields},
@@ -575,9 +589,8 @@ def build_overview() -> Json:
         )
     )
     panels.append(
-        _panel(
+        _timeseries_panel(
             layout,
-            kind="timeseries",
             title="Running runs per instance",
             description="Runs in progress on each scheduler instance.",
             targets=[
@@ -589,16 +602,12 @@ def build_overview() -> Json:
             ],
             unit="short",
             size=(12, 8),
-            options=_timeseries_options(),
-            custom=_timeseries_custom(),
-            color={"mode": "palette-classic"},
         )
     )
 
     panels.append(
-        _panel(
+        _timeseries_panel(
             layout,
-            kind="timeseries",
             title="Failure ratio per task",
             description=(
                 "Share of each task's runs that ended in failure or timeout. Replicas report the"
@@ -616,15 +625,11 @@ def build_overview() -> Json:
             ],
             unit="percentunit",
             size=(12, 8),
-            options=_timeseries_options(),
-            custom=_timeseries_custom(),
-            color={"mode": "palette-classic"},
         )
     )
     panels.append(
-        _panel(
+        _timeseries_panel(
             layout,
-            kind="timeseries",
             title="Runs by outcome",
             description="Finished runs per minute across all tasks, by outcome.",
             targets=[
@@ -637,9 +642,7 @@ def build_overview() -> Json:
             ],
             unit="opm",
             size=(12, 8),
-            options=_timeseries_options(),
-            custom=_timeseries_custom(bars=True),
-            color={"mode": "palette-classic"},
+            bars=True,
         )
     )
 
@@ -842,9 +845,8 @@ def build_task() -> Json:
         ]
 
     panels.append(
-        _panel(
+        _timeseries_panel(
             layout,
-            kind="timeseries",
             title="Run duration percentiles",
             description=(
                 "p50 / p90 / p99 of run durations from the persisted histogram, and the task's"
@@ -860,15 +862,11 @@ def build_task() -> Json:
             ],
             unit="s",
             size=(12, 8),
-            options=_timeseries_options(),
-            custom=_timeseries_custom(),
-            color={"mode": "palette-classic"},
         )
     )
     panels.append(
-        _panel(
+        _timeseries_panel(
             layout,
-            kind="timeseries",
             title="Start delay percentiles",
             description=(
                 "p50 / p90 / p99 of the delay between a run's scheduled time and its start."
@@ -876,15 +874,11 @@ def build_task() -> Json:
             targets=quantiles("scheduler_task_start_delay_seconds_bucket"),
             unit="s",
             size=(12, 8),
-            options=_timeseries_options(),
-            custom=_timeseries_custom(),
-            color={"mode": "palette-classic"},
         )
     )
     panels.append(
-        _panel(
+        _timeseries_panel(
             layout,
-            kind="timeseries",
             title="Runs by outcome",
             description="Finished runs per minute by outcome (success, failure, timeout, ...).",
             targets=[
@@ -897,15 +891,12 @@ def build_task() -> Json:
             ],
             unit="opm",
             size=(12, 8),
-            options=_timeseries_options(),
-            custom=_timeseries_custom(bars=True),
-            color={"mode": "palette-classic"},
+            bars=True,
         )
     )
     panels.append(
-        _panel(
+        _timeseries_panel(
             layout,
-            kind="timeseries",
             title="Missed runs",
             description="Scheduled ticks per minute that were missed (scheduler down or busy).",
             targets=[
@@ -918,8 +909,7 @@ def build_task() -> Json:
             ],
             unit="opm",
             size=(12, 8),
-            options=_timeseries_options(),
-            custom=_timeseries_custom(bars=True),
+            bars=True,
             color={"mode": "fixed", "fixedColor": "orange"},
         )
     )
