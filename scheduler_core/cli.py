@@ -41,6 +41,7 @@ from scheduler_core.errors import (
     RunLookupError,
     SchemaVersionError,
     TaskLookupError,
+    error_reason,
 )
 from scheduler_core.health import parse_listen
 from scheduler_core.logs import configure_logging
@@ -642,6 +643,12 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_admin_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags every admin command shares: the database, and quiet logging by default."""
+    parser.add_argument("--log-level", default="WARNING")
+    _add_db(parser)
+
+
 def _add_engine_flags(parser: argparse.ArgumentParser, *, health_default: str) -> None:
     parser.add_argument(
         "--instance-id",
@@ -776,8 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_tasks_list)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
 
     p = add("runs", "run history, newest first", cmd_runs)
     p.add_argument("--task")
@@ -789,8 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--before-id", type=_positive_int, help="page: runs older than this id")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
 
     db = sub.add_parser(
         "db",
@@ -812,32 +817,26 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=func)
-        p.add_argument("--log-level", default="WARNING")
-        _add_db(p)
+        _add_admin_flags(p)
 
     p = add("pause", "pause a task (it stops running until resumed)", cmd_pause)
     p.add_argument("task")
     p.add_argument("--reason", required=True, help="why: shown in `tasks list` and stored")
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
     p = add("resume", "resume a paused task (ticks during the pause are not run)", cmd_resume)
     p.add_argument("task", nargs="?")
     p.add_argument("--all", action="store_true", help="resume every task an emergency-stop paused")
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
     p = add("run-now", "run a task once at the next poll; its schedule is unchanged", cmd_run_now)
     p.add_argument("task")
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
     p = add("cancel", "cancel a running run (on any instance)", cmd_cancel)
     p.add_argument("run_id", type=_positive_int)
     p.add_argument("--reason", help="stored with the run and in the audit log")
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
     p = add("emergency-stop", "pause every task and cancel every running run", cmd_emergency_stop)
     p.add_argument("--reason", required=True)
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
     p = add("cleanup", "delete old run history now, in batches (counters are kept)", cmd_cleanup)
     p.add_argument("--days", type=float, default=30.0, help="keep this many days (default 30)")
     p.add_argument(
@@ -848,21 +847,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="rows per transaction (default: 300 SQLite, 5000 PostgreSQL)",
     )
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
     p = add(
         "stats", "totals, success rate, average and p95 duration, last success/failure", cmd_stats
     )
     p.add_argument("task", nargs="?")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
     p = add("audit", "who paused, resumed, ran, cancelled or stopped what, and why", cmd_audit)
     p.add_argument("--task")
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--log-level", default="WARNING")
-    _add_db(p)
+    _add_admin_flags(p)
 
     p = add("exporter", "the sidecar: /metrics, /health, /ready and the JSON API", lambda a: 0)
     p.add_argument(
@@ -903,18 +899,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schedctl: error: {exc}", file=sys.stderr)
         return 1
     except sa.exc.IntegrityError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
         print(
-            f"schedctl: error: the database refused the change (another instance may have made "
-            f"it at the same moment; retry): {reason[0] if reason else type(exc).__name__}",
+            "schedctl: error: the database refused the change (another instance may have made "
+            f"it at the same moment; retry): {error_reason(exc)}",
             file=sys.stderr,
         )
         return 1
     except sa.exc.OperationalError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
         print(
             f"schedctl: error: cannot use database {redact_url(_database_url(args))}: "
-            f"{reason[0] if reason else exc}",
+            f"{error_reason(exc)}",
             file=sys.stderr,
         )
         return 1

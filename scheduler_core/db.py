@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from scheduler_core.errors import DatabaseUnavailableError, SchemaVersionError
+from scheduler_core.errors import DatabaseUnavailableError, SchemaVersionError, error_reason
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -174,13 +174,8 @@ def current_revision(engine: Engine) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     except sa.exc.OperationalError as exc:
         raise DatabaseUnavailableError(
-            f"cannot reach database {redact_url(engine.url)}: {_short_reason(exc)}"
+            f"cannot reach database {redact_url(engine.url)}: {error_reason(exc)}"
         ) from None
-
-
-def _short_reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def check_schema(engine: Engine) -> None:

@@ -26,6 +26,7 @@ from opentelemetry import trace
 
 from scheduler_core import __version__
 from scheduler_core.clock import Clock, DatabaseClock
+from scheduler_core.errors import error_reason
 from scheduler_core.executors import (
     ActionResult,
     AsyncLoopThread,
@@ -37,7 +38,7 @@ from scheduler_core.executors import (
 from scheduler_core.health import HealthServer
 from scheduler_core.store import DispatchedRun, RunOutcome, Store
 from scheduler_core.tasks import CallableAction, CommandAction
-from scheduler_core.telemetry import RateLimitedLogger, TelemetryWriter, _first_line, tracer
+from scheduler_core.telemetry import RateLimitedLogger, TelemetryWriter, tracer
 
 __all__ = ["EngineSettings", "Scheduler", "default_instance_id"]
 
@@ -171,7 +172,7 @@ class Scheduler:
                     self._db_errors.error(
                         "loop",
                         f"database error, retrying in {self._backoff:.1f}s: "
-                        f"{type(exc).__name__}: {_first_line(exc)}",
+                        f"{type(exc).__name__}: {error_reason(exc)}",
                     )
                     # Wake up in time to notice a lost lease, however long the backoff.
                     self._wake.wait(min(self._backoff, self._lease_remaining() + 0.05))
@@ -532,7 +533,7 @@ class Scheduler:
             self._db_errors.error(
                 "drain",
                 f"cannot record run outcomes while draining: {type(exc).__name__}: "
-                f"{_first_line(exc)}",
+                f"{error_reason(exc)}",
             )
             return False
         return True

@@ -9,6 +9,7 @@ __all__ = [
     "RunLookupError",
     "SchemaVersionError",
     "TaskLookupError",
+    "error_reason",
 ]
 
 from dataclasses import dataclass
@@ -72,3 +73,9 @@ class SchemaVersionError(RuntimeError):
 
 class DatabaseUnavailableError(ConnectionError):
     """The database could not be reached; the message never contains the password."""
+
+
+def error_reason(exc: BaseException, *, limit: int = 300) -> str:
+    """The first line of the driver's message (not SQLAlchemy's statement dump), for logs."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

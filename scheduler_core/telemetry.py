@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from scheduler_core.errors import error_reason
 from scheduler_core.models import alarm_events, schedules, task_health, task_runs
 from scheduler_core.otel import otel_instruments, tracer
 from scheduler_core.store import DispatchedRun, FinalizeResult, RunOutcome, _insert, truncate_text
@@ -91,7 +92,7 @@ class TelemetryWriter:
             self.errors.error(
                 f"telemetry:{what}",
                 f"telemetry write failed ({what}); runs continue unaffected: "
-                f"{type(exc).__name__}: {_first_line(exc)}",
+                f"{type(exc).__name__}: {error_reason(exc)}",
             )
             return None
 
@@ -346,8 +347,3 @@ class TelemetryWriter:
         instruments.stuck.clear()
         instruments.stuck.update(dict.fromkeys(stuck, 1))
         return stuck
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0][:300] if text else ""
