@@ -129,13 +129,13 @@ def create_db_engine(
         return engine
     # A process paused inside a transaction (SIGSTOP, a debugger) must not hold row locks
     # that stop other instances' reaper forever; no statement waits on a lock forever.
-    options = [
-        str(parsed.query.get("options", "") or ""),
-        "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=10000",
-    ]
+    # PostgreSQL applies repeated ``-c`` settings in order, so the URL's own ``options``
+    # come after these defaults: what the operator wrote wins.
+    options = ["-c idle_in_transaction_session_timeout=10000 -c lock_timeout=10000"]
     if statement_timeout is not None:
         options.append(f"-c statement_timeout={max(1, int(statement_timeout * 1000))}")
-    if read_only:
+    options.append(str(parsed.query.get("options", "") or ""))
+    if read_only:  # a guarantee, not a default: nothing in the URL turns it off
         options.append("-c default_transaction_read_only=on")
     joined = " ".join(o for o in options if o)
     if joined:
