@@ -15,6 +15,7 @@ import queue
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -141,6 +142,7 @@ class Scheduler:
                 len(reaped),
             )
         self._lease_renewed_at = began
+        self._prestart_workers()
         if self.settings.health_listen:
             self.health = HealthServer(
                 self.settings.health_listen, is_draining=lambda: self.draining
@@ -148,6 +150,15 @@ class Scheduler:
             self.health.start()
         self._started = True
         log.info("scheduler instance %s started", self.settings.instance_id)
+
+    def _prestart_workers(self) -> None:
+        """Start every worker thread now, so the first burst of runs does not pay for
+        creating up to ``max_running`` threads while its runs wait."""
+        gate = threading.Barrier(self.settings.max_running + 1)
+        for _ in range(self.settings.max_running):
+            self._pool.submit(gate.wait, 10.0)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            gate.wait(10.0)
 
     def request_stop(self) -> None:
         """Begin draining (safe to call from a signal handler)."""
@@ -282,30 +293,43 @@ class Scheduler:
         self._enforce_deadlines()
         if self.draining:
             return 0
-        started = 0
-        while True:
-            capacity = self.settings.max_running * self.settings.claim_ahead - len(self._running)
-            if capacity <= 0:
-                break
-            now = self.clock.now()
-            claimed = self.store.claim_due_schedules(
-                now=now,
-                limit=min(capacity, self.settings.batch_size),
-                lease=timedelta(seconds=self.settings.claim_lease),
-            )
-            if not claimed:
-                break
-            dispatched = self.store.dispatch_claimed(
-                claimed, now=now, thread_name=threading.current_thread().name
-            )
-            for run in dispatched:
-                self._launch(run)
-            started += len(dispatched)
-            self.telemetry.runs_started(dispatched, now=now)
-            if len(claimed) < min(capacity, self.settings.batch_size):
-                break
+        launched: list[DispatchedRun] = []
+        now = self.clock.now()
+        try:
+            while True:
+                # Runs that finished since this pass began free their slot at once (their
+                # outcomes are written at the next pass), so a burst's next batch does not
+                # wait for the previous batch's finalize.
+                self._collect_completions()
+                in_flight = len(self._running) - len(self._pending_finalize)
+                capacity = self.settings.max_running * self.settings.claim_ahead - in_flight
+                if capacity <= 0:
+                    break
+                now = self.clock.now()
+                claimed = self.store.claim_due_schedules(
+                    now=now,
+                    limit=min(capacity, self.settings.batch_size),
+                    lease=timedelta(seconds=self.settings.claim_lease),
+                )
+                if not claimed:
+                    break
+                dispatched = self.store.dispatch_claimed(
+                    claimed,
+                    now=now,
+                    thread_name=threading.current_thread().name,
+                    finished_unrecorded=Counter(o.task_name for o in self._pending_finalize),
+                )
+                for run in dispatched:
+                    self._launch(run)
+                launched.extend(dispatched)
+                if len(claimed) < min(capacity, self.settings.batch_size):
+                    break
+        finally:
+            # Health rows of every batch in one write, after the runs are on their way: a
+            # burst's second batch does not wait behind the first one's telemetry.
+            self.telemetry.runs_started(launched, now=now)
         self._next_due = self.store.next_due_at()
-        return started
+        return len(launched)
 
     def heartbeat(self) -> None:
         """Renew the instance row, act on cancel requests, reap dead instances, check stuck."""
@@ -538,12 +562,16 @@ class Scheduler:
             return False
         return True
 
-    def _finalize_completions(self) -> None:
+    def _collect_completions(self) -> None:
+        """Move outcomes the workers reported into the batch waiting to be written."""
         while True:
             try:
                 self._pending_finalize.append(self._completions.get_nowait())
             except queue.Empty:
-                break
+                return
+
+    def _finalize_completions(self) -> None:
+        self._collect_completions()
         if not self._pending_finalize:
             return
         batch = self._pending_finalize

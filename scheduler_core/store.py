@@ -21,7 +21,7 @@ import json
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 
+from scheduler_core.bulk import bulk_insert_returning, bulk_update, member_of
 from scheduler_core.errors import RunLookupError, TaskLookupError
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
 from scheduler_core.models import (
@@ -60,8 +61,13 @@ TRACEBACK_LIMIT = 8000
 
 
 def truncate_text(text: str | None, limit: int) -> str | None:
-    """Cut ``text`` to ``limit`` characters, marking the cut."""
-    if text is None or len(text) <= limit:
+    """Cut ``text`` to ``limit`` characters, marking the cut. NUL characters (which
+    PostgreSQL text cannot hold: one would fail the whole batch's write) become ``\\x00``."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if len(text) <= limit:
         return text
     return text[: limit - 20] + f"... [{len(text) - limit + 20} more]"
 
@@ -158,6 +164,32 @@ _COUNTER_COLUMN = {
     "skipped": "runs_skipped_total",
 }
 
+_RUN_KEY = ("task_name", "scheduled_for", "attempt")
+
+_COUNTER_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
+    "name": schedules.c.name.type,
+    "failures": schedules.c.consecutive_failures.type,
+    "duration_hist": schedules.c.duration_histogram.type,
+    "delay_hist": schedules.c.start_delay_histogram.type,
+    "last_success": schedules.c.last_success_at.type,
+    "last_failure": schedules.c.last_failure_at.type,
+    **{status: sa.Integer() for status in _COUNTER_COLUMN},
+}
+
+_FINISH_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
+    "id": task_runs.c.id.type,
+    "status": task_runs.c.status.type,
+    "started_at": task_runs.c.started_at.type,
+    "finished_at": task_runs.c.finished_at.type,
+    "duration": task_runs.c.duration_seconds.type,
+    "error": task_runs.c.error_message.type,
+    "traceback": task_runs.c.error_traceback.type,
+    "exit_code": task_runs.c.exit_code.type,
+    "pid": task_runs.c.pid.type,
+    "thread": task_runs.c.thread_name.type,
+    "trace_id": task_runs.c.trace_id.type,
+}
+
 
 class Store:
     """SQL access for one scheduler instance (or an admin command)."""
@@ -165,7 +197,8 @@ class Store:
     def __init__(self, engine: sa.Engine, *, instance_id: str = "cli") -> None:
         self.engine = engine
         self.instance_id = instance_id
-        self.is_postgres = engine.dialect.name == "postgresql"
+        self.dialect = engine.dialect.name
+        self.is_postgres = self.dialect == "postgresql"
         self._definitions: dict[str, TaskDefinition] = {}
 
     # ----------------------------------------------------------------- definitions
@@ -383,11 +416,15 @@ class Store:
         now: datetime,
         thread_name: str | None = None,
         rand: random.Random | None = None,
+        finished_unrecorded: Mapping[str, int] | None = None,
     ) -> list[DispatchedRun]:
         """Plan each claimed schedule's ticks, insert run/missed/skipped rows, advance it.
 
         One transaction for the whole batch. Only schedules whose claim is still ours
-        (same ``claimed_by`` and ``claimed_until``) are touched.
+        (same ``claimed_by`` and ``claimed_until``) are touched. ``finished_unrecorded``
+        counts, per task, this instance's runs that have finished but whose rows still read
+        ``running`` (their outcome is written at the next finalize): overlap and
+        concurrency limits do not count them as running.
         """
         if not claimed:
             return []
@@ -395,7 +432,7 @@ class Store:
         with self.engine.begin() as conn:
             fence = (
                 sa.select(schedules.c.name, schedules.c.claimed_until)
-                .where(schedules.c.name.in_(list(by_name)))
+                .where(member_of(self.dialect, schedules.c.name, list(by_name)))
                 .where(schedules.c.claimed_by == self.instance_id)
             )
             if self.is_postgres:
@@ -458,7 +495,9 @@ class Store:
                 # overlap=skip compares with runs already in flight: catch-up runs planned in
                 # this same pass (misfire=run_all) do not skip each other. overlap=allow
                 # counts every run against max_concurrency.
-                running = running_counts.get(name, 0)
+                running = max(
+                    0, running_counts.get(name, 0) - (finished_unrecorded or {}).get(name, 0)
+                )
                 for scheduled_for, attempt, trigger in planned:
                     limit = 1 if policies.overlap == "skip" else policies.max_concurrency
                     if policies.overlap == "replace" and running > 0:
@@ -501,37 +540,21 @@ class Store:
             if cancel_for_replace:
                 conn.execute(
                     task_runs.update()
-                    .where(task_runs.c.task_name.in_(cancel_for_replace))
+                    .where(member_of(self.dialect, task_runs.c.task_name, cancel_for_replace))
                     .where(task_runs.c.status == "running")
                     .values(
                         cancel_requested=True,
                         cancel_reason="replaced by a newer run (overlap=replace)",
                     )
                 )
-            inserted: list[Any] = []
-            if run_rows:
-                stmt = (
-                    _insert(conn, task_runs)
-                    .on_conflict_do_nothing(
-                        index_elements=["task_name", "scheduled_for", "attempt"]
-                    )
-                    .returning(
-                        task_runs.c.id,
-                        task_runs.c.task_name,
-                        task_runs.c.scheduled_for,
-                        task_runs.c.attempt,
-                        task_runs.c.trigger,
-                        sort_by_parameter_order=True,
-                    )
-                )
-                inserted = list(conn.execute(stmt, run_rows))
-            if extra_rows:
-                conn.execute(
-                    _insert(conn, task_runs).on_conflict_do_nothing(
-                        index_elements=["task_name", "scheduled_for", "attempt"]
-                    ),
-                    extra_rows,
-                )
+            inserted = bulk_insert_returning(
+                conn,
+                task_runs,
+                run_rows,
+                conflict=_RUN_KEY,
+                returning=("id", "task_name", "scheduled_for", "attempt", "trigger"),
+            )
+            bulk_insert_returning(conn, task_runs, extra_rows, conflict=_RUN_KEY)
             self._apply_schedule_updates(conn, schedule_updates, missed_totals, skipped_totals, now)
         from scheduler_core.otel import otel_instruments
 
@@ -546,16 +569,16 @@ class Store:
         consec = {c.name: c.consecutive_failures for c in claimed}
         return [
             DispatchedRun(
-                run_id=row.id,
-                task_name=row.task_name,
-                scheduled_for=row.scheduled_for,
-                attempt=row.attempt,
-                trigger=row.trigger,
+                run_id=run_id,
+                task_name=task_name,
+                scheduled_for=scheduled_for,
+                attempt=attempt,
+                trigger=trigger,
                 started_at=now,
-                definition=definitions[row.task_name],
-                consecutive_failures_at_start=consec[row.task_name],
+                definition=definitions[task_name],
+                consecutive_failures_at_start=consec[task_name],
             )
-            for row in inserted
+            for run_id, task_name, scheduled_for, attempt, trigger in sorted(inserted)
         ]
 
     def _finished_row(
@@ -587,7 +610,7 @@ class Store:
             stmt = (
                 sa.select(task_runs.c.task_name, sa.func.count())
                 .where(task_runs.c.status == "running")
-                .where(task_runs.c.task_name.in_(list(chunk)))
+                .where(member_of(self.dialect, task_runs.c.task_name, chunk))
                 .group_by(task_runs.c.task_name)
             )
             counts.update({r[0]: int(r[1]) for r in conn.execute(stmt)})
@@ -601,32 +624,57 @@ class Store:
         skipped: dict[str, int],
         now: datetime,
     ) -> None:
+        """Advance each claimed schedule and release its claim: one statement per batch."""
         if not updates:
             return
-        # Rows that share a shape go in one executemany; the claim is released in the same write.
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-        for update in updates:
-            name = update["b_name"]
-            params = dict(update)
-            params["b_missed"] = missed.get(name, 0)
-            params["b_skipped"] = skipped.get(name, 0)
-            groups[tuple(sorted(params))].append(params)
-        for keys, params_list in groups.items():
-            values: dict[str, Any] = {k: sa.bindparam(k) for k in keys if not k.startswith("b_")}
-            values["missed_runs_total"] = schedules.c.missed_runs_total + sa.bindparam("b_missed")
-            values["runs_skipped_total"] = schedules.c.runs_skipped_total + sa.bindparam(
-                "b_skipped"
-            )
-            values["claimed_by"] = None
-            values["claimed_until"] = None
-            values["updated_at"] = now
-            stmt = (
-                schedules.update()
-                .where(schedules.c.name == sa.bindparam("b_name"))
-                .where(schedules.c.claimed_by == self.instance_id)
-                .values(**values)
-            )
-            conn.execute(stmt, params_list)
+        rows = [
+            {
+                "name": u["b_name"],
+                "next_run_at": u["next_run_at"],
+                "fire_count": u["fire_count"],
+                "clear_run_now": "run_now_requested_at" in u,
+                "clear_retry": "retry_at" in u,
+                "missed": missed.get(u["b_name"], 0),
+                "skipped": skipped.get(u["b_name"], 0),
+            }
+            for u in updates
+        ]
+        bulk_update(
+            conn,
+            schedules,
+            rows,
+            types={
+                "name": schedules.c.name.type,
+                "next_run_at": schedules.c.next_run_at.type,
+                "fire_count": schedules.c.fire_count.type,
+                "clear_run_now": sa.Boolean(),
+                "clear_retry": sa.Boolean(),
+                "missed": sa.Integer(),
+                "skipped": sa.Integer(),
+            },
+            consts={
+                "now": (now, schedules.c.updated_at.type),
+                "me": (self.instance_id, schedules.c.claimed_by.type),
+            },
+            set_={
+                "next_run_at": "{next_run_at}",
+                "fire_count": "{fire_count}",
+                "run_now_requested_at": (
+                    "CASE WHEN {clear_run_now} THEN NULL ELSE t.run_now_requested_at END"
+                ),
+                "retry_at": "CASE WHEN {clear_retry} THEN NULL ELSE t.retry_at END",
+                "retry_scheduled_for": (
+                    "CASE WHEN {clear_retry} THEN NULL ELSE t.retry_scheduled_for END"
+                ),
+                "retry_attempt": "CASE WHEN {clear_retry} THEN NULL ELSE t.retry_attempt END",
+                "missed_runs_total": "t.missed_runs_total + {missed}",
+                "runs_skipped_total": "t.runs_skipped_total + {skipped}",
+                "claimed_by": "NULL",
+                "claimed_until": "NULL",
+                "updated_at": "{now}",
+            },
+            where="t.name = {name} AND t.claimed_by = {me}",
+        )
         self._refresh_due_at(conn, [u["b_name"] for u in updates])
 
     def _refresh_due_at(self, conn: sa.Connection, names: Sequence[str]) -> None:
@@ -647,7 +695,9 @@ class Store:
         )
         for chunk in _chunks(list(names), 900):
             conn.execute(
-                schedules.update().where(schedules.c.name.in_(list(chunk))).values(due_at=due)
+                schedules.update()
+                .where(member_of(self.dialect, schedules.c.name, chunk))
+                .values(due_at=due)
             )
 
     # ----------------------------------------------------------------- finishing
@@ -667,7 +717,7 @@ class Store:
         with self.engine.begin() as conn:
             fence = (
                 sa.select(task_runs.c.id)
-                .where(task_runs.c.id.in_(list(by_id)))
+                .where(member_of(self.dialect, task_runs.c.id, list(by_id)))
                 .where(task_runs.c.status == "running")
                 .where(task_runs.c.instance_id == self.instance_id)
             )
@@ -676,40 +726,41 @@ class Store:
             live = {r.id for r in conn.execute(fence)}
             accepted = [o for o in outcomes if o.run_id in live]
             rejected = [o for o in outcomes if o.run_id not in live]
-            if accepted:
-                conn.execute(
-                    task_runs.update()
-                    .where(task_runs.c.id == sa.bindparam("b_id"))
-                    .values(
-                        status=sa.bindparam("b_status"),
-                        # The real start (a run may wait in its instance's queue after dispatch).
-                        started_at=sa.bindparam("b_started_at"),
-                        finished_at=sa.bindparam("b_finished_at"),
-                        duration_seconds=sa.bindparam("b_duration"),
-                        error_message=sa.bindparam("b_error"),
-                        error_traceback=sa.bindparam("b_traceback"),
-                        exit_code=sa.bindparam("b_exit_code"),
-                        pid=sa.bindparam("b_pid"),
-                        thread_name=sa.bindparam("b_thread"),
-                        trace_id=sa.bindparam("b_trace_id"),
-                    ),
-                    [
-                        {
-                            "b_id": o.run_id,
-                            "b_status": o.status,
-                            "b_started_at": o.started_at,
-                            "b_finished_at": o.finished_at,
-                            "b_duration": o.duration_seconds,
-                            "b_error": truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
-                            "b_traceback": truncate_text(o.error_traceback, TRACEBACK_LIMIT),
-                            "b_exit_code": o.exit_code,
-                            "b_pid": o.pid,
-                            "b_thread": o.thread_name,
-                            "b_trace_id": o.trace_id,
-                        }
-                        for o in accepted
-                    ],
-                )
+            bulk_update(
+                conn,
+                task_runs,
+                [
+                    {
+                        "id": o.run_id,
+                        "status": o.status,
+                        "started_at": o.started_at,
+                        "finished_at": o.finished_at,
+                        "duration": o.duration_seconds,
+                        "error": truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
+                        "traceback": truncate_text(o.error_traceback, TRACEBACK_LIMIT),
+                        "exit_code": o.exit_code,
+                        "pid": o.pid,
+                        "thread": o.thread_name,
+                        "trace_id": o.trace_id,
+                    }
+                    for o in accepted
+                ],
+                types=_FINISH_TYPES,
+                set_={
+                    "status": "{status}",
+                    # The real start (a run may wait in its instance's queue after dispatch).
+                    "started_at": "{started_at}",
+                    "finished_at": "{finished_at}",
+                    "duration_seconds": "{duration}",
+                    "error_message": "{error}",
+                    "error_traceback": "{traceback}",
+                    "exit_code": "{exit_code}",
+                    "pid": "{pid}",
+                    "thread_name": "{thread}",
+                    "trace_id": "{trace_id}",
+                },
+                where="t.id = {id}",
+            )
             consecutive, retries, recovered = self._update_counters(conn, accepted, now)
         return FinalizeResult(
             accepted=accepted,
@@ -738,7 +789,7 @@ class Store:
                 schedules.c.start_delay_histogram,
                 schedules.c.consecutive_failures,
                 schedules.c.retry_at,
-            ).where(schedules.c.name.in_(list(chunk)))
+            ).where(member_of(self.dialect, schedules.c.name, chunk))
             if self.is_postgres:
                 # Row locks in name order: concurrent finalizers cannot deadlock.
                 stmt = stmt.order_by(schedules.c.name).with_for_update()
@@ -795,39 +846,32 @@ class Store:
             )
             params.append(
                 {
-                    "b_name": name,
-                    "b_failures": failures,
-                    "b_duration_hist": durations.to_json(),
-                    "b_delay_hist": delays.to_json(),
-                    "b_last_success": last_success,
-                    "b_last_failure": last_failure,
-                    **{f"b_{status}": counts.get(status, 0) for status in _COUNTER_COLUMN},
+                    "name": name,
+                    "failures": failures,
+                    "duration_hist": durations.to_json(),
+                    "delay_hist": delays.to_json(),
+                    "last_success": last_success,
+                    "last_failure": last_failure,
+                    **{status: counts.get(status, 0) for status in _COUNTER_COLUMN},
                 }
             )
-        if params:
-            conn.execute(
-                schedules.update()
-                .where(schedules.c.name == sa.bindparam("b_name"))
-                .values(
-                    consecutive_failures=sa.bindparam("b_failures"),
-                    duration_histogram=sa.bindparam("b_duration_hist"),
-                    start_delay_histogram=sa.bindparam("b_delay_hist"),
-                    last_success_at=sa.func.coalesce(
-                        sa.bindparam("b_last_success", type_=schedules.c.last_success_at.type),
-                        schedules.c.last_success_at,
-                    ),
-                    last_failure_at=sa.func.coalesce(
-                        sa.bindparam("b_last_failure", type_=schedules.c.last_failure_at.type),
-                        schedules.c.last_failure_at,
-                    ),
-                    updated_at=now,
-                    **{
-                        column: getattr(schedules.c, column) + sa.bindparam(f"b_{status}")
-                        for status, column in _COUNTER_COLUMN.items()
-                    },
-                ),
-                params,
-            )
+        bulk_update(
+            conn,
+            schedules,
+            params,
+            types=_COUNTER_TYPES,
+            consts={"now": (now, schedules.c.updated_at.type)},
+            set_={
+                "consecutive_failures": "{failures}",
+                "duration_histogram": "{duration_hist}",
+                "start_delay_histogram": "{delay_hist}",
+                "last_success_at": "COALESCE({last_success}, t.last_success_at)",
+                "last_failure_at": "COALESCE({last_failure}, t.last_failure_at)",
+                "updated_at": "{now}",
+                **{col: f"t.{col} + {{{status}}}" for status, col in _COUNTER_COLUMN.items()},
+            },
+            where="t.name = {name}",
+        )
         if retry_params:
             conn.execute(
                 schedules.update()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from scheduler_core.bulk import bulk_insert_returning
 from scheduler_core.errors import error_reason
 from scheduler_core.models import alarm_events, schedules, task_health, task_runs
 from scheduler_core.otel import otel_instruments, tracer
@@ -102,13 +103,8 @@ class TelemetryWriter:
         """Upsert per-(task, instance) health rows, updating only ``columns`` on conflict."""
 
         def work(conn: sa.Connection) -> bool:
-            stmt = _insert(conn, task_health)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["task_name", "instance_id"],
-                    set_={c: stmt.excluded[c] for c in columns},
-                ),
-                rows,
+            bulk_insert_returning(
+                conn, task_health, rows, conflict=("task_name", "instance_id"), update=columns
             )
             return True
 

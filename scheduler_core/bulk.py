@@ -1,0 +1,179 @@
+"""Batched writes and set membership with a fixed SQL text, whatever the batch size.
+
+On PostgreSQL a batch is one statement: ``col = ANY(:ids)`` instead of an ``IN (...)``
+list, and ``UPDATE ... FROM json_to_recordset(:rows)`` / ``INSERT ... SELECT FROM
+json_to_recordset(:rows)`` instead of one statement per row. The SQL text does not depend
+on how many rows there are, so the driver's query cache and prepared statements are reused
+every cycle (an ``IN`` list of 250 names is a new text each time, and psycopg re-parses
+it), and the server plans one statement, not 250. The rows travel as one JSON document:
+``json.dumps`` is C code, while adapting a Python list to a PostgreSQL array is Python code
+per element in psycopg (text arrays escape each element with a regular expression; binary
+arrays pack each one) and cost more than the statement itself. On SQLite (in-process, no
+round trips) the same templates run as an ``executemany``.
+
+A template names per-row values as ``{name}`` and the target row as ``t``:
+``set_={"runs_success_total": "t.runs_success_total + {success}"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+__all__ = ["bulk_insert_returning", "bulk_update", "member_of"]
+
+_PG = pg.dialect()
+
+
+def member_of(
+    dialect: str, column: sa.ColumnElement[Any], values: Sequence[Any]
+) -> sa.ColumnElement[bool]:
+    """``column IN values``: one array parameter on PostgreSQL, an ``IN`` list elsewhere."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=pg.ARRAY(column.type)))
+    return column.in_(list(values))
+
+
+def _pg_type(type_: sa.types.TypeEngine[Any]) -> str:
+    return str(type_.compile(dialect=_PG))
+
+
+def _render(template: str, names: Sequence[str], consts: Sequence[str], style: str) -> str:
+    if style == "pg":
+        refs = {n: f"v.{n}" for n in names} | {c: f"%({c})s" for c in consts}
+    else:
+        refs = {n: f":{n}" for n in (*names, *consts)}
+    return template.format_map(refs)
+
+
+def _pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[Any]]) -> str:
+    """``json_to_recordset(%(rows)s) AS v(name type, ...)``: the batch as one parameter."""
+    columns = ", ".join(f"{n} {_pg_type(types[n])}" for n in names)
+    return f"json_to_recordset(CAST(%(rows)s AS json)) AS v({columns})"
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot send {type(value).__name__} in a batch: {value!r}")
+
+
+def _pg_rows(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
+    return json.dumps(
+        [{n: row[n] for n in names} for row in rows],
+        default=_json_default,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+
+
+def bulk_update(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    types: Mapping[str, sa.types.TypeEngine[Any]],
+    set_: Mapping[str, str],
+    where: str,
+    consts: Mapping[str, tuple[Any, sa.types.TypeEngine[Any]]] | None = None,
+) -> None:
+    """Run ``UPDATE table AS t SET set_ WHERE where`` once per row of ``rows``, as one
+    statement on PostgreSQL. Each row maps every name of ``types`` to its value; ``consts``
+    are the values (and types) shared by every row.
+
+    Callers give at most one row per target row: PostgreSQL applies only one of several
+    source rows that match the same target.
+    """
+    if not rows:
+        return
+    names = list(types)
+    fixed = dict(consts or {})
+    if conn.dialect.name == "postgresql":
+        sets = ", ".join(
+            f"{col} = {_render(expr, names, list(fixed), 'pg')}" for col, expr in set_.items()
+        )
+        sql = (
+            f"UPDATE {table.name} AS t SET {sets} "
+            f"FROM {_pg_recordset(names, types)} "
+            f"WHERE {_render(where, names, list(fixed), 'pg')}"
+        )
+        params = {"rows": _pg_rows(rows, names)}
+        params.update({c: value for c, (value, _type) in fixed.items()})
+        conn.exec_driver_sql(sql, params)
+        return
+    sets = ", ".join(
+        f"{col} = {_render(expr, names, list(fixed), 'sqlite')}" for col, expr in set_.items()
+    )
+    where_sql = _render(where, names, list(fixed), "sqlite")
+    stmt = sa.text(f"UPDATE {table.name} AS t SET {sets} WHERE {where_sql}")
+    stmt = stmt.bindparams(
+        *(sa.bindparam(n, type_=types[n]) for n in names),
+        *(sa.bindparam(c, type_=type_) for c, (_value, type_) in fixed.items()),
+    )
+    shared = {c: value for c, (value, _type) in fixed.items()}
+    conn.execute(stmt, [{**row, **shared} for row in rows])
+
+
+def bulk_insert_returning(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    conflict: Sequence[str],
+    returning: Sequence[str] = (),
+    update: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """Insert ``rows`` (all with the same keys). A row that hits the unique key ``conflict``
+    is skipped, or, with ``update``, sets those columns of the existing row (an upsert;
+    at most one row per key). Returns the ``returning`` columns of the rows written (any
+    order), with each column's result type applied."""
+    if not rows:
+        return []
+    columns = list(rows[0])
+    if conn.dialect.name == "postgresql":
+        types = {c: table.c[c].type for c in columns}
+        action = (
+            "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in update)
+            if update
+            else "DO NOTHING"
+        )
+        sql = (
+            f"INSERT INTO {table.name} AS t ({', '.join(columns)}) "
+            f"SELECT {', '.join(f'v.{c}' for c in columns)} FROM {_pg_recordset(columns, types)} "
+            f"ON CONFLICT ({', '.join(conflict)}) {action}"
+        )
+        params = {"rows": _pg_rows(rows, columns)}
+        if not returning:
+            conn.exec_driver_sql(sql, params)
+            return []
+        sql += f" RETURNING {', '.join(f't.{c}' for c in returning)}"
+        result = conn.exec_driver_sql(sql, params)
+        convert = [_result_processor(table.c[c].type, conn.dialect) for c in returning]
+        return [
+            tuple(f(v) if f is not None else v for f, v in zip(convert, row, strict=True))
+            for row in result
+        ]
+    from sqlalchemy.dialects import sqlite
+
+    base = sqlite.insert(table)
+    insert = (
+        base.on_conflict_do_update(
+            index_elements=list(conflict), set_={c: base.excluded[c] for c in update}
+        )
+        if update
+        else base.on_conflict_do_nothing(index_elements=list(conflict))
+    )
+    if not returning:
+        conn.execute(insert, [dict(row) for row in rows])
+        return []
+    stmt = insert.returning(*(table.c[c] for c in returning), sort_by_parameter_order=True)
+    return [tuple(row) for row in conn.execute(stmt, [dict(row) for row in rows])]
+
+
+def _result_processor(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Any:
+    return type_.dialect_impl(dialect).result_processor(dialect, None)
