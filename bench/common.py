@@ -433,7 +433,13 @@ class NullTelemetry(TelemetryWriter):
         return set()
 
 
-STORE_METHODS = ("claim_due_schedules", "dispatch_claimed", "finalize_runs", "next_due_at")
+STORE_METHODS = (
+    "claim_and_dispatch",  # on PostgreSQL the whole claim + dispatch; on SQLite it calls both
+    "claim_due_schedules",
+    "dispatch_claimed",
+    "finalize_runs",
+    "next_due_at",
+)
 
 
 def instrument_store(store: Store) -> dict[str, list[tuple[float, int]]]:
@@ -448,6 +454,8 @@ def instrument_store(store: Store) -> dict[str, list[tuple[float, int]]]:
             result = _original(*args, **kwargs)
             elapsed = time.perf_counter() - started
             size = len(result) if isinstance(result, list) else 1
+            if _name == "claim_and_dispatch":
+                size = result[0]  # schedules claimed
             if _name == "finalize_runs":
                 size = len(args[0]) if args else 0
             with lock:

@@ -31,6 +31,7 @@ from scheduler_core.errors import error_reason
 from scheduler_core.executors import (
     ActionResult,
     AsyncLoopThread,
+    DelayedStarts,
     RunHandle,
     run_async_callable,
     run_callable,
@@ -67,11 +68,20 @@ class EngineSettings:
     failure_alarm_threshold: int = 3
     health_listen: str | None = "127.0.0.1:8090"
     #: Shortest pause between loop passes; batches completions and bounds idle CPU.
-    min_step_interval: float = 0.005
+    min_step_interval: float = 0.02
     #: Claim up to ``max_running * claim_ahead`` runs: at most ``max_running`` execute at once,
     #: the rest wait in this instance's queue (their rows read ``running``; the real start
     #: time replaces the claim time when they finish). Fewer, larger claim batches.
     claim_ahead: int = 4
+    #: Seconds ahead of their time that ticks are claimed and dispatched; each run then
+    #: starts at its own time (a dedicated thread times it), so the claim's database round
+    #: trips are not part of its start delay. At most ``batch_size`` runs wait like this.
+    #: 0 claims only what is already due.
+    look_ahead: float = 0.25
+
+
+#: Longest an outcome waits to be written while runs are queued for a worker.
+FINALIZE_DEFER_S = 0.5
 
 
 class Scheduler:
@@ -99,9 +109,16 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.max_running, thread_name_prefix="schedctl-run"
         )
+        self._delayed = DelayedStarts(self._start_run)
+        #: Runs handed to a worker (or the event loop) that have not begun yet.
+        self._queued = 0
+        self._queued_lock = threading.Lock()
+        self._oldest_unrecorded: float | None = None
         self._async: AsyncLoopThread | None = None
         self._completions: queue.SimpleQueue[RunOutcome] = queue.SimpleQueue()
         self._pending_finalize: list[RunOutcome] = []
+        #: Per task, how many of ``_pending_finalize`` there are (finished, row not yet written).
+        self._finished_unrecorded: Counter[str] = Counter()
         self._running: dict[int, RunHandle] = {}
         self._running_lock = threading.Lock()
         self._wake = threading.Event()
@@ -200,7 +217,9 @@ class Scheduler:
     def _sleep_seconds(self) -> float:
         wait = self.settings.poll_interval
         if self._next_due is not None:
+            # Wake when the earliest schedule enters the look-ahead window.
             until_due = (self._next_due - self.clock.now()).total_seconds()
+            until_due -= self.settings.look_ahead
             wait = min(wait, max(0.0, until_due))
         until_heartbeat = self._next_heartbeat - time.monotonic()
         return max(0.0, min(wait, until_heartbeat, self._lease_remaining() + 0.05))
@@ -255,6 +274,7 @@ class Scheduler:
         leftovers = self._cancel_all(
             "scheduler shut down before the run finished (drain grace expired)"
         )
+        self._delayed.close()
         if leftovers:
             log.warning("drain grace expired: %d run(s) recorded as cancelled", leftovers)
         # Commands get kill_grace to exit; their workers then report cancelled (ignored if first).
@@ -289,7 +309,8 @@ class Scheduler:
             return 0
         if time.monotonic() >= self._next_heartbeat:
             self.heartbeat()
-        self._finalize_completions()
+        if not self._defer_finalize():
+            self._finalize_completions()
         self._enforce_deadlines()
         if self.draining:
             return 0
@@ -301,28 +322,28 @@ class Scheduler:
                 # outcomes are written at the next pass), so a burst's next batch does not
                 # wait for the previous batch's finalize.
                 self._collect_completions()
-                in_flight = len(self._running) - len(self._pending_finalize)
-                capacity = self.settings.max_running * self.settings.claim_ahead - in_flight
+                waiting = len(self._delayed)  # claimed ahead, not yet due
+                in_flight = len(self._running) - len(self._pending_finalize) - waiting
+                capacity = min(
+                    self.settings.max_running * self.settings.claim_ahead - in_flight,
+                    self.settings.batch_size - waiting,
+                )
                 if capacity <= 0:
                     break
                 now = self.clock.now()
-                claimed = self.store.claim_due_schedules(
+                limit = min(capacity, self.settings.batch_size)
+                claimed, dispatched = self.store.claim_and_dispatch(
                     now=now,
-                    limit=min(capacity, self.settings.batch_size),
+                    limit=limit,
                     lease=timedelta(seconds=self.settings.claim_lease),
-                )
-                if not claimed:
-                    break
-                dispatched = self.store.dispatch_claimed(
-                    claimed,
-                    now=now,
                     thread_name=threading.current_thread().name,
-                    finished_unrecorded=Counter(o.task_name for o in self._pending_finalize),
+                    finished_unrecorded=self._finished_unrecorded,
+                    look_ahead=timedelta(seconds=self.settings.look_ahead),
                 )
                 for run in dispatched:
                     self._launch(run)
                 launched.extend(dispatched)
-                if len(claimed) < min(capacity, self.settings.batch_size):
+                if claimed < limit:
                     break
         finally:
             # Health rows of every batch in one write, after the runs are on their way: a
@@ -358,6 +379,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ execution
     def _launch(self, run: DispatchedRun) -> None:
+        """Register the run and start it now, or at ``not_before`` if that is later."""
         # The timeout clock starts when a worker picks the run up (see _mark_started).
         deadline = None
         handle = RunHandle(
@@ -371,6 +393,19 @@ class Scheduler:
         )
         with self._running_lock:
             self._running[run.run_id] = handle
+        delay = (
+            (run.not_before - self.clock.now()).total_seconds()
+            if run.not_before is not None
+            else 0.0
+        )
+        if delay > 0.001:
+            self._delayed.add(time.monotonic() + delay, run, handle)
+        else:
+            self._start_run(run, handle)
+
+    def _start_run(self, run: DispatchedRun, handle: RunHandle) -> None:
+        with self._queued_lock:
+            self._queued += 1
         action = run.definition.action
         if isinstance(action, CallableAction) and _is_async(action):
             if self._async is None:
@@ -378,6 +413,20 @@ class Scheduler:
             handle.async_future = self._async.submit(self._execute_async(run, handle))
         else:
             self._pool.submit(self._execute_in_thread, run, handle)
+
+    def _begin(self, handle: RunHandle) -> bool:
+        """A worker is about to run ``handle``: False if it was cancelled (or timed out)
+        while it waited for its time or for a free worker; its outcome is recorded then."""
+        with self._queued_lock:
+            self._queued -= 1
+        if handle.finished:
+            return False
+        if handle.cancel_event.is_set():
+            self._record_without_worker(handle, "cancelled", handle.cancel_reason)
+            return False
+        handle.started = True
+        self._mark_started(handle)
+        return True
 
     def _span(self, run: DispatchedRun) -> Any:
         return tracer().start_span(
@@ -408,7 +457,8 @@ class Scheduler:
             handle.deadline = time.monotonic() + timeout
 
     def _execute_in_thread_inner(self, run: DispatchedRun, handle: RunHandle) -> None:
-        self._mark_started(handle)
+        if not self._begin(handle):
+            return
         span = self._span(run)
         with trace.use_span(span, end_on_exit=False):
             action = run.definition.action
@@ -430,7 +480,8 @@ class Scheduler:
         self._complete(run, handle, result, span)
 
     async def _execute_async(self, run: DispatchedRun, handle: RunHandle) -> None:
-        self._mark_started(handle)
+        if not self._begin(handle):
+            return
         span = self._span(run)
         assert isinstance(run.definition.action, CallableAction)
         with trace.use_span(span, end_on_exit=False):
@@ -498,6 +549,10 @@ class Scheduler:
             return False
         handle.cancel_reason = reason
         handle.cancel_event.set()
+        if not handle.started:
+            # Waiting for its time or for a worker: it will not start (see _begin).
+            self._record_without_worker(handle, "cancelled", reason)
+            return True
         action = handle.definition.action
         if isinstance(action, CommandAction):
             return True  # the worker kills the process group and reports `cancelled`
@@ -536,6 +591,8 @@ class Scheduler:
         for handle in handles:
             handle.cancel_reason = reason
             handle.cancel_event.set()
+            if not handle.started:  # never begun: nothing to kill or wait for
+                self._record_without_worker(handle, "cancelled", reason)
         # Commands: the worker kills them (SIGTERM, SIGKILL after kill_grace) — wait for that.
         deadline = time.monotonic() + self.settings.kill_grace + 1
         while time.monotonic() < deadline and any(
@@ -562,13 +619,30 @@ class Scheduler:
             return False
         return True
 
+    def _defer_finalize(self) -> bool:
+        """While runs wait for a worker, writing outcomes would compete with starting them
+        (the interpreter lock): outcomes wait up to ``FINALIZE_DEFER_S``, or until a full
+        batch has gathered."""
+        self._collect_completions()
+        if not self._pending_finalize:
+            return True
+        if self._oldest_unrecorded is None:
+            self._oldest_unrecorded = time.monotonic()
+        return (
+            self._queued > 0
+            and len(self._pending_finalize) < self.settings.batch_size
+            and time.monotonic() - self._oldest_unrecorded < FINALIZE_DEFER_S
+        )
+
     def _collect_completions(self) -> None:
         """Move outcomes the workers reported into the batch waiting to be written."""
         while True:
             try:
-                self._pending_finalize.append(self._completions.get_nowait())
+                outcome = self._completions.get_nowait()
             except queue.Empty:
                 return
+            self._pending_finalize.append(outcome)
+            self._finished_unrecorded[outcome.task_name] += 1
 
     def _finalize_completions(self) -> None:
         self._collect_completions()
@@ -580,6 +654,8 @@ class Scheduler:
         # and the next pass retries it, so an outcome is never dropped while the process lives.
         result = self.store.finalize_runs(batch, now=now)
         self._pending_finalize = []
+        self._finished_unrecorded.clear()
+        self._oldest_unrecorded = None
         definitions: dict[str, Any] = {}
         with self._running_lock:
             for o in batch:

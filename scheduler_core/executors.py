@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import os
 import signal
 import subprocess
@@ -19,7 +21,14 @@ from typing import Any
 
 from scheduler_core.tasks import CallableAction, CommandAction, TaskDefinition
 
-__all__ = ["ActionResult", "AsyncLoopThread", "RunHandle", "run_callable", "run_command"]
+__all__ = [
+    "ActionResult",
+    "AsyncLoopThread",
+    "DelayedStarts",
+    "RunHandle",
+    "run_callable",
+    "run_command",
+]
 
 OUTPUT_TAIL_BYTES = 4000
 #: Environment a command gets besides its configured ``env``: enough to find programs.
@@ -50,6 +59,8 @@ class RunHandle:
     cancel_reason: str = ""
     pid: int | None = None
     async_future: Any = None
+    #: A worker has begun it (until then a cancel simply means it never starts).
+    started: bool = False
     finished: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -208,3 +219,62 @@ class AsyncLoopThread:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+
+
+class DelayedStarts:
+    """Runs claimed ahead of their time, each started by one timer thread when it is due.
+
+    ``start(*args)`` is called (outside the lock) at the monotonic time given to ``add``;
+    after ``close()`` nothing more is started (what is left was recorded by the engine).
+    """
+
+    def __init__(self, start: Callable[..., None]) -> None:
+        self._start = start
+        self._heap: list[tuple[float, int, tuple[Any, ...]]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, at: float, *args: Any) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            heapq.heappush(self._heap, (at, next(self._order), args))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="schedctl-starts", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._closed:
+                    return
+                now = time.monotonic()
+                due = []
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap)[2])
+            for args in due:
+                try:
+                    self._start(*args)
+                except Exception:  # a start that fails must not stop the others
+                    import logging
+
+                    logging.getLogger(__name__).exception("could not start a run")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -32,7 +32,12 @@ from sqlalchemy.dialects import sqlite
 
 from scheduler_core.bulk import bulk_insert_returning, bulk_update, member_of
 from scheduler_core.errors import RunLookupError, TaskLookupError
-from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
+from scheduler_core.histograms import (
+    DURATION_BUCKETS,
+    START_DELAY_BUCKETS,
+    HistogramCounts,
+    observe_json,
+)
 from scheduler_core.models import (
     alarm_events,
     audit_events,
@@ -109,6 +114,19 @@ class DispatchedRun:
     started_at: datetime
     definition: TaskDefinition
     consecutive_failures_at_start: int
+    #: When to start it: its tick, retry or run-now time (after ``started_at`` when the
+    #: engine claimed it ahead of time; see ``EngineSettings.look_ahead``).
+    not_before: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Planned:
+    """What a dispatch wrote: the run rows to start, and each schedule's advance."""
+
+    inserted: list[tuple[Any, ...]]
+    definitions: dict[str, TaskDefinition]
+    updates: list[dict[str, Any]]
+    not_before: dict[tuple[str, datetime, int], datetime]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +183,37 @@ _COUNTER_COLUMN = {
 }
 
 _RUN_KEY = ("task_name", "scheduled_for", "attempt")
+
+_CLAIM_COLUMNS = (
+    schedules.c.name,
+    schedules.c.definition,
+    schedules.c.definition_hash,
+    schedules.c.next_run_at,
+    schedules.c.retry_at,
+    schedules.c.retry_scheduled_for,
+    schedules.c.retry_attempt,
+    schedules.c.run_now_requested_at,
+    schedules.c.claimed_until,
+    schedules.c.fire_count,
+    schedules.c.consecutive_failures,
+)
+
+
+def _claimed(r: Any) -> ClaimedSchedule:
+    return ClaimedSchedule(
+        name=r.name,
+        definition_json=r.definition,
+        definition_hash=r.definition_hash,
+        next_run_at=r.next_run_at,
+        retry_at=r.retry_at,
+        retry_scheduled_for=r.retry_scheduled_for,
+        retry_attempt=r.retry_attempt,
+        run_now_requested_at=r.run_now_requested_at,
+        claimed_until=r.claimed_until,
+        fire_count=r.fire_count,
+        consecutive_failures=r.consecutive_failures,
+    )
+
 
 _COUNTER_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     "name": schedules.c.name.type,
@@ -343,15 +392,21 @@ class Store:
         return value
 
     def claim_due_schedules(
-        self, *, now: datetime, limit: int, lease: timedelta
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        look_ahead: timedelta = timedelta(0),
     ) -> list[ClaimedSchedule]:
-        """Claim up to ``limit`` due schedules with a lease until ``now + lease``."""
+        """Claim up to ``limit`` schedules due by ``now + look_ahead`` with a lease until
+        ``now + lease``."""
         if limit <= 0:
             return []
         until = now + lease
         candidates = (
             sa.select(schedules.c.name)
-            .where(schedules.c.due_at <= now)
+            .where(schedules.c.due_at <= now + look_ahead)
             .where(sa.or_(schedules.c.claimed_until.is_(None), schedules.c.claimed_until < now))
             .order_by(schedules.c.due_at)
             .limit(limit)
@@ -364,38 +419,68 @@ class Store:
             # Re-checked in the UPDATE itself: on SQLite this is the compare-and-swap.
             .where(sa.or_(schedules.c.claimed_until.is_(None), schedules.c.claimed_until < now))
             .values(claimed_by=self.instance_id, claimed_until=until)
-            .returning(
-                schedules.c.name,
-                schedules.c.definition,
-                schedules.c.definition_hash,
-                schedules.c.next_run_at,
-                schedules.c.retry_at,
-                schedules.c.retry_scheduled_for,
-                schedules.c.retry_attempt,
-                schedules.c.run_now_requested_at,
-                schedules.c.claimed_until,
-                schedules.c.fire_count,
-                schedules.c.consecutive_failures,
-            )
+            .returning(*_CLAIM_COLUMNS)
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
-        return [
-            ClaimedSchedule(
-                name=r.name,
-                definition_json=r.definition,
-                definition_hash=r.definition_hash,
-                next_run_at=r.next_run_at,
-                retry_at=r.retry_at,
-                retry_scheduled_for=r.retry_scheduled_for,
-                retry_attempt=r.retry_attempt,
-                run_now_requested_at=r.run_now_requested_at,
-                claimed_until=r.claimed_until,
-                fire_count=r.fire_count,
-                consecutive_failures=r.consecutive_failures,
+        return [_claimed(r) for r in rows]
+
+    def claim_and_dispatch(
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        thread_name: str | None = None,
+        finished_unrecorded: Mapping[str, int] | None = None,
+        look_ahead: timedelta = timedelta(0),
+    ) -> tuple[int, list[DispatchedRun]]:
+        """Claim up to ``limit`` due schedules and dispatch them; returns how many were
+        claimed and the runs to execute.
+
+        On PostgreSQL this is one transaction: the due rows are locked with ``FOR UPDATE
+        SKIP LOCKED`` (other instances skip them), planned, their run rows inserted and the
+        schedules advanced before the commit releases the locks, so no lease needs writing
+        and no fence re-reading (a crash before the commit leaves nothing behind). Rows
+        another instance holds a lease on (``claimed_until`` in the future) are skipped, as
+        in ``claim_due_schedules``. SQLite claims with the compare-and-swap and dispatches
+        in a second transaction.
+
+        ``look_ahead`` also takes what falls due within that time after ``now``; such runs
+        come back with a later ``not_before`` (their tick), for the engine to start then.
+        """
+        horizon = now + look_ahead
+        if not self.is_postgres or limit <= 0:
+            claimed = self.claim_due_schedules(
+                now=now, limit=limit, lease=lease, look_ahead=look_ahead
             )
-            for r in rows
-        ]
+            return len(claimed), self.dispatch_claimed(
+                claimed,
+                now=now,
+                thread_name=thread_name,
+                finished_unrecorded=finished_unrecorded,
+                horizon=horizon,
+            )
+        stmt = (
+            sa.select(*_CLAIM_COLUMNS)
+            .where(schedules.c.due_at <= horizon)
+            .where(sa.or_(schedules.c.claimed_until.is_(None), schedules.c.claimed_until < now))
+            .order_by(schedules.c.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.engine.begin() as conn:
+            claimed = [_claimed(r) for r in conn.execute(stmt)]
+            planned = self._dispatch_in(
+                conn,
+                claimed,
+                now=now,
+                thread_name=thread_name,
+                finished_unrecorded=finished_unrecorded,
+                fenced=False,
+                horizon=horizon,
+            )
+        return len(claimed), self._dispatched(planned, claimed, now)
 
     def release_claims(self, names: Sequence[str]) -> None:
         """Give back claims without dispatching (used when shutting down)."""
@@ -417,6 +502,7 @@ class Store:
         thread_name: str | None = None,
         rand: random.Random | None = None,
         finished_unrecorded: Mapping[str, int] | None = None,
+        horizon: datetime | None = None,
     ) -> list[DispatchedRun]:
         """Plan each claimed schedule's ticks, insert run/missed/skipped rows, advance it.
 
@@ -442,130 +528,180 @@ class Store:
                 for r in conn.execute(fence)
                 if r.claimed_until == by_name[r.name].claimed_until
             }
-            running_counts = self._running_counts(conn, list(still_ours))
+            ours = [by_name[name] for name in sorted(still_ours)]
+            planned = self._dispatch_in(
+                conn,
+                ours,
+                now=now,
+                thread_name=thread_name,
+                finished_unrecorded=finished_unrecorded,
+                fenced=True,
+                horizon=horizon,
+            )
+        return self._dispatched(planned, claimed, now)
 
-            run_rows: list[dict[str, Any]] = []
-            extra_rows: list[dict[str, Any]] = []  # missed / skipped: finished at once
-            schedule_updates: list[dict[str, Any]] = []
-            cancel_for_replace: list[str] = []
-            missed_totals: dict[str, int] = defaultdict(int)
-            skipped_totals: dict[str, int] = defaultdict(int)
-            definitions: dict[str, TaskDefinition] = {}
-            for name in sorted(still_ours):
-                item = by_name[name]
-                definition = self.definition(item.definition_hash, item.definition_json)
-                definitions[name] = definition
-                planned: list[tuple[datetime, int, str]] = []
-                update: dict[str, Any] = {"b_name": name}
-                if item.run_now_requested_at is not None and item.run_now_requested_at <= now:
-                    planned.append((item.run_now_requested_at, 1, "manual"))
-                    update["run_now_requested_at"] = None
-                if (
-                    item.retry_at is not None
-                    and item.retry_at <= now
-                    and item.retry_scheduled_for is not None
-                    and item.retry_attempt is not None
-                ):
-                    planned.append((item.retry_scheduled_for, item.retry_attempt, "retry"))
-                    update.update(retry_at=None, retry_scheduled_for=None, retry_attempt=None)
-                plan = plan_ticks(
-                    definition, next_run_at=item.next_run_at, fire_count=item.fire_count, now=now
+    def _dispatch_in(
+        self,
+        conn: sa.Connection,
+        claimed: Sequence[ClaimedSchedule],
+        *,
+        now: datetime,
+        thread_name: str | None,
+        finished_unrecorded: Mapping[str, int] | None,
+        fenced: bool,
+        horizon: datetime | None = None,
+    ) -> _Planned:
+        """Plan, insert and advance ``claimed`` (all ours) inside the caller's transaction.
+
+        Ticks and retries due by ``horizon`` (``now`` if not given) are dispatched; those
+        after ``now`` carry their time in ``not_before`` and the engine starts them then.
+        A schedule whose not-yet-due tick would be skipped, or would replace a run (overlap),
+        is left unchanged: it is decided when the tick is due, as without the look-ahead.
+        """
+        horizon = horizon or now
+        not_before: dict[tuple[str, datetime, int], datetime] = {}
+        by_name = {c.name: c for c in claimed}
+        still_ours = list(by_name)
+        running_counts = self._running_counts(conn, still_ours)
+
+        run_rows: list[dict[str, Any]] = []
+        extra_rows: list[dict[str, Any]] = []  # missed / skipped: finished at once
+        schedule_updates: list[dict[str, Any]] = []
+        cancel_for_replace: list[str] = []
+        missed_totals: dict[str, int] = defaultdict(int)
+        skipped_totals: dict[str, int] = defaultdict(int)
+        definitions: dict[str, TaskDefinition] = {}
+        for name in sorted(still_ours):
+            item = by_name[name]
+            definition = self.definition(item.definition_hash, item.definition_json)
+            definitions[name] = definition
+            # (scheduled_for, attempt, trigger, not before)
+            planned: list[tuple[datetime, int, str, datetime]] = []
+            update: dict[str, Any] = {"b_name": name}
+            if item.run_now_requested_at is not None and item.run_now_requested_at <= now:
+                planned.append((item.run_now_requested_at, 1, "manual", now))
+                update["run_now_requested_at"] = None
+            if (
+                item.retry_at is not None
+                and item.retry_at <= horizon
+                and item.retry_scheduled_for is not None
+                and item.retry_attempt is not None
+            ):
+                planned.append(
+                    (item.retry_scheduled_for, item.retry_attempt, "retry", item.retry_at)
                 )
-                planned.extend((p.scheduled_for, 1, "schedule") for p in plan.runs)
-                update["next_run_at"] = plan.next_run_at
-                update["fire_count"] = item.fire_count + len(plan.runs)
-                if plan.missed is not None:
-                    missed_totals[name] += plan.missed.count
+                update.update(retry_at=None, retry_scheduled_for=None, retry_attempt=None)
+            plan = plan_ticks(
+                definition, next_run_at=item.next_run_at, fire_count=item.fire_count, now=horizon
+            )
+            planned.extend((p.scheduled_for, 1, "schedule", p.scheduled_for) for p in plan.runs)
+            policies = definition.policies
+            # overlap=skip compares with runs already in flight: catch-up runs planned in
+            # this same pass (misfire=run_all) do not skip each other. overlap=allow
+            # counts every run against max_concurrency.
+            running = max(0, running_counts.get(name, 0) - (finished_unrecorded or {}).get(name, 0))
+            limit = 1 if policies.overlap == "skip" else policies.max_concurrency
+            blocked = running > 0 if policies.overlap == "replace" else running >= limit
+            if blocked and any(p[3] > now for p in planned):
+                schedule_updates.append(
+                    {"b_name": name, "next_run_at": item.next_run_at, "fire_count": item.fire_count}
+                )
+                continue
+            update["next_run_at"] = plan.next_run_at
+            update["fire_count"] = item.fire_count + len(plan.runs)
+            if plan.missed is not None:
+                missed_totals[name] += plan.missed.count
+                extra_rows.append(
+                    self._finished_row(
+                        name,
+                        plan.missed.first,
+                        "missed",
+                        now,
+                        missed_count=plan.missed.count,
+                        missed_first_at=plan.missed.first,
+                        missed_last_at=plan.missed.last,
+                        error_message=(
+                            f"{plan.missed.count} tick(s) not run "
+                            f"(misfire policy {definition.policies.misfire})"
+                        ),
+                    )
+                )
+            for scheduled_for, attempt, trigger, start_at in planned:
+                if policies.overlap == "replace" and running > 0:
+                    cancel_for_replace.append(name)
+                    running = 0
+                if running >= limit and policies.overlap != "replace":
+                    skipped_totals[name] += 1
                     extra_rows.append(
                         self._finished_row(
                             name,
-                            plan.missed.first,
-                            "missed",
+                            scheduled_for,
+                            "skipped",
                             now,
-                            missed_count=plan.missed.count,
-                            missed_first_at=plan.missed.first,
-                            missed_last_at=plan.missed.last,
+                            attempt=attempt,
+                            trigger=trigger,
                             error_message=(
-                                f"{plan.missed.count} tick(s) not run "
-                                f"(misfire policy {definition.policies.misfire})"
+                                f"previous run still running (overlap={policies.overlap})"
                             ),
                         )
                     )
-                policies = definition.policies
-                # overlap=skip compares with runs already in flight: catch-up runs planned in
-                # this same pass (misfire=run_all) do not skip each other. overlap=allow
-                # counts every run against max_concurrency.
-                running = max(
-                    0, running_counts.get(name, 0) - (finished_unrecorded or {}).get(name, 0)
+                    continue
+                if policies.overlap != "skip":
+                    running += 1
+                not_before[(name, scheduled_for, attempt)] = start_at
+                run_rows.append(
+                    {
+                        "task_name": name,
+                        "scheduled_for": scheduled_for,
+                        "attempt": attempt,
+                        "trigger": trigger,
+                        "status": "running",
+                        "started_at": now,
+                        "instance_id": self.instance_id,
+                        "thread_name": thread_name,
+                        "consecutive_failures_at_start": item.consecutive_failures,
+                        "cancel_requested": False,
+                    }
                 )
-                for scheduled_for, attempt, trigger in planned:
-                    limit = 1 if policies.overlap == "skip" else policies.max_concurrency
-                    if policies.overlap == "replace" and running > 0:
-                        cancel_for_replace.append(name)
-                        running = 0
-                    if running >= limit and policies.overlap != "replace":
-                        skipped_totals[name] += 1
-                        extra_rows.append(
-                            self._finished_row(
-                                name,
-                                scheduled_for,
-                                "skipped",
-                                now,
-                                attempt=attempt,
-                                trigger=trigger,
-                                error_message=(
-                                    f"previous run still running (overlap={policies.overlap})"
-                                ),
-                            )
-                        )
-                        continue
-                    if policies.overlap != "skip":
-                        running += 1
-                    run_rows.append(
-                        {
-                            "task_name": name,
-                            "scheduled_for": scheduled_for,
-                            "attempt": attempt,
-                            "trigger": trigger,
-                            "status": "running",
-                            "started_at": now,
-                            "instance_id": self.instance_id,
-                            "thread_name": thread_name,
-                            "consecutive_failures_at_start": item.consecutive_failures,
-                            "cancel_requested": False,
-                        }
-                    )
-                schedule_updates.append(update)
+            schedule_updates.append(update)
 
-            if cancel_for_replace:
-                conn.execute(
-                    task_runs.update()
-                    .where(member_of(self.dialect, task_runs.c.task_name, cancel_for_replace))
-                    .where(task_runs.c.status == "running")
-                    .values(
-                        cancel_requested=True,
-                        cancel_reason="replaced by a newer run (overlap=replace)",
-                    )
+        if cancel_for_replace:
+            conn.execute(
+                task_runs.update()
+                .where(member_of(self.dialect, task_runs.c.task_name, cancel_for_replace))
+                .where(task_runs.c.status == "running")
+                .values(
+                    cancel_requested=True,
+                    cancel_reason="replaced by a newer run (overlap=replace)",
                 )
-            inserted = bulk_insert_returning(
-                conn,
-                task_runs,
-                run_rows,
-                conflict=_RUN_KEY,
-                returning=("id", "task_name", "scheduled_for", "attempt", "trigger"),
             )
-            bulk_insert_returning(conn, task_runs, extra_rows, conflict=_RUN_KEY)
-            self._apply_schedule_updates(conn, schedule_updates, missed_totals, skipped_totals, now)
+        inserted = bulk_insert_returning(
+            conn,
+            task_runs,
+            run_rows,
+            conflict=_RUN_KEY,
+            returning=("id", "task_name", "scheduled_for", "attempt", "trigger"),
+        )
+        bulk_insert_returning(conn, task_runs, extra_rows, conflict=_RUN_KEY)
+        self._apply_schedule_updates(
+            conn, schedule_updates, missed_totals, skipped_totals, now, fenced=fenced
+        )
+        return _Planned(
+            inserted=inserted,
+            definitions=definitions,
+            updates=schedule_updates,
+            not_before=not_before,
+        )
+
+    @staticmethod
+    def _dispatched(
+        planned: _Planned, claimed: Sequence[ClaimedSchedule], now: datetime
+    ) -> list[DispatchedRun]:
         from scheduler_core.otel import otel_instruments
 
         otel_instruments().next_run.update(
-            {
-                u["b_name"]: u["next_run_at"].timestamp()
-                for u in schedule_updates
-                if u["next_run_at"]
-            }
+            {u["b_name"]: u["next_run_at"].timestamp() for u in planned.updates if u["next_run_at"]}
         )
-
         consec = {c.name: c.consecutive_failures for c in claimed}
         return [
             DispatchedRun(
@@ -575,10 +711,11 @@ class Store:
                 attempt=attempt,
                 trigger=trigger,
                 started_at=now,
-                definition=definitions[task_name],
+                definition=planned.definitions[task_name],
                 consecutive_failures_at_start=consec[task_name],
+                not_before=planned.not_before.get((task_name, scheduled_for, attempt), now),
             )
-            for run_id, task_name, scheduled_for, attempt, trigger in sorted(inserted)
+            for run_id, task_name, scheduled_for, attempt, trigger in sorted(planned.inserted)
         ]
 
     def _finished_row(
@@ -623,10 +760,24 @@ class Store:
         missed: dict[str, int],
         skipped: dict[str, int],
         now: datetime,
+        *,
+        fenced: bool = True,
     ) -> None:
-        """Advance each claimed schedule and release its claim: one statement per batch."""
+        """Advance each claimed schedule and release its claim: one statement per batch.
+
+        ``fenced``: only rows whose lease is still this instance's are touched (after
+        ``claim_due_schedules``); unfenced, the caller holds the rows locked instead.
+        """
         if not updates:
             return
+        retry = "CASE WHEN {clear_retry} THEN NULL ELSE t.retry_at END"
+        run_now = "CASE WHEN {clear_run_now} THEN NULL ELSE t.run_now_requested_at END"
+        inline_due = self.is_postgres  # LEAST skips NULLs there; SQLite's min() does not
+        earliest = f"CASE WHEN t.enabled AND NOT t.paused THEN LEAST({{next_run_at}}, {retry}) END"
+        due = {
+            "due_at": f"CASE WHEN ({run_now}) IS NOT NULL "
+            f"THEN LEAST({run_now}, {earliest}) ELSE {earliest} END"
+        }
         rows = [
             {
                 "name": u["b_name"],
@@ -654,15 +805,13 @@ class Store:
             },
             consts={
                 "now": (now, schedules.c.updated_at.type),
-                "me": (self.instance_id, schedules.c.claimed_by.type),
+                **({"me": (self.instance_id, schedules.c.claimed_by.type)} if fenced else {}),
             },
             set_={
                 "next_run_at": "{next_run_at}",
                 "fire_count": "{fire_count}",
-                "run_now_requested_at": (
-                    "CASE WHEN {clear_run_now} THEN NULL ELSE t.run_now_requested_at END"
-                ),
-                "retry_at": "CASE WHEN {clear_retry} THEN NULL ELSE t.retry_at END",
+                "run_now_requested_at": run_now,
+                "retry_at": retry,
                 "retry_scheduled_for": (
                     "CASE WHEN {clear_retry} THEN NULL ELSE t.retry_scheduled_for END"
                 ),
@@ -672,10 +821,12 @@ class Store:
                 "claimed_by": "NULL",
                 "claimed_until": "NULL",
                 "updated_at": "{now}",
+                **(due if inline_due else {}),
             },
-            where="t.name = {name} AND t.claimed_by = {me}",
+            where="t.name = {name} AND t.claimed_by = {me}" if fenced else "t.name = {name}",
         )
-        self._refresh_due_at(conn, [u["b_name"] for u in updates])
+        if not inline_due:
+            self._refresh_due_at(conn, [u["b_name"] for u in updates])
 
     def _refresh_due_at(self, conn: sa.Connection, names: Sequence[str]) -> None:
         """``due_at`` = earliest of next run, retry and run-now; NULL when paused or disabled."""
@@ -834,22 +985,26 @@ class Store:
             consecutive[name] = failures
             if row.consecutive_failures > 0 and failures == 0:
                 recovered.add(name)
-            durations = HistogramCounts.from_json(row.duration_histogram, DURATION_BUCKETS).observe(
-                o.duration_seconds for o in runs if o.status != "skipped"
+            durations = observe_json(
+                row.duration_histogram,
+                DURATION_BUCKETS,
+                (o.duration_seconds for o in runs if o.status != "skipped"),
             )
-            delays = HistogramCounts.from_json(
-                row.start_delay_histogram, START_DELAY_BUCKETS
-            ).observe(
-                (o.started_at - o.scheduled_for).total_seconds()
-                for o in runs
-                if o.attempt == 1 and o.status != "skipped"
+            delays = observe_json(
+                row.start_delay_histogram,
+                START_DELAY_BUCKETS,
+                (
+                    (o.started_at - o.scheduled_for).total_seconds()
+                    for o in runs
+                    if o.attempt == 1 and o.status != "skipped"
+                ),
             )
             params.append(
                 {
                     "name": name,
                     "failures": failures,
-                    "duration_hist": durations.to_json(),
-                    "delay_hist": delays.to_json(),
+                    "duration_hist": durations,
+                    "delay_hist": delays,
                     "last_success": last_success,
                     "last_failure": last_failure,
                     **{status: counts.get(status, 0) for status in _COUNTER_COLUMN},

@@ -45,10 +45,23 @@ def register_callable(name: str, func: Callable[..., Any]) -> None:
     _REGISTRY[name] = func
 
 
+#: Import paths already resolved: a scheduler resolves the same few callables at every run.
+#: Failures are not kept, so a module that appears later (a deploy) is found then.
+_RESOLVED: dict[str, Callable[..., Any]] = {}
+
+
 def resolve_callable(ref: str) -> Callable[..., Any]:
     """Find ``module:function`` (or a name registered in-process); ValueError naming ``ref``."""
     if ref in _REGISTRY:
         return _REGISTRY[ref]
+    found = _RESOLVED.get(ref)
+    if found is None:
+        found = _import_callable(ref)
+        _RESOLVED[ref] = found
+    return found
+
+
+def _import_callable(ref: str) -> Callable[..., Any]:
     module_name, sep, attr_path = ref.partition(":")
     if not sep or not module_name or not attr_path:
         raise ValueError(f"callable {ref!r} must look like 'package.module:function'")
@@ -207,6 +220,14 @@ class TaskDefinition:
             }
         )
         return out
+
+    def schedule_json(self) -> str:
+        """``schedule_dict()`` as JSON (the health row's ``schedule_payload``), made once."""
+        cached: str | None = self.__dict__.get("_schedule_json")
+        if cached is None:
+            cached = json.dumps(self.schedule_dict(), default=str)
+            object.__setattr__(self, "_schedule_json", cached)  # frozen value: safe to keep
+        return cached
 
     def to_json(self) -> str:
         cached: str | None = self.__dict__.get("_json")

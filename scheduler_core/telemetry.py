@@ -127,7 +127,7 @@ class TelemetryWriter:
                     "instance_id": self.instance_id,
                     "enabled": d.policies.enabled,
                     "schedule_type": d.schedule.kind,
-                    "schedule_payload": json.dumps(d.schedule_dict(), default=str),
+                    "schedule_payload": d.schedule_json(),
                     "last_started_at": run.started_at,
                     "is_running": True,
                     "consecutive_failures": run.consecutive_failures_at_start,
@@ -184,9 +184,7 @@ class TelemetryWriter:
                     "instance_id": self.instance_id,
                     "enabled": True if d is None else d.policies.enabled,
                     "schedule_type": "" if d is None else d.schedule.kind,
-                    "schedule_payload": "{}"
-                    if d is None
-                    else json.dumps(d.schedule_dict(), default=str),
+                    "schedule_payload": "{}" if d is None else d.schedule_json(),
                     "last_started_at": o.started_at,
                     "last_finished_at": o.finished_at,
                     "last_duration_seconds": o.duration_seconds,

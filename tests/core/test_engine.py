@@ -198,3 +198,46 @@ def test_async_callable_runs_on_the_event_loop(make_scheduler, clock, db_engine)
     clock.advance(60)
     run_cycle(scheduler)
     assert [r.status for r in all_runs(db_engine)] == ["success"]
+
+
+def test_look_ahead_claims_early_and_starts_on_time(make_scheduler, clock, db_engine) -> None:
+    """A tick inside the look-ahead window is dispatched at once (its row reads running)
+    but its callable starts at the tick, never before it."""
+    from scheduler_core.tasks import register_callable
+
+    called: list[float] = []
+    register_callable("test.look_ahead", lambda: called.append(time.monotonic()))
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "soon", "callable": "test.look_ahead", "every": "1h"}), now=clock.now()
+    )
+    scheduler = make_scheduler(look_ahead=2.0)
+    clock.advance(3600 - 0.6)  # the tick is 0.6 s away
+    stepped_at = time.monotonic()
+    assert scheduler.step() == 1
+    (row,) = all_runs(db_engine)
+    assert row.status == "running"
+    scheduler.wait_for_completions(1, timeout=10)
+    assert called and called[0] - stepped_at >= 0.55, called[0] - stepped_at
+
+
+def test_cancel_of_a_run_waiting_for_its_time_never_starts_it(
+    make_scheduler, clock, db_engine
+) -> None:
+    """Cancelling a run that was claimed ahead and waits for its tick records it
+    cancelled, and the callable is never called."""
+    from scheduler_core.tasks import register_callable
+
+    called: list[float] = []
+    register_callable("test.never", lambda: called.append(time.monotonic()))
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "later", "callable": "test.never", "every": "1h"}), now=clock.now()
+    )
+    scheduler = make_scheduler(look_ahead=30.0)
+    clock.advance(3600 - 20)  # 20 s before the tick
+    assert scheduler.step() == 1
+    (row,) = all_runs(db_engine)
+    assert scheduler.cancel_local(row.id, "operator changed their mind")
+    scheduler.step()
+    (row,) = all_runs(db_engine)
+    assert (row.status, row.error_message) == ("cancelled", "operator changed their mind")
+    assert not called

@@ -75,6 +75,113 @@ def test_claims_are_disjoint_and_batched(store: Store, db_engine: sa.Engine) -> 
     assert len(names_a) == 30 and len(names_b) == 20 and not names_a & names_b
 
 
+def test_claim_and_dispatch_runs_each_due_tick_once(store: Store, db_engine: sa.Engine) -> None:
+    """The engine's path: due ticks become running rows, schedules advance and are left
+    unclaimed, and a second pass at the same instant finds nothing."""
+    store.sync_tasks(
+        tasks(*({"name": f"t{i}", "command": ["true"], "every": "1m"} for i in range(5))), now=T0
+    )
+    now = T0 + timedelta(minutes=1)
+    claimed, dispatched = store.claim_and_dispatch(now=now, limit=3, lease=LEASE)
+    assert claimed == 3 and len(dispatched) == 3
+    claimed, rest = store.claim_and_dispatch(now=now, limit=10, lease=LEASE)
+    assert claimed == 2 and len(rest) == 2
+    assert store.claim_and_dispatch(now=now, limit=10, lease=LEASE) == (0, [])
+    rows = runs(db_engine)
+    assert sorted(r.task_name for r in rows) == [f"t{i}" for i in range(5)]
+    assert {(r.status, r.scheduled_for, r.instance_id) for r in rows} == {
+        ("running", now, "inst-a")
+    }
+    for i in range(5):
+        sched = schedule_row(db_engine, f"t{i}")
+        assert sched.next_run_at == T0 + timedelta(minutes=2)
+        assert sched.due_at == T0 + timedelta(minutes=2)
+        assert (sched.claimed_by, sched.claimed_until) == (None, None)
+
+
+def test_claim_and_dispatch_skips_schedules_another_instance_leased(
+    store: Store, db_engine: sa.Engine
+) -> None:
+    """A schedule under another instance's live lease is left to it; after the lease it is
+    taken, and the first owner's late dispatch is fenced off."""
+    store.sync_tasks(
+        tasks(*({"name": n, "command": ["true"], "every": "1m"} for n in ("a", "b"))), now=T0
+    )
+    due = T0 + timedelta(minutes=1)
+    other = Store(db_engine, instance_id="inst-b")
+    leased = other.claim_due_schedules(now=due, limit=1, lease=LEASE)
+    assert [c.name for c in leased] == ["a"] or [c.name for c in leased] == ["b"]
+    claimed, dispatched = store.claim_and_dispatch(now=due, limit=10, lease=LEASE)
+    assert claimed == 1 and {r.task_name for r in dispatched} == {"a", "b"} - {leased[0].name}
+    later = due + LEASE + timedelta(microseconds=1)
+    claimed, dispatched = store.claim_and_dispatch(now=later, limit=10, lease=LEASE)
+    assert [r.task_name for r in dispatched] == [leased[0].name]
+    assert other.dispatch_claimed(leased, now=later) == []
+    assert len(runs(db_engine)) == 2
+
+
+@pytest.mark.postgres
+def test_concurrent_claim_and_dispatch_split_the_work(pg_url: str) -> None:
+    """Four instances dispatching 400 due schedules at once on PostgreSQL: every schedule
+    runs exactly once (rows locked with SKIP LOCKED in one transaction each)."""
+    import threading
+
+    from scheduler_core.db import create_db_engine
+
+    engine = create_db_engine(pg_url, pool_size=8)
+    try:
+        Store(engine, instance_id="setup").sync_tasks(
+            tasks(*({"name": f"t{i}", "command": ["true"], "every": "1m"} for i in range(400))),
+            now=T0,
+        )
+        due = T0 + timedelta(minutes=1)
+        got: dict[str, list[str]] = {}
+        gate = threading.Barrier(4)
+
+        def instance(instance_id: str) -> None:
+            mine = Store(engine, instance_id=instance_id)
+            gate.wait(10)
+            names: list[str] = []
+            while True:
+                claimed, dispatched = mine.claim_and_dispatch(now=due, limit=25, lease=LEASE)
+                names += [r.task_name for r in dispatched]
+                if claimed == 0:
+                    break
+            got[instance_id] = names
+
+        threads = [threading.Thread(target=instance, args=(f"i{n}",)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        every = [name for names in got.values() for name in names]
+        assert sorted(every) == sorted(f"t{i}" for i in range(400))
+        assert len(runs(engine)) == 400
+    finally:
+        engine.dispose()
+
+
+def test_finished_unrecorded_runs_do_not_count_as_running(
+    store: Store, db_engine: sa.Engine
+) -> None:
+    """overlap=skip: a tick due after the previous run finished, but before its outcome is
+    written, runs (the engine passes the finished-but-unrecorded count); without it, skipped."""
+    store.sync_tasks(
+        tasks({"name": "a", "command": ["true"], "every": "1m", "overlap": "skip"}), now=T0
+    )
+    first = T0 + timedelta(minutes=1)
+    store.claim_and_dispatch(now=first, limit=1, lease=LEASE)
+    second = T0 + timedelta(minutes=2)
+    _, dispatched = store.claim_and_dispatch(
+        now=second, limit=1, lease=LEASE, finished_unrecorded={"a": 1}
+    )
+    assert len(dispatched) == 1
+    third = T0 + timedelta(minutes=3)
+    _, dispatched = store.claim_and_dispatch(now=third, limit=1, lease=LEASE)
+    assert dispatched == []
+    assert [r.status for r in runs(db_engine)] == ["running", "running", "skipped"]
+
+
 def test_dispatch_inserts_runs_and_advances(store: Store, db_engine: sa.Engine) -> None:
     """Dispatch writes one running row per tick with instance and start, and moves next_run_at."""
     store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
@@ -340,3 +447,39 @@ def test_instance_heartbeat_returns_cancel_requests(store: Store, db_engine: sa.
     with db_engine.connect() as conn:
         inst = conn.execute(sa.select(instances)).one()
     assert inst.last_heartbeat_at == now and inst.running_runs == 1
+
+
+def test_look_ahead_leaves_a_tick_that_would_be_skipped_until_it_is_due(
+    store: Store, db_engine: sa.Engine
+) -> None:
+    """overlap=skip with the previous run in flight: a tick inside the look-ahead window is
+    not recorded skipped ahead of time (the run may finish before it); once due, it is."""
+    store.sync_tasks(
+        tasks({"name": "a", "command": ["true"], "every": "1m", "overlap": "skip"}), now=T0
+    )
+    store.claim_and_dispatch(now=T0 + timedelta(minutes=1), limit=1, lease=LEASE)
+    early = T0 + timedelta(minutes=2) - timedelta(seconds=0.1)
+    claimed, dispatched = store.claim_and_dispatch(
+        now=early, limit=1, lease=LEASE, look_ahead=timedelta(seconds=0.25)
+    )
+    assert claimed == 1 and dispatched == []
+    sched = schedule_row(db_engine, "a")
+    assert sched.next_run_at == T0 + timedelta(minutes=2) and sched.claimed_by is None
+    assert [r.status for r in runs(db_engine)] == ["running"]
+    due = T0 + timedelta(minutes=2)
+    store.claim_and_dispatch(now=due, limit=1, lease=LEASE, look_ahead=timedelta(seconds=0.25))
+    assert [r.status for r in runs(db_engine)] == ["running", "skipped"]
+
+
+def test_look_ahead_dispatches_with_the_tick_as_start_time(
+    store: Store, db_engine: sa.Engine
+) -> None:
+    """A tick inside the window is dispatched now, to start at its own time."""
+    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
+    now = T0 + timedelta(minutes=1) - timedelta(seconds=0.2)
+    _, (run,) = store.claim_and_dispatch(
+        now=now, limit=1, lease=LEASE, look_ahead=timedelta(seconds=0.25)
+    )
+    assert run.scheduled_for == T0 + timedelta(minutes=1) == run.not_before
+    assert run.started_at == now
+    assert schedule_row(db_engine, "a").next_run_at == T0 + timedelta(minutes=2)
