@@ -315,6 +315,7 @@ class Scheduler:
         if self.draining:
             return 0
         launched: list[DispatchedRun] = []
+        claimed_total = 0
         now = self.clock.now()
         try:
             while True:
@@ -328,10 +329,14 @@ class Scheduler:
                     self.settings.max_running * self.settings.claim_ahead - in_flight,
                     self.settings.batch_size - waiting,
                 )
-                if capacity <= 0:
+                # One pass takes at most a batch and ends by the next heartbeat: under a
+                # backlog, slots freed by finished runs would otherwise keep it claiming
+                # forever, with outcomes unwritten and the lease unrenewed.
+                capacity = min(capacity, self.settings.batch_size - claimed_total)
+                if capacity <= 0 or time.monotonic() >= self._next_heartbeat:
                     break
                 now = self.clock.now()
-                limit = min(capacity, self.settings.batch_size)
+                limit = capacity
                 claimed, dispatched = self.store.claim_and_dispatch(
                     now=now,
                     limit=limit,
@@ -340,6 +345,7 @@ class Scheduler:
                     finished_unrecorded=self._finished_unrecorded,
                     look_ahead=timedelta(seconds=self.settings.look_ahead),
                 )
+                claimed_total += claimed
                 for run in dispatched:
                     self._launch(run)
                 launched.extend(dispatched)

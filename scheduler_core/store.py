@@ -603,8 +603,14 @@ class Store:
             limit = 1 if policies.overlap == "skip" else policies.max_concurrency
             blocked = running > 0 if policies.overlap == "replace" else running >= limit
             if blocked and any(p[3] > now for p in planned):
+                # Unchanged, and not claimable again before its first future start.
                 schedule_updates.append(
-                    {"b_name": name, "next_run_at": item.next_run_at, "fire_count": item.fire_count}
+                    {
+                        "b_name": name,
+                        "next_run_at": item.next_run_at,
+                        "fire_count": item.fire_count,
+                        "hold_until": min(p[3] for p in planned if p[3] > now),
+                    }
                 )
                 continue
             update["next_run_at"] = plan.next_run_at
@@ -787,6 +793,7 @@ class Store:
                 "clear_retry": "retry_at" in u,
                 "missed": missed.get(u["b_name"], 0),
                 "skipped": skipped.get(u["b_name"], 0),
+                "hold_until": u.get("hold_until"),
             }
             for u in updates
         ]
@@ -802,6 +809,7 @@ class Store:
                 "clear_retry": sa.Boolean(),
                 "missed": sa.Integer(),
                 "skipped": sa.Integer(),
+                "hold_until": schedules.c.claimed_until.type,
             },
             consts={
                 "now": (now, schedules.c.updated_at.type),
@@ -819,7 +827,7 @@ class Store:
                 "missed_runs_total": "t.missed_runs_total + {missed}",
                 "runs_skipped_total": "t.runs_skipped_total + {skipped}",
                 "claimed_by": "NULL",
-                "claimed_until": "NULL",
+                "claimed_until": "{hold_until}",
                 "updated_at": "{now}",
                 **(due if inline_due else {}),
             },

@@ -465,9 +465,14 @@ def test_look_ahead_leaves_a_tick_that_would_be_skipped_until_it_is_due(
     assert claimed == 1 and dispatched == []
     sched = schedule_row(db_engine, "a")
     assert sched.next_run_at == T0 + timedelta(minutes=2) and sched.claimed_by is None
+    # Not claimed again before the tick: the window's later passes do not spin on it.
+    assert sched.claimed_until == T0 + timedelta(minutes=2)
+    assert store.claim_and_dispatch(
+        now=early + timedelta(seconds=0.05), limit=1, lease=LEASE, look_ahead=timedelta(seconds=1)
+    ) == (0, [])
     assert [r.status for r in runs(db_engine)] == ["running"]
-    due = T0 + timedelta(minutes=2)
-    store.claim_and_dispatch(now=due, limit=1, lease=LEASE, look_ahead=timedelta(seconds=0.25))
+    after = T0 + timedelta(minutes=2, microseconds=1)
+    store.claim_and_dispatch(now=after, limit=1, lease=LEASE, look_ahead=timedelta(seconds=0.25))
     assert [r.status for r in runs(db_engine)] == ["running", "skipped"]
 
 
