@@ -206,6 +206,10 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         )
     if args.heartbeat_interval <= 0:
         raise UsageError(f"--heartbeat-interval must be positive, got {args.heartbeat_interval:g}s")
+    if args.look_ahead >= args.lease:
+        raise UsageError(
+            f"--look-ahead ({args.look_ahead:g}s) must be shorter than --lease ({args.lease:g}s)"
+        )
     return EngineSettings(
         instance_id=args.instance_id or default_instance_id(),
         poll_interval=args.poll_interval,
@@ -214,6 +218,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         instance_lease=args.lease,
         claim_lease=args.lease,
         drain_grace=args.drain_grace,
+        look_ahead=args.look_ahead,
         failure_alarm_threshold=args.failure_threshold,
         health_listen=None if args.health_listen in ("", "off") else args.health_listen,
     )
@@ -687,6 +692,13 @@ def _add_engine_flags(parser: argparse.ArgumentParser, *, health_default: str) -
         type=_positive_int,
         default=64,
         help="runs in flight per instance (default 64)",
+    )
+    parser.add_argument(
+        "--look-ahead",
+        type=_duration_seconds,
+        default=0.25,
+        help="claim ticks this long before they are due and start each at its time, so the "
+        "claim's database work is not part of the start delay; 0 turns it off (default 250ms)",
     )
     parser.add_argument(
         "--failure-threshold",

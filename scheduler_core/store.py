@@ -942,7 +942,6 @@ class Store:
         for chunk in _chunks(names, 900):
             stmt = sa.select(
                 schedules.c.name,
-                schedules.c.definition,
                 schedules.c.definition_hash,
                 schedules.c.duration_histogram,
                 schedules.c.start_delay_histogram,
@@ -953,6 +952,15 @@ class Store:
                 # Row locks in name order: concurrent finalizers cannot deadlock.
                 stmt = stmt.order_by(schedules.c.name).with_for_update()
             current.update({r.name: r for r in conn.execute(stmt)})
+        # The definition text only for digests this process has not parsed yet (rare).
+        unknown = sorted({r.definition_hash for r in current.values()} - set(self._definitions))
+        if unknown:
+            for digest, text in conn.execute(
+                sa.select(schedules.c.definition_hash, schedules.c.definition)
+                .where(member_of(self.dialect, schedules.c.definition_hash, unknown))
+                .distinct()
+            ):
+                self.definition(digest, text)
         consecutive: dict[str, int] = {}
         recovered: set[str] = set()
         retries: dict[str, datetime] = {}
@@ -963,7 +971,7 @@ class Store:
             if row is None:
                 continue
             runs = sorted(per_task[name], key=lambda o: o.finished_at)
-            definition = self.definition(row.definition_hash, row.definition)
+            definition = self._definitions[row.definition_hash]
             counts = dict.fromkeys(_COUNTER_COLUMN, 0)
             failures = row.consecutive_failures
             last_success = last_failure = None

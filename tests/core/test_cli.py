@@ -281,3 +281,24 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     """Each command's --help shows an example invocation."""
     result = schedctl(*command.split(), "--help")
     assert result.returncode == 0 and "Example:" in result.stdout and "schedctl " in result.stdout
+
+
+def test_look_ahead_must_be_shorter_than_the_lease(sqlite_url: str, tmp_path: Path) -> None:
+    """A look-ahead as long as the lease is refused before anything starts, naming both."""
+    config = tmp_path / "t.yaml"
+    config.write_text("tasks:\n  - {name: a, command: ['true'], every: 1m}\n")
+    result = schedctl(
+        "scheduler",
+        "--config",
+        str(config),
+        "--database-url",
+        sqlite_url,
+        "--health-listen",
+        "off",
+        "--lease",
+        "10s",
+        "--look-ahead",
+        "10s",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--look-ahead (10s) must be shorter than --lease (10s)" in result.stderr
