@@ -194,19 +194,19 @@ def test_unreachable_database_is_named_without_password(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_unmigrated_database_is_refused(tmp_path: Path) -> None:
-    """The scheduler refuses an un-migrated database, naming found and needed revisions."""
+def run_scheduler_once(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``schedctl scheduler`` with a one-task config, for commands expected to exit at once."""
     config = tmp_path / "t.yaml"
     config.write_text("tasks:\n  - {name: a, command: ['true'], every: 1m}\n")
-    result = schedctl(
-        "scheduler",
-        "--config",
-        str(config),
-        "--database-url",
-        f"sqlite:///{tmp_path}/new.db",
-        "--health-listen",
-        "off",
-    )
+    return schedctl(
+        "scheduler", "--config", str(config), "--database-url", url, "--health-listen", "off",
+        *flags,
+    )  # fmt: skip
+
+
+def test_unmigrated_database_is_refused(tmp_path: Path) -> None:
+    """The scheduler refuses an un-migrated database, naming found and needed revisions."""
+    result = run_scheduler_once(tmp_path, f"sqlite:///{tmp_path}/new.db")
     assert (
         result.returncode == 1
         and "none (database not migrated)" in result.stderr
@@ -285,20 +285,6 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
 
 def test_look_ahead_must_be_shorter_than_the_lease(sqlite_url: str, tmp_path: Path) -> None:
     """A look-ahead as long as the lease is refused before anything starts, naming both."""
-    config = tmp_path / "t.yaml"
-    config.write_text("tasks:\n  - {name: a, command: ['true'], every: 1m}\n")
-    result = schedctl(
-        "scheduler",
-        "--config",
-        str(config),
-        "--database-url",
-        sqlite_url,
-        "--health-listen",
-        "off",
-        "--lease",
-        "10s",
-        "--look-ahead",
-        "10s",
-    )
+    result = run_scheduler_once(tmp_path, sqlite_url, "--lease", "10s", "--look-ahead", "10s")
     assert result.returncode == 2, result.stderr
     assert "--look-ahead (10s) must be shorter than --lease (10s)" in result.stderr
