@@ -9,7 +9,7 @@ index; history is never scanned), instances and open alarms.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -232,7 +232,7 @@ class SnapshotReader:
                 return self.read(conn, now)
         conn = bind
         health: dict[str, _Health] = {}
-        for name, *values in conn.execute(sa.select(*_HEALTH_COLUMNS)):
+        for name, *values in _rows(conn.execute(sa.select(*_HEALTH_COLUMNS))):
             entry = health.get(name)
             if entry is None:
                 entry = health[name] = _Health()
@@ -240,16 +240,18 @@ class SnapshotReader:
 
         running_by_task: dict[str, list[datetime | None]] = {}
         running_by_instance: dict[str, int] = {}
-        for task_name, instance_id, started_at in conn.execute(
-            sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running")
+        for task_name, instance_id, started_at in _rows(
+            conn.execute(
+                sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running")
+            )
         ):
             running_by_task.setdefault(task_name, []).append(started_at)
             if instance_id is not None:
                 running_by_instance[instance_id] = running_by_instance.get(instance_id, 0) + 1
 
         alarms: dict[str, set[str]] = {}
-        for alarm_task, kind in conn.execute(
-            sa.select(_A.task_name, _A.kind).where(_A.closed_at.is_(None))
+        for alarm_task, kind in _rows(
+            conn.execute(sa.select(_A.task_name, _A.kind).where(_A.closed_at.is_(None)))
         ):
             alarms.setdefault(alarm_task, set()).add(kind)
 
@@ -259,7 +261,7 @@ class SnapshotReader:
         shared = _Shared(self._histograms)
         empty_health = _Health()
         tasks: list[TaskSnapshot] = []
-        for row in conn.execute(sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name)):
+        for row in _rows(conn.execute(sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name))):
             h = health.pop(row[0], empty_health)
             starts = running_by_task.get(row[0], ())
             open_alarms = frozenset(alarms.pop(row[0], ())) or _NO_ALARMS
@@ -296,6 +298,14 @@ class SnapshotReader:
         )
 
 
+def _rows(result: sa.CursorResult[Any]) -> Iterator[sa.Row[Any]]:
+    """The rows of ``result`` in batches: far cheaper than one driver fetch per row, and never
+    more than a batch converted to Python objects at once."""
+    for batch in result.partitions(_BATCH_ROWS):
+        yield from batch
+
+
+_BATCH_ROWS = 1000
 _NO_ALARMS: frozenset[str] = frozenset()
 _BOUNDS = (DURATION_BUCKETS, START_DELAY_BUCKETS)
 
