@@ -1,20 +1,22 @@
 """Rendering ``/metrics``: the catalog straight from the snapshot, plus any extra collectors.
 
 prometheus_client renders about 60,000 samples a second here, and 10,000 tasks make 700,000
-samples, so the catalog is rendered by this module instead: the lines of each task are kept
-until that task changes (the snapshot reader reuses unchanged task objects), and whole bodies
-are cached per state and encoding. The output is byte-for-byte what ``generate_latest`` makes
-of :class:`exporter.collector.SnapshotCollector` (a test pins this).
+samples (49 MB), so the catalog is rendered by this module instead, into one byte section per
+task family that both formats share. A task's lines are formatted again only when the task
+changed (the snapshot reader reuses unchanged task objects); bodies are cached per state and
+variant and sent as slices of the sections. The output is byte-for-byte what
+``generate_latest`` makes of :class:`exporter.collector.SnapshotCollector` (a test pins this).
 """
 
 from __future__ import annotations
 
-import gzip
 import threading
 import time
+import zlib
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeAlias, cast
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -27,7 +29,13 @@ from exporter.snapshot import TaskSnapshot
 #: prometheus_client's own float formatting (untyped upstream), so our output matches its.
 _go_float = cast(Callable[[float], str], _untyped_float_to_go)
 
-__all__ = ["CatalogRenderer", "MetricsCache", "Variant", "negotiate"]
+#: Anything the transport accepts; memoryviews let sections be sent without copies.
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+__all__ = ["Body", "CatalogRenderer", "MetricsCache", "Variant", "negotiate"]
+
+#: Largest buffer handed to the transport at once (bounds its copy of unsent bytes).
+_PIECE = 1 << 20
 
 #: A variant still requested this recently (seconds) is rendered ahead, at every refresh.
 _WARM_WINDOW = 300.0
@@ -79,72 +87,185 @@ _HEADERS = {
 }
 
 
-def _metric_key(task: TaskSnapshot) -> tuple[object, ...]:
-    """Every field the metrics of a task depend on (not e.g. its heartbeat or error text)."""
-    return (
-        task.schedule, task.action_kind, task.timezone, task.enabled, task.paused,
-        task.next_run_at, task.last_started_at, task.last_finished_at, task.last_success_at,
-        task.last_duration_seconds, task.last_status, task.running, task.consecutive_failures,
-        task.stuck, task.max_runtime_seconds, task.expected_interval_seconds,
-        tuple(task.runs_total.items()), task.missed_runs_total, task.duration, task.start_delay,
-        task.open_alarms,
-    )  # fmt: skip
-
-
 class CatalogRenderer:
-    """Renders the catalog for a state; keeps each task's lines until the task changes."""
+    """Renders the catalog for a state, one shared byte section per task family.
+
+    A section holds the lines of every task for one family, with the offset where each task's
+    lines start; a task object the snapshot reader reused (so unchanged) has its bytes copied
+    from the previous section instead of being formatted again, and when no task changed the
+    sections are reused as they are. Text format and OpenMetrics differ only in the family
+    headers, so both are served from the same sections (one copy of the body in memory).
+    """
 
     def __init__(self, *, version: str) -> None:
         self.version = version
         self._lock = threading.Lock()
-        self._fragments: dict[str, tuple[tuple[object, ...], dict[str, str]]] = {}
+        self._tasks: tuple[TaskSnapshot, ...] = ()
+        self._sections: dict[str, bytearray] = {name: bytearray() for name in TASK_METRICS}
+        self._offsets: dict[str, array[int]] = {name: array("Q", [0]) for name in TASK_METRICS}
 
-    def _task_fragments(self, tasks: Iterable[TaskSnapshot]) -> list[dict[str, str]]:
-        old: dict[str, tuple[tuple[object, ...], dict[str, str]]] = self._fragments
-        new: dict[str, tuple[tuple[object, ...], dict[str, str]]] = {}
-        out = []
+    def prepare(self, state: RefreshState) -> dict[str, bytearray]:
+        """Bring the task sections up to date with ``state`` (the expensive part of a render)
+        and return them; the returned sections are never modified afterwards."""
+        tasks = state.snapshot.tasks if state.snapshot else ()
+        with self._lock:
+            old_tasks = self._tasks
+            if len(tasks) != len(old_tasks) or any(
+                new is not old for new, old in zip(tasks, old_tasks, strict=True)
+            ):
+                self._rebuild(tasks)
+            return self._sections
+
+    def _rebuild(self, tasks: tuple[TaskSnapshot, ...]) -> None:
+        old_tasks = self._tasks
+        if len(tasks) == len(old_tasks) and all(
+            new.name == old.name for new, old in zip(tasks, old_tasks, strict=True)
+        ):
+            self._patch(tasks)
+        else:
+            self._rebuild_all(tasks)
+
+    def _patch(self, tasks: tuple[TaskSnapshot, ...]) -> None:
+        """Same tasks in the same order, some changed: rewrite only the sections whose lines
+        changed, so an old and a new copy of the whole body never coexist for long."""
+        old_tasks = self._tasks
+        fresh = {i: _task_lines(task) for i, task in enumerate(tasks) if task is not old_tasks[i]}
+        sections, offsets = dict(self._sections), dict(self._offsets)
+        for name in TASK_METRICS:
+            old_section, old_off = self._sections[name], self._offsets[name]
+            view = memoryview(old_section)
+            if all(lines[name] == view[old_off[i] : old_off[i + 1]] for i, lines in fresh.items()):
+                view.release()
+                continue
+            section, new_off = bytearray(), array("Q", [0])
+            copied_from = 0  # first task whose old lines are not yet copied
+            for i in sorted(fresh):
+                _copy_run(section, new_off, view, old_off, copied_from, i)
+                section += fresh[i][name]
+                new_off.append(len(section))
+                copied_from = i + 1
+            _copy_run(section, new_off, view, old_off, copied_from, len(tasks))
+            view.release()
+            sections[name], offsets[name] = section, new_off
+        self._tasks, self._sections, self._offsets = tasks, sections, offsets
+
+    def _rebuild_all(self, tasks: tuple[TaskSnapshot, ...]) -> None:
+        """Tasks added, removed or first seen: build every section, copying reused tasks."""
+        old_position = {task.name: i for i, task in enumerate(self._tasks)}
+        old_tasks = self._tasks
+        old_views = {name: memoryview(section) for name, section in self._sections.items()}
+        old_offsets = self._offsets
+        sections = {name: bytearray() for name in TASK_METRICS}
+        offsets = {name: array("Q", [0]) for name in TASK_METRICS}
+        # Runs of consecutive unchanged tasks are copied with one slice per family.
+        run_start = run_end = -1
         for task in tasks:
-            key = _metric_key(task)
-            cached = old.get(task.name)
-            if cached is not None and cached[0] == key:
-                fragments = cached[1]
-            else:
-                fragments = {
-                    family: "".join(_line(s) for s in samples)
-                    for family, samples in task_samples(task).items()
-                }
-            new[task.name] = (key, fragments)
-            out.append(fragments)
-        self._fragments = new
-        return out
+            j = old_position.get(task.name, -1)
+            if j >= 0 and old_tasks[j] is task:
+                if j == run_end:
+                    run_end += 1
+                    continue
+                if run_start >= 0:
+                    for name in TASK_METRICS:
+                        _copy_run(
+                            sections[name], offsets[name], old_views[name], old_offsets[name],
+                            run_start, run_end,
+                        )  # fmt: skip
+                run_start, run_end = j, j + 1
+                continue
+            if run_start >= 0:
+                for name in TASK_METRICS:
+                    _copy_run(
+                        sections[name], offsets[name], old_views[name], old_offsets[name],
+                        run_start, run_end,
+                    )  # fmt: skip
+            run_start = run_end = -1
+            for name, lines in _task_lines(task).items():
+                section = sections[name]
+                section += lines
+                offsets[name].append(len(section))
+        if run_start >= 0:
+            for name in TASK_METRICS:
+                _copy_run(
+                    sections[name], offsets[name], old_views[name], old_offsets[name],
+                    run_start, run_end,
+                )  # fmt: skip
+        for view in old_views.values():
+            view.release()
+        self._tasks, self._sections, self._offsets = tasks, sections, offsets
 
-    def prepare(self, state: RefreshState) -> None:
-        """Bring the per-task lines up to date with ``state`` (the expensive part of a render)."""
-        with self._lock:
-            self._task_fragments(state.snapshot.tasks if state.snapshot else ())
-
-    def render(self, state: RefreshState, *, openmetrics: bool) -> str:
-        """The catalog in text format (OpenMetrics without its closing ``# EOF``)."""
-        with self._lock:
-            per_task = self._task_fragments(state.snapshot.tasks if state.snapshot else ())
+    def pieces(self, state: RefreshState, *, openmetrics: bool) -> list[Buffer]:
+        """The catalog as buffers to send in order (OpenMetrics without its ``# EOF``)."""
+        sections = self.prepare(state)
         rest: dict[str, list[str]] = {}
         for family, sample in global_samples(state, self.version):
             rest.setdefault(family, []).append(_line(sample))
         headers = _HEADERS[openmetrics]
-        parts: list[str] = []
+        out: list[Buffer] = []
+        pending: list[str] = []
         for spec in CATALOG:
-            parts.append(headers[spec.name])
-            if spec.name in TASK_METRICS:
-                parts.extend(fragments[spec.name] for fragments in per_task)
-            parts.extend(rest.get(spec.name, ()))
-        return "".join(parts)
+            pending.append(headers[spec.name])
+            section = sections.get(spec.name)
+            if section:
+                out.append("".join(pending).encode())
+                pending = []
+                view = memoryview(section)
+                out.extend(view[i : i + _PIECE] for i in range(0, len(section), _PIECE))
+            pending.extend(rest.get(spec.name, ()))
+        out.append("".join(pending).encode())
+        return out
+
+    def render(self, state: RefreshState, *, openmetrics: bool) -> str:
+        """The catalog in text format (OpenMetrics without its closing ``# EOF``)."""
+        return b"".join(self.pieces(state, openmetrics=openmetrics)).decode()
+
+
+def _copy_run(
+    section: bytearray,
+    offsets: array[int],
+    old: memoryview,
+    old_offsets: array[int],
+    start: int,
+    stop: int,
+) -> None:
+    """Append the old lines of tasks ``start`` to ``stop`` (exclusive) and their end offsets."""
+    if start >= stop:
+        return
+    shift = len(section) - old_offsets[start]
+    section += old[old_offsets[start] : old_offsets[stop]]
+    offsets.extend(old_offsets[k] + shift for k in range(start + 1, stop + 1))
+
+
+def _task_lines(task: TaskSnapshot) -> dict[str, bytes]:
+    return {
+        family: "".join(_line(s) for s in samples).encode()
+        for family, samples in task_samples(task).items()
+    }
+
+
+@dataclass(frozen=True)
+class Body:
+    """A rendered ``/metrics`` response body: buffers to send in order, and their total size."""
+
+    pieces: tuple[Buffer, ...]
+    size: int
+
+    @classmethod
+    def of(cls, pieces: Iterable[Buffer]) -> Body:
+        kept = tuple(p for p in pieces if len(memoryview(p)))
+        return cls(kept, sum(memoryview(p).nbytes for p in kept))
+
+    def join(self) -> bytes:
+        return b"".join(self.pieces)
 
 
 class MetricsCache:
     """Rendered ``/metrics`` bodies for the current state, per variant.
 
     Call :meth:`warm` with each new state before publishing it (off the event loop), so a
-    scrape only ever renders a variant nobody asked for in the last few minutes.
+    scrape only ever renders a variant nobody asked for in the last few minutes. Uncompressed
+    bodies only reference the renderer's shared sections; gzip bodies are compressed once
+    per state.
     """
 
     def __init__(self, *, renderer: CatalogRenderer, registry: Collector | None) -> None:
@@ -152,16 +273,16 @@ class MetricsCache:
         self._registry = registry
         self._lock = threading.Lock()
         self._generation = -1
-        self._bodies: dict[Variant, bytes] = {}
+        self._bodies: dict[Variant, Body] = {}
         self._requested: dict[Variant, tuple[Callable[[Collector], bytes], float]] = {}
 
-    def get(self, generation: int, variant: Variant) -> bytes | None:
+    def get(self, generation: int, variant: Variant) -> Body | None:
         with self._lock:
             return self._bodies.get(variant) if generation == self._generation else None
 
     def build(
         self, state: RefreshState, variant: Variant, encoder: Callable[[Collector], bytes]
-    ) -> bytes:
+    ) -> Body:
         """Render (or fetch) the body of ``variant`` for ``state``; remember it was asked for."""
         with self._lock:
             self._requested[variant] = (encoder, time.monotonic())
@@ -182,8 +303,7 @@ class MetricsCache:
             for variant in [v for v, (_, seen) in self._requested.items() if seen < cutoff]:
                 del self._requested[variant]
             wanted = {v: enc for v, (enc, _) in self._requested.items()}
-        if not wanted:
-            self._renderer.prepare(state)  # so even the first scrape of a variant is quick
+        self._renderer.prepare(state)  # so even the first scrape of a variant is quick
         bodies = {v: self._render(state, v, enc) for v, enc in wanted.items()}
         with self._lock:
             if state.generation > self._generation:
@@ -191,11 +311,16 @@ class MetricsCache:
 
     def _render(
         self, state: RefreshState, variant: Variant, encoder: Callable[[Collector], bytes]
-    ) -> bytes:
-        body = self._renderer.render(state, openmetrics=variant.openmetrics).encode()
+    ) -> Body:
+        pieces = self._renderer.pieces(state, openmetrics=variant.openmetrics)
         if self._registry is not None:
             # Ends with "# EOF" in OpenMetrics, which then closes the whole body.
-            body += encoder(self._registry)
+            pieces.append(encoder(self._registry))
         elif variant.openmetrics:
-            body += b"# EOF\n"
-        return gzip.compress(body, compresslevel=1, mtime=0) if variant.gzip else body
+            pieces.append(b"# EOF\n")
+        if not variant.gzip:
+            return Body.of(pieces)
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        out = [compressor.compress(piece) for piece in pieces]
+        out.append(compressor.flush())
+        return Body.of([b"".join(out)])

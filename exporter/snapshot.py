@@ -8,7 +8,8 @@ index; history is never scanned), instances and open alarms.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -43,7 +44,7 @@ BADGES: tuple[Badge, ...] = ("disabled", "paused", "stuck", "running", "failing"
 _FAILED_STATUSES = frozenset({"failure", "timeout"})
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskSnapshot:
     """One task as the exporter last read it, with its derived states."""
 
@@ -80,7 +81,7 @@ class TaskSnapshot:
     badge: Badge
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class InstanceSnapshot:
     """One scheduler instance: its lease heartbeat, state and the runs it has in flight."""
 
@@ -145,7 +146,7 @@ def derive_badge(
     return "ok"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Health:
     """Per-task fold of the per-instance health rows: the most recent value of each field."""
 
@@ -157,32 +158,25 @@ class _Health:
     last_heartbeat_at: datetime | None = None
     max_runtime_seconds: float | None = None
 
-    def fold(self, row: Any) -> None:
-        if row.last_started_at is not None and (
-            self.last_started_at is None or row.last_started_at > self.last_started_at
-        ):
-            self.last_started_at = row.last_started_at
-        if row.last_finished_at is not None and (
-            self.last_finished_at is None or row.last_finished_at > self.last_finished_at
+    def fold(self, row: tuple[Any, ...]) -> None:
+        """Fold one row of ``_HEALTH_COLUMNS`` (without the task name) into this one."""
+        started, finished, status, duration, error, heartbeat, max_runtime = row
+        if started is not None and (self.last_started_at is None or started > self.last_started_at):
+            self.last_started_at = started
+        if finished is not None and (
+            self.last_finished_at is None or finished > self.last_finished_at
         ):
             # Status, duration and error belong to the run that finished last, wherever it ran.
-            self.last_finished_at = row.last_finished_at
-            self.last_status = row.last_status if row.last_status in OUTCOMES else None
-            self.last_duration_seconds = row.last_duration_seconds
-            self.last_error_message = row.last_error_message
-        if row.last_heartbeat_at is not None and (
-            self.last_heartbeat_at is None or row.last_heartbeat_at > self.last_heartbeat_at
+            self.last_finished_at = finished
+            self.last_status = status if status in OUTCOMES else None
+            self.last_duration_seconds = duration
+            self.last_error_message = error
+        if heartbeat is not None and (
+            self.last_heartbeat_at is None or heartbeat > self.last_heartbeat_at
         ):
-            self.last_heartbeat_at = row.last_heartbeat_at
-        if row.max_runtime_seconds is not None:
-            self.max_runtime_seconds = row.max_runtime_seconds
-
-    def key(self) -> tuple[Any, ...]:
-        return (
-            self.last_started_at, self.last_finished_at, self.last_status,
-            self.last_duration_seconds, self.last_error_message, self.last_heartbeat_at,
-            self.max_runtime_seconds,
-        )  # fmt: skip
+            self.last_heartbeat_at = heartbeat
+        if max_runtime is not None:
+            self.max_runtime_seconds = max_runtime
 
 
 def _histogram(text: str | None, bounds: tuple[float, ...]) -> HistogramCounts:
@@ -221,77 +215,65 @@ def read_snapshot(
 class SnapshotReader:
     """Reads snapshots, reusing the previous :class:`TaskSnapshot` of every unchanged task.
 
-    Reuse keeps a refresh of 10,000 mostly idle tasks cheap and lets the exposition renderer
-    recognise unchanged tasks by identity. Not thread-safe: one reader per refresh loop.
+    Reuse keeps a refresh of 10,000 mostly idle tasks from churning memory and lets the
+    exposition renderer recognise unchanged tasks by identity; values many tasks share
+    (definition strings, histograms, counters) are stored once. Rows are consumed as they
+    arrive instead of being materialised. Not thread-safe: one reader per refresh loop.
     """
 
     def __init__(self, *, late_grace: float = 300.0) -> None:
         self._late_grace = late_grace
-        self._previous: dict[str, tuple[tuple[Any, ...], TaskSnapshot]] = {}
+        self._previous: dict[str, TaskSnapshot] = {}
+        self._histograms: dict[tuple[str | None, int], HistogramCounts] = {}
 
     def read(self, bind: sa.Engine | sa.Connection, now: datetime) -> Snapshot:
         if isinstance(bind, sa.Engine):
             with bind.connect() as conn:
                 return self.read(conn, now)
         conn = bind
-        schedule_rows = conn.execute(sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name)).all()
-        health_rows = conn.execute(sa.select(*_HEALTH_COLUMNS)).all()
-        running_rows = conn.execute(
-            sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running")
-        ).all()
-        instance_rows = conn.execute(sa.select(models.instances).order_by(_I.instance_id)).all()
-        alarm_rows = conn.execute(
-            sa.select(_A.task_name, _A.kind).where(_A.closed_at.is_(None))
-        ).all()
-        conn.rollback()  # end the read transaction; nothing was written
-
         health: dict[str, _Health] = {}
-        for health_row in health_rows:
-            health.setdefault(health_row.task_name, _Health()).fold(health_row)
+        for name, *values in _rows(conn.execute(sa.select(*_HEALTH_COLUMNS))):
+            entry = health.get(name)
+            if entry is None:
+                entry = health[name] = _Health()
+            entry.fold(tuple(values))
 
         running_by_task: dict[str, list[datetime | None]] = {}
         running_by_instance: dict[str, int] = {}
-        for run in running_rows:
-            running_by_task.setdefault(run.task_name, []).append(run.started_at)
-            if run.instance_id is not None:
-                count = running_by_instance.get(run.instance_id, 0)
-                running_by_instance[run.instance_id] = count + 1
+        for task_name, instance_id, started_at in _rows(
+            conn.execute(
+                sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running")
+            )
+        ):
+            running_by_task.setdefault(task_name, []).append(started_at)
+            if instance_id is not None:
+                running_by_instance[instance_id] = running_by_instance.get(instance_id, 0) + 1
 
         alarms: dict[str, set[str]] = {}
-        for alarm in alarm_rows:
-            alarms.setdefault(alarm.task_name, set()).add(alarm.kind)
+        for alarm_task, kind in _rows(
+            conn.execute(sa.select(_A.task_name, _A.kind).where(_A.closed_at.is_(None)))
+        ):
+            alarms.setdefault(alarm_task, set()).add(kind)
+
+        instance_rows = conn.execute(sa.select(models.instances).order_by(_I.instance_id)).all()
 
         previous, current = self._previous, {}
+        shared = _Shared(self._histograms)
         empty_health = _Health()
         tasks: list[TaskSnapshot] = []
-        for row in schedule_rows:
-            h = health.get(row.name, empty_health)
-            starts = running_by_task.get(row.name, [])
-            open_alarms = frozenset(alarms.pop(row.name, ()))
-            max_runtime = (
-                row.max_runtime_seconds if row.max_runtime_seconds is not None
-                else h.max_runtime_seconds
-            )  # fmt: skip
-            stuck = max_runtime is not None and any(
-                started is not None and (now - started).total_seconds() > max_runtime
-                for started in starts
-            )
-            late = (
-                bool(row.enabled)
-                and not row.paused
-                and not starts
-                and row.next_run_at is not None
-                and (now - row.next_run_at).total_seconds() > self._late_grace
-            )
-            key = (tuple(row), h.key(), tuple(starts), open_alarms, stuck, late)
-            cached = previous.get(row.name)
-            if cached is not None and cached[0] == key:
-                task = cached[1]
-            else:
-                task = _task(row, h, len(starts), open_alarms, max_runtime, stuck, late)
-            current[row.name] = (key, task)
+        for row in _rows(conn.execute(sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name))):
+            h = health.pop(row[0], empty_health)
+            starts = running_by_task.get(row[0], ())
+            open_alarms = frozenset(alarms.pop(row[0], ())) or _NO_ALARMS
+            task = _task(row, h, starts, open_alarms, now, self._late_grace, shared)
+            old = previous.get(task.name)
+            if old is not None and old == task:
+                task = old
+            current[task.name] = task
             tasks.append(task)
+        conn.rollback()  # end the read transaction; nothing was written
         self._previous = current
+        self._histograms = shared.histograms_used
 
         instances = tuple(
             InstanceSnapshot(
@@ -316,46 +298,97 @@ class SnapshotReader:
         )
 
 
+def _rows(result: sa.CursorResult[Any]) -> Iterator[sa.Row[Any]]:
+    """The rows of ``result`` in batches: far cheaper than one driver fetch per row, and never
+    more than a batch converted to Python objects at once."""
+    for batch in result.partitions(_BATCH_ROWS):
+        yield from batch
+
+
+_BATCH_ROWS = 1000
+_NO_ALARMS: frozenset[str] = frozenset()
+_BOUNDS = (DURATION_BUCKETS, START_DELAY_BUCKETS)
+
+
+class _Shared:
+    """One object per distinct value within a read: histograms (also across reads), counters."""
+
+    def __init__(self, histograms: dict[tuple[str | None, int], HistogramCounts]) -> None:
+        self._histograms_before = histograms
+        self.histograms_used: dict[tuple[str | None, int], HistogramCounts] = {}
+        self._counters: dict[tuple[int, ...], Mapping[str, int]] = {}
+
+    def histogram(self, text: str | None, kind: int) -> HistogramCounts:
+        key = (text, kind)
+        found = self.histograms_used.get(key) or self._histograms_before.get(key)
+        if found is None:
+            found = _histogram(text, _BOUNDS[kind])
+        self.histograms_used[key] = found
+        return found
+
+    def counters(self, counts: tuple[int, ...]) -> Mapping[str, int]:
+        found = self._counters.get(counts)
+        if found is None:
+            found = self._counters[counts] = dict(zip(OUTCOMES, counts, strict=True))
+        return found
+
+
 def _task(
     row: Any,
     h: _Health,
-    running: int,
+    starts: Sequence[datetime | None],
     open_alarms: frozenset[str],
-    max_runtime: float | None,
-    stuck: bool,
-    late: bool,
+    now: datetime,
+    late_grace: float,
+    shared: _Shared,
 ) -> TaskSnapshot:
-    enabled, paused = bool(row.enabled), bool(row.paused)
-    consecutive_failures = int(row.consecutive_failures or 0)
-    mapping = row._mapping
+    (
+        name, schedule_type, schedule_expr, timezone, action_kind, enabled, paused,
+        pause_reason, next_run_at, consecutive_failures, last_success_at, last_failure_at,
+        row_max_runtime, expected_interval, *counts, missed, duration_text, delay_text,
+    ) = row  # fmt: skip
+    enabled, paused = bool(enabled), bool(paused)
+    consecutive_failures = int(consecutive_failures or 0)
+    max_runtime = row_max_runtime if row_max_runtime is not None else h.max_runtime_seconds
+    stuck = max_runtime is not None and any(
+        started is not None and (now - started).total_seconds() > max_runtime for started in starts
+    )
+    late = (
+        enabled
+        and not paused
+        and not starts
+        and next_run_at is not None
+        and (now - next_run_at).total_seconds() > late_grace
+    )
+    running = len(starts)
     return TaskSnapshot(
-        name=row.name,
-        schedule_type=row.schedule_type,
-        schedule=row.schedule_expr,
-        timezone=row.timezone,
-        action_kind=row.action_kind,
+        name=name,
+        schedule_type=sys.intern(schedule_type),
+        schedule=sys.intern(schedule_expr),
+        timezone=sys.intern(timezone),
+        action_kind=sys.intern(action_kind),
         enabled=enabled,
         paused=paused,
-        pause_reason=row.pause_reason,
-        next_run_at=row.next_run_at,
+        pause_reason=pause_reason,
+        next_run_at=next_run_at,
         last_started_at=h.last_started_at,
         last_finished_at=h.last_finished_at,
-        last_success_at=row.last_success_at,
-        last_failure_at=row.last_failure_at,
+        last_success_at=last_success_at,
+        last_failure_at=last_failure_at,
         last_duration_seconds=h.last_duration_seconds,
         last_status=h.last_status,
         last_error_message=h.last_error_message,
         last_heartbeat_at=h.last_heartbeat_at,
         consecutive_failures=consecutive_failures,
         max_runtime_seconds=max_runtime,
-        expected_interval_seconds=row.expected_interval_seconds,
+        expected_interval_seconds=expected_interval,
         running=running,
         stuck=stuck,
         late=late,
-        runs_total={o: int(mapping[f"runs_{o}_total"] or 0) for o in OUTCOMES},
-        missed_runs_total=int(row.missed_runs_total or 0),
-        duration=_histogram(row.duration_histogram, DURATION_BUCKETS),
-        start_delay=_histogram(row.start_delay_histogram, START_DELAY_BUCKETS),
+        runs_total=shared.counters(tuple(int(c or 0) for c in counts)),
+        missed_runs_total=int(missed or 0),
+        duration=shared.histogram(duration_text, 0),
+        start_delay=shared.histogram(delay_text, 1),
         open_alarms=open_alarms,
         badge=derive_badge(
             enabled=enabled,
