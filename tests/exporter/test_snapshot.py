@@ -159,6 +159,24 @@ def test_reader_reuses_unchanged_tasks(seeded_sqlite):
         writer.dispose()
 
 
+def test_a_reused_task_still_follows_the_clock(seeded_sqlite):
+    """With unchanged rows, one reader re-derives stuck and late from the clock: a run that
+    passes max_runtime between two reads becomes stuck, an overdue task becomes late."""
+    engine = create_reader_engine(seeded_sqlite)
+    try:
+        reader = SnapshotReader(late_grace=60)
+        earlier = NOW - timedelta(minutes=19, seconds=1)
+        first = reader.read(engine, earlier).tasks_by_name
+        second = reader.read(engine, NOW).tasks_by_name
+        assert (first["stuck-task"].stuck, second["stuck-task"].stuck) == (False, True)
+        assert second["stuck-task"].badge == "stuck"
+        assert second["late-task"].late is True and second["late-task"].badge == "late"
+        third = reader.read(engine, NOW).tasks_by_name
+        assert third["stuck-task"] is second["stuck-task"]
+    finally:
+        engine.dispose()
+
+
 def test_reader_engine_cannot_write(db_url, seeded):
     """The exporter's engine refuses writes on both backends (the exporter never writes)."""
     engine = create_reader_engine(db_url)
