@@ -232,7 +232,7 @@ class SnapshotReader:
                 return self.read(conn, now)
         conn = bind
         health: dict[str, _Health] = {}
-        for name, *values in _rows(conn.execute(sa.select(*_HEALTH_COLUMNS))):
+        for name, *values in _select(conn, sa.select(*_HEALTH_COLUMNS)):
             entry = health.get(name)
             if entry is None:
                 entry = health[name] = _Health()
@@ -240,10 +240,9 @@ class SnapshotReader:
 
         running_by_task: dict[str, list[datetime | None]] = {}
         running_by_instance: dict[str, int] = {}
-        for task_name, instance_id, started_at in _rows(
-            conn.execute(
-                sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running")
-            )
+        for task_name, instance_id, started_at in _select(
+            conn,
+            sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running"),
         ):
             running_by_task.setdefault(task_name, []).append(started_at)
             if instance_id is not None:
@@ -261,7 +260,7 @@ class SnapshotReader:
         shared = _Shared(self._histograms)
         empty_health = _Health()
         tasks: list[TaskSnapshot] = []
-        for row in _rows(conn.execute(sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name))):
+        for row in _select(conn, sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name)):
             h = health.pop(row[0], empty_health)
             starts = running_by_task.get(row[0], ())
             open_alarms = frozenset(alarms.pop(row[0], ())) or _NO_ALARMS
@@ -296,6 +295,17 @@ class SnapshotReader:
             orphan_alarms=tuple(orphan_alarms),
             orphan_running_runs=dict(sorted(running_by_instance.items())),
         )
+
+
+def _select(conn: sa.Connection, stmt: sa.Select[Any]) -> Iterator[Any]:
+    """The rows of ``stmt``. On PostgreSQL they come as the driver returns them: timestamps
+    are already aware datetimes (the reader's sessions are in UTC, see
+    ``create_reader_engine``), and skipping SQLAlchemy's per-value result processing is a
+    large part of a 10,000-task refresh, which scrapes otherwise wait behind."""
+    if conn.dialect.name != "postgresql":
+        return _rows(conn.execute(stmt))
+    compiled = stmt.compile(dialect=conn.dialect)
+    return _rows(conn.exec_driver_sql(str(compiled), dict(compiled.params)))
 
 
 def _rows(result: sa.CursorResult[Any]) -> Iterator[sa.Row[Any]]:

@@ -197,3 +197,30 @@ def test_reader_does_not_create_a_missing_sqlite_file(tmp_path):
     finally:
         engine.dispose()
     assert not path.exists()
+
+
+@pytest.mark.postgres
+def test_postgres_timestamps_read_back_in_utc_whatever_the_session_zone(pg_url):
+    """Timestamps read on PostgreSQL are the stored instants in UTC, even when the URL asks
+    for another session time zone (the reader fetches them without SQLAlchemy's conversion)."""
+    from tests.exporter.conftest import seed_every_state
+
+    writer = create_db_engine(pg_url)
+    tokyo = create_reader_engine(f"{pg_url}?options=-c%20TimeZone%3DAsia/Tokyo")
+    try:
+        seed_every_state(writer)
+        tasks = SnapshotReader().read(tokyo, NOW).tasks_by_name
+        converted = read_snapshot(writer, NOW).tasks_by_name  # the server's own session zone
+    finally:
+        tokyo.dispose()
+        writer.dispose()
+    stamps = [
+        value
+        for task in tasks.values()
+        for value in (task.next_run_at, task.last_started_at, task.last_finished_at)
+        if value is not None
+    ]
+    assert stamps and all(v.utcoffset() == timedelta(0) for v in stamps)
+    assert {n: (t.next_run_at, t.last_started_at) for n, t in tasks.items()} == {
+        n: (t.next_run_at, t.last_started_at) for n, t in converted.items()
+    }
