@@ -157,7 +157,16 @@ class CatalogRenderer:
         old_offsets = self._offsets
         sections = {name: bytearray() for name in TASK_METRICS}
         offsets = {name: array("Q", [0]) for name in TASK_METRICS}
+
         # Runs of consecutive unchanged tasks are copied with one slice per family.
+        def copy_run(first: int, stop: int) -> None:
+            if first >= 0:
+                for name in TASK_METRICS:
+                    _copy_run(
+                        sections[name], offsets[name], old_views[name], old_offsets[name],
+                        first, stop,
+                    )  # fmt: skip
+
         run_start = run_end = -1
         for task in tasks:
             j = old_position.get(task.name, -1)
@@ -165,31 +174,16 @@ class CatalogRenderer:
                 if j == run_end:
                     run_end += 1
                     continue
-                if run_start >= 0:
-                    for name in TASK_METRICS:
-                        _copy_run(
-                            sections[name], offsets[name], old_views[name], old_offsets[name],
-                            run_start, run_end,
-                        )  # fmt: skip
+                copy_run(run_start, run_end)
                 run_start, run_end = j, j + 1
                 continue
-            if run_start >= 0:
-                for name in TASK_METRICS:
-                    _copy_run(
-                        sections[name], offsets[name], old_views[name], old_offsets[name],
-                        run_start, run_end,
-                    )  # fmt: skip
+            copy_run(run_start, run_end)
             run_start = run_end = -1
             for name, lines in _task_lines(task).items():
                 section = sections[name]
                 section += lines
                 offsets[name].append(len(section))
-        if run_start >= 0:
-            for name in TASK_METRICS:
-                _copy_run(
-                    sections[name], offsets[name], old_views[name], old_offsets[name],
-                    run_start, run_end,
-                )  # fmt: skip
+        copy_run(run_start, run_end)
         for view in old_views.values():
             view.release()
         self._tasks, self._sections, self._offsets = tasks, sections, offsets
