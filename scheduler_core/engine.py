@@ -17,7 +17,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +32,7 @@ from scheduler_core.executors import (
     AsyncLoopThread,
     DelayedStarts,
     RunHandle,
+    WorkerPool,
     run_async_callable,
     run_callable,
     run_command,
@@ -80,6 +80,8 @@ class EngineSettings:
     look_ahead: float = 0.25
 
 
+#: A run's start is written to its health row this long after, unless it finished first.
+STARTS_WRITTEN_AFTER_S = 1.0
 #: Longest an outcome waits to be written while runs are queued for a worker.
 FINALIZE_DEFER_S = 0.5
 
@@ -106,9 +108,7 @@ class Scheduler:
             instance_id=settings.instance_id,
             failure_threshold=settings.failure_alarm_threshold,
         )
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.max_running, thread_name_prefix="schedctl-run"
-        )
+        self._pool = WorkerPool(settings.max_running, "schedctl-run")
         self._delayed = DelayedStarts(self._start_run)
         #: Runs handed to a worker (or the event loop) that have not begun yet.
         self._queued = 0
@@ -159,7 +159,8 @@ class Scheduler:
                 len(reaped),
             )
         self._lease_renewed_at = began
-        self._prestart_workers()
+        # Every worker thread now: a first burst does not pay for creating them.
+        self._pool.start()
         if self.settings.health_listen:
             self.health = HealthServer(
                 self.settings.health_listen, is_draining=lambda: self.draining
@@ -167,15 +168,6 @@ class Scheduler:
             self.health.start()
         self._started = True
         log.info("scheduler instance %s started", self.settings.instance_id)
-
-    def _prestart_workers(self) -> None:
-        """Start every worker thread now, so the first burst of runs does not pay for
-        creating up to ``max_running`` threads while its runs wait."""
-        gate = threading.Barrier(self.settings.max_running + 1)
-        for _ in range(self.settings.max_running):
-            self._pool.submit(gate.wait, 10.0)
-        with contextlib.suppress(threading.BrokenBarrierError):
-            gate.wait(10.0)
 
     def request_stop(self) -> None:
         """Begin draining (safe to call from a signal handler)."""
@@ -287,7 +279,7 @@ class Scheduler:
             )
         with contextlib.suppress(sa.exc.SQLAlchemyError):
             self.store.set_instance_state("stopped", now=self.clock.now())
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         if self._async is not None:
             self._async.stop()
         if self.health is not None:
@@ -353,8 +345,11 @@ class Scheduler:
                     break
         finally:
             # Health rows of every batch in one write, after the runs are on their way: a
-            # burst's second batch does not wait behind the first one's telemetry.
+            # burst's second batch does not wait behind the first one's telemetry. A run
+            # that finishes within STARTS_WRITTEN_AFTER_S has its start written with its
+            # finish; a longer one shows as running that much later.
             self.telemetry.runs_started(launched, now=now)
+            self.telemetry.write_starts(older_than=STARTS_WRITTEN_AFTER_S)
         self._next_due = self.store.next_due_at()
         return len(launched)
 

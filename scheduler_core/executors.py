@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import os
+import queue
 import signal
 import subprocess
 import tempfile
@@ -26,9 +28,12 @@ __all__ = [
     "AsyncLoopThread",
     "DelayedStarts",
     "RunHandle",
+    "WorkerPool",
     "run_callable",
     "run_command",
 ]
+
+log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 4000
 #: Environment a command gets besides its configured ``env``: enough to find programs.
@@ -243,13 +248,15 @@ class DelayedStarts:
         with self._cond:
             if self._closed:
                 return
-            heapq.heappush(self._heap, (at, next(self._order), args))
+            entry = (at, next(self._order), args)
+            heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="schedctl-starts", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is entry:  # only an earlier first start changes the timer
+                self._cond.notify()
 
     def _loop(self) -> None:
         while True:
@@ -267,9 +274,7 @@ class DelayedStarts:
                 try:
                     self._start(*args)
                 except Exception:  # a start that fails must not stop the others
-                    import logging
-
-                    logging.getLogger(__name__).exception("could not start a run")
+                    log.exception("could not start a run")
 
     def close(self) -> None:
         with self._cond:
@@ -278,3 +283,62 @@ class DelayedStarts:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class WorkerPool:
+    """``size`` worker threads fed by one queue, started up front.
+
+    What ``ThreadPoolExecutor`` does for the engine, without the ``Future``, ``Condition``
+    and semaphore it makes per job (about 5 % of the scheduler's CPU at 1,000 runs/s, by
+    py-spy). The threads are daemons: a sync callable that never returns cannot hold the
+    process open once the engine has drained and recorded it.
+    """
+
+    def __init__(self, size: int, name_prefix: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name_prefix}_{i}", daemon=True)
+            for i in range(size)
+        ]
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+            for thread in self._threads:
+                thread.start()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue ``fn(*args)`` for the next free worker (dropped after ``shutdown``)."""
+        if not self._started:
+            self.start()
+        self._jobs.put((fn, args))
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args = job
+            try:
+                fn(*args)
+            except Exception:  # the job records its own outcome; never lose the worker
+                log.exception("a worker job raised")
+
+    def shutdown(self) -> None:
+        """Drop queued jobs and let each idle worker exit; busy ones exit when they return."""
+        with self._lock:
+            self._closed = True
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self._threads:
+            self._jobs.put(None)

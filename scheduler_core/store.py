@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 
 from scheduler_core.bulk import bulk_insert_returning, bulk_update, member_of
+from scheduler_core.db import select_rows
 from scheduler_core.errors import RunLookupError, TaskLookupError
 from scheduler_core.histograms import (
     DURATION_BUCKETS,
@@ -90,7 +91,6 @@ class ClaimedSchedule:
     """A schedule row this instance holds the lease on."""
 
     name: str
-    definition_json: str
     definition_hash: str
     next_run_at: datetime | None
     retry_at: datetime | None
@@ -184,9 +184,10 @@ _COUNTER_COLUMN = {
 
 _RUN_KEY = ("task_name", "scheduled_for", "attempt")
 
+#: The definition text is not among them: it is read only for a digest this process has not
+#: parsed yet (``Store._learn_definitions``), not with every claim.
 _CLAIM_COLUMNS = (
     schedules.c.name,
-    schedules.c.definition,
     schedules.c.definition_hash,
     schedules.c.next_run_at,
     schedules.c.retry_at,
@@ -202,7 +203,6 @@ _CLAIM_COLUMNS = (
 def _claimed(r: Any) -> ClaimedSchedule:
     return ClaimedSchedule(
         name=r.name,
-        definition_json=r.definition,
         definition_hash=r.definition_hash,
         next_run_at=r.next_run_at,
         retry_at=r.retry_at,
@@ -251,6 +251,17 @@ class Store:
         self._definitions: dict[str, TaskDefinition] = {}
 
     # ----------------------------------------------------------------- definitions
+    def _learn_definitions(self, conn: sa.Connection, digests: Iterable[str]) -> None:
+        """Parse the stored definitions of those ``digests`` this process has not seen."""
+        unknown = sorted(set(digests) - set(self._definitions))
+        for chunk in _chunks(unknown, 900):
+            for digest, text in conn.execute(
+                sa.select(schedules.c.definition_hash, schedules.c.definition)
+                .where(member_of(self.dialect, schedules.c.definition_hash, chunk))
+                .distinct()
+            ):
+                self.definition(digest, text)
+
     def definition(self, definition_hash: str, definition_json: str) -> TaskDefinition:
         """Parse a stored definition once per digest (callables resolve at run time)."""
         cached = self._definitions.get(definition_hash)
@@ -470,7 +481,7 @@ class Store:
             .with_for_update(skip_locked=True)
         )
         with self.engine.begin() as conn:
-            claimed = [_claimed(r) for r in conn.execute(stmt)]
+            claimed = [_claimed(r) for r in select_rows(conn, stmt)]
             planned = self._dispatch_in(
                 conn,
                 claimed,
@@ -571,9 +582,10 @@ class Store:
         missed_totals: dict[str, int] = defaultdict(int)
         skipped_totals: dict[str, int] = defaultdict(int)
         definitions: dict[str, TaskDefinition] = {}
+        self._learn_definitions(conn, {c.definition_hash for c in claimed})
         for name in sorted(still_ours):
             item = by_name[name]
-            definition = self.definition(item.definition_hash, item.definition_json)
+            definition = self._definitions[item.definition_hash]
             definitions[name] = definition
             # (scheduled_for, attempt, trigger, not before)
             planned: list[tuple[datetime, int, str, datetime]] = []

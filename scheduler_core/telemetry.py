@@ -79,6 +79,8 @@ class TelemetryWriter:
         self.statement_timeout = statement_timeout
         self.errors = RateLimitedLogger(log, log_interval)
         self._running_per_task: dict[str, int] = {}
+        #: Per task, the latest start not yet written: (monotonic time, run id, health row).
+        self._unwritten_starts: dict[str, tuple[float, int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def _write(self, what: str, work: Callable[[sa.Connection], T]) -> T | None:
@@ -111,33 +113,46 @@ class TelemetryWriter:
         self._write(what, work)
 
     def runs_started(self, runs: Sequence[DispatchedRun], *, now: datetime) -> None:
+        """Note that ``runs`` started. Their health rows are written by ``write_starts``
+        once they are ``older_than`` old, unless the run's finish (whose row carries its
+        start too) came first: most runs take less than that, and their start costs no
+        write."""
         if not runs:
             return
+        added = time.monotonic()
         with self._lock:
             for run in runs:
                 self._running_per_task[run.task_name] = (
                     self._running_per_task.get(run.task_name, 0) + 1
                 )
-        rows = []
-        for run in runs:
-            d = run.definition
-            rows.append(
-                {
-                    "task_name": run.task_name,
-                    "instance_id": self.instance_id,
-                    "enabled": d.policies.enabled,
-                    "schedule_type": d.schedule.kind,
-                    "schedule_payload": d.schedule_json(),
-                    "last_started_at": run.started_at,
-                    "is_running": True,
-                    "consecutive_failures": run.consecutive_failures_at_start,
-                    "last_heartbeat_at": now,
-                    "max_runtime_seconds": d.policies.max_runtime,
-                    "updated_at": now,
-                }
-            )
-        rows = list({r["task_name"]: r for r in rows}.values())
+                d = run.definition
+                self._unwritten_starts[run.task_name] = (
+                    added,
+                    run.run_id,
+                    {
+                        "task_name": run.task_name,
+                        "instance_id": self.instance_id,
+                        "enabled": d.policies.enabled,
+                        "schedule_type": d.schedule.kind,
+                        "schedule_payload": d.schedule_json(),
+                        "last_started_at": run.started_at,
+                        "is_running": True,
+                        "consecutive_failures": run.consecutive_failures_at_start,
+                        "last_heartbeat_at": now,
+                        "max_runtime_seconds": d.policies.max_runtime,
+                        "updated_at": now,
+                    },
+                )
 
+    def write_starts(self, *, older_than: float = 0.0) -> None:
+        """Write the health rows of starts noted at least ``older_than`` seconds ago and
+        not yet superseded by their run's finish."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            due = [n for n, (added, _id, _row) in self._unwritten_starts.items() if added <= cutoff]
+            rows = [self._unwritten_starts.pop(n)[2] for n in due]
+        if not rows:
+            return
         self._upsert_health(
             "health start",
             rows,
@@ -175,6 +190,11 @@ class TelemetryWriter:
         for o in outcomes:
             if o.task_name not in latest or o.finished_at >= latest[o.task_name].finished_at:
                 latest[o.task_name] = o
+        with self._lock:
+            for o in outcomes:
+                start = self._unwritten_starts.get(o.task_name)
+                if start is not None and start[1] == o.run_id:
+                    del self._unwritten_starts[o.task_name]  # its finish row says it all
         rows = []
         for name, o in latest.items():
             d = definitions.get(name)
