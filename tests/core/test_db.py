@@ -50,3 +50,16 @@ def test_read_only_cannot_be_switched_off_from_the_url(pg_url: str) -> None:
             conn.exec_driver_sql("CREATE TABLE nope (x int)")
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_sessions_are_in_utc_whatever_the_url_asks(pg_url: str) -> None:
+    """Driver rows read without SQLAlchemy's conversion must carry UTC, even when the URL
+    sets another time zone."""
+    url = f"{pg_url}?options=-c%20TimeZone%3DAsia%2FTokyo"
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW TimeZone").scalar_one() == "UTC"
+    finally:
+        engine.dispose()

@@ -1,0 +1,101 @@
+"""Batched writes (scheduler_core.bulk): what goes in comes back exactly, on both backends."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler_core.bulk import bulk_insert_returning, bulk_update
+from scheduler_core.models import task_runs
+
+_STAMPS = [
+    datetime(2026, 11, 23, 11, 48, 58, 999_999, tzinfo=UTC),
+    datetime(2026, 11, 23, 11, 48, 59, 1, tzinfo=UTC),
+    datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC),
+    datetime(2199, 1, 1, 0, 0, 0, 123_457, tzinfo=UTC),
+]
+
+
+def _random_stamps(n: int, seed: int = 4) -> list[datetime]:
+    rand = random.Random(seed)
+    base = datetime(2000, 1, 1, tzinfo=UTC)
+    return [base + timedelta(microseconds=rand.randrange(-(10**16), 10**17)) for _ in range(n)]
+
+
+def _run_row(i: int, scheduled_for: datetime) -> dict[str, object]:
+    return {
+        "task_name": f"t{i}",
+        "scheduled_for": scheduled_for,
+        "attempt": 1,
+        "trigger": "schedule",
+        "status": "running",
+        "started_at": scheduled_for,
+        "instance_id": "bulk",
+        "thread_name": None,
+        "consecutive_failures_at_start": 0,
+        "cancel_requested": False,
+    }
+
+
+def test_timestamps_and_values_round_trip_to_the_microsecond(db_engine: sa.Engine) -> None:
+    """Timestamps sent in a batch (insert and update) are stored to the exact microsecond,
+    None becomes NULL and texts arrive unchanged."""
+    stamps = _STAMPS + _random_stamps(300)
+    with db_engine.begin() as conn:
+        inserted = bulk_insert_returning(
+            conn,
+            task_runs,
+            [_run_row(i, s) for i, s in enumerate(stamps)],
+            conflict=("task_name", "scheduled_for", "attempt"),
+            returning=("id", "task_name", "scheduled_for"),
+        )
+        ids = {name: run_id for run_id, name, _when in inserted}
+        assert {name: when for _id, name, when in inserted} == {
+            f"t{i}": s for i, s in enumerate(stamps)
+        }
+        finished = {f"t{i}": s + timedelta(microseconds=i * 7 + 1) for i, s in enumerate(stamps)}
+        bulk_update(
+            conn,
+            task_runs,
+            [
+                {"id": ids[name], "finished": when, "error": 'quote " and ü' if i % 2 else None}
+                for i, (name, when) in enumerate(finished.items())
+            ],
+            types={
+                "id": task_runs.c.id.type,
+                "finished": task_runs.c.finished_at.type,
+                "error": task_runs.c.error_message.type,
+            },
+            set_={"finished_at": "{finished}", "error_message": "{error}"},
+            where="t.id = {id}",
+        )
+    with db_engine.connect() as conn:
+        stored = {
+            r.task_name: (r.scheduled_for, r.finished_at, r.error_message)
+            for r in conn.execute(sa.select(task_runs))
+        }
+    assert stored == {
+        f"t{i}": (s, finished[f"t{i}"], 'quote " and ü' if i % 2 else None)
+        for i, s in enumerate(stamps)
+    }
+
+
+@pytest.mark.postgres
+def test_a_naive_timestamp_is_refused_naming_its_column(pg_url: str) -> None:
+    """A datetime without a time zone cannot be stored as some other instant by accident."""
+    from scheduler_core.db import create_db_engine
+
+    engine = create_db_engine(pg_url)
+    try:
+        with engine.begin() as conn, pytest.raises(ValueError, match="scheduled_for"):
+            bulk_insert_returning(
+                conn,
+                task_runs,
+                [_run_row(1, datetime(2026, 1, 1))],
+                conflict=("task_name", "scheduled_for", "attempt"),
+            )
+    finally:
+        engine.dispose()
