@@ -422,7 +422,7 @@ class Scheduler:
             self._queued -= 1
         if handle.finished:
             return False
-        if handle.cancel_event.is_set():
+        if handle.cancel_requested:
             self._record_without_worker(handle, "cancelled", handle.cancel_reason)
             return False
         handle.started = True
@@ -549,7 +549,7 @@ class Scheduler:
         if handle is None:
             return False
         handle.cancel_reason = reason
-        handle.cancel_event.set()
+        handle.cancel_requested = True
         if not handle.started:
             # Waiting for its time or for a worker: it will not start (see _begin).
             self._record_without_worker(handle, "cancelled", reason)
@@ -591,7 +591,7 @@ class Scheduler:
             handles = [h for h in self._running.values() if not h.finished]
         for handle in handles:
             handle.cancel_reason = reason
-            handle.cancel_event.set()
+            handle.cancel_requested = True
             if not handle.started:  # never begun: nothing to kill or wait for
                 self._record_without_worker(handle, "cancelled", reason)
         # Commands: the worker kills them (SIGTERM, SIGKILL after kill_grace) — wait for that.

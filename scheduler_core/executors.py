@@ -60,7 +60,9 @@ class RunHandle:
     scheduled_for: datetime
     attempt: int
     started_at: datetime
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: Set (with ``cancel_reason``) to cancel; polled, never waited on: a plain flag costs
+    #: nothing per run, where an ``Event`` was a lock and a condition for each.
+    cancel_requested: bool = False
     cancel_reason: str = ""
     pid: int | None = None
     async_future: Any = None
@@ -181,7 +183,7 @@ def run_command(
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if handle.cancel_event.is_set():
+            if handle.cancel_requested:
                 _kill_group(proc, grace)
                 status, message = "cancelled", handle.cancel_reason or "cancelled"
                 break
