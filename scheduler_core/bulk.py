@@ -182,12 +182,9 @@ def bulk_insert_returning(
             conn.exec_driver_sql(sql, params)
             return []
         sql += f" RETURNING {', '.join(f't.{c}' for c in returning)}"
-        result = conn.exec_driver_sql(sql, params)
-        convert = [_result_processor(table.c[c].type, conn.dialect) for c in returning]
-        return [
-            tuple(f(v) if f is not None else v for f, v in zip(convert, row, strict=True))
-            for row in result
-        ]
+        # Values as the driver returns them: timestamps are aware and in UTC (every
+        # session's time zone, see ``create_db_engine``), what the column types would give.
+        return [tuple(row) for row in conn.exec_driver_sql(sql, params)]
     from sqlalchemy.dialects import sqlite
 
     base = sqlite.insert(table)
@@ -204,6 +201,3 @@ def bulk_insert_returning(
     stmt = insert.returning(*(table.c[c] for c in returning), sort_by_parameter_order=True)
     return [tuple(row) for row in conn.execute(stmt, [dict(row) for row in rows])]
 
-
-def _result_processor(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Any:
-    return type_.dialect_impl(dialect).result_processor(dialect, None)

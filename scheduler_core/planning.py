@@ -87,7 +87,8 @@ def plan_ticks(
 
     newest_handled = on_time[-1] if on_time else late_newest
     assert newest_handled is not None
-    new_next = schedule.next_after(newest_handled)
+    # The loop above already computed the tick after the newest on-time one.
+    new_next = tick if on_time else schedule.next_after(newest_handled)
     if definition.end is not None and new_next is not None and new_next > definition.end:
         new_next = None
     if definition.max_runs is not None and fire_count + len(runs) >= definition.max_runs:
