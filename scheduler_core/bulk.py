@@ -157,14 +157,17 @@ def bulk_insert_returning(
     conflict: Sequence[str],
     returning: Sequence[str] = (),
     update: Sequence[str] = (),
+    consts: Mapping[str, Any] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Insert ``rows`` (all with the same keys). A row that hits the unique key ``conflict``
-    is skipped, or, with ``update``, sets those columns of the existing row (an upsert;
-    at most one row per key). Returns the ``returning`` columns of the rows written (any
-    order), with each column's result type applied."""
+    """Insert ``rows`` (all with the same keys), each with the column values ``consts``
+    shared by all. A row that hits the unique key ``conflict`` is skipped, or, with
+    ``update``, sets those columns of the existing row (an upsert; at most one row per
+    key). Returns the ``returning`` columns of the rows written (any order), with each
+    column's Python type."""
     if not rows:
         return []
     columns = list(rows[0])
+    fixed = dict(consts or {})
     if conn.dialect.name == "postgresql":
         types = {c: table.c[c].type for c in columns}
         action = (
@@ -172,12 +175,16 @@ def bulk_insert_returning(
             if update
             else "DO NOTHING"
         )
+        values = [f"v.{c}" for c in columns] + [
+            f"CAST(%(c_{c})s AS {_pg_type(table.c[c].type)})" for c in fixed
+        ]
         sql = (
-            f"INSERT INTO {table.name} AS t ({', '.join(columns)}) "
-            f"SELECT {', '.join(f'v.{c}' for c in columns)} FROM {_pg_recordset(columns, types)} "
+            f"INSERT INTO {table.name} AS t ({', '.join([*columns, *fixed])}) "
+            f"SELECT {', '.join(values)} FROM {_pg_recordset(columns, types)} "
             f"ON CONFLICT ({', '.join(conflict)}) {action}"
         )
         params = {"rows": _pg_rows(rows, columns, types)}
+        params.update({f"c_{c}": value for c, value in fixed.items()})
         if not returning:
             conn.exec_driver_sql(sql, params)
             return []
@@ -195,9 +202,9 @@ def bulk_insert_returning(
         if update
         else base.on_conflict_do_nothing(index_elements=list(conflict))
     )
+    full = [{**row, **fixed} for row in rows]
     if not returning:
-        conn.execute(insert, [dict(row) for row in rows])
+        conn.execute(insert, full)
         return []
     stmt = insert.returning(*(table.c[c] for c in returning), sort_by_parameter_order=True)
-    return [tuple(row) for row in conn.execute(stmt, [dict(row) for row in rows])]
-
+    return [tuple(row) for row in conn.execute(stmt, full)]

@@ -673,12 +673,7 @@ class Store:
                         "scheduled_for": scheduled_for,
                         "attempt": attempt,
                         "trigger": trigger,
-                        "status": "running",
-                        "started_at": now,
-                        "instance_id": self.instance_id,
-                        "thread_name": thread_name,
                         "consecutive_failures_at_start": item.consecutive_failures,
-                        "cancel_requested": False,
                     }
                 )
             schedule_updates.append(update)
@@ -699,6 +694,13 @@ class Store:
             run_rows,
             conflict=_RUN_KEY,
             returning=("id", "task_name", "scheduled_for", "attempt", "trigger"),
+            consts={
+                "status": "running",
+                "started_at": now,
+                "instance_id": self.instance_id,
+                "thread_name": thread_name,
+                "cancel_requested": False,
+            },
         )
         bulk_insert_returning(conn, task_runs, extra_rows, conflict=_RUN_KEY)
         self._apply_schedule_updates(

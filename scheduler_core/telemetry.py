@@ -100,13 +100,23 @@ class TelemetryWriter:
             return None
 
     def _upsert_health(
-        self, what: str, rows: list[dict[str, Any]], columns: tuple[str, ...]
+        self,
+        what: str,
+        rows: list[dict[str, Any]],
+        columns: tuple[str, ...],
+        consts: dict[str, Any] | None = None,
     ) -> None:
-        """Upsert per-(task, instance) health rows, updating only ``columns`` on conflict."""
+        """Upsert per-(task, instance) health rows (each with ``consts``), updating only
+        ``columns`` on conflict."""
 
         def work(conn: sa.Connection) -> bool:
             bulk_insert_returning(
-                conn, task_health, rows, conflict=("task_name", "instance_id"), update=columns
+                conn,
+                task_health,
+                rows,
+                conflict=("task_name", "instance_id"),
+                update=columns,
+                consts=consts,
             )
             return True
 
@@ -201,7 +211,6 @@ class TelemetryWriter:
             rows.append(
                 {
                     "task_name": name,
-                    "instance_id": self.instance_id,
                     "enabled": True if d is None else d.policies.enabled,
                     "schedule_type": "" if d is None else d.schedule.kind,
                     "schedule_payload": "{}" if d is None else d.schedule_json(),
@@ -212,9 +221,7 @@ class TelemetryWriter:
                     "is_running": still_running.get(name, 0) > 0,
                     "consecutive_failures": result.consecutive_failures.get(name, 0),
                     "last_error_message": truncate_text(o.error_message, LAST_ERROR_LIMIT),
-                    "last_heartbeat_at": now,
                     "max_runtime_seconds": None if d is None else d.policies.max_runtime,
-                    "updated_at": now,
                 }
             )
 
@@ -231,6 +238,7 @@ class TelemetryWriter:
                 "last_heartbeat_at",
                 "updated_at",
             ),
+            consts={"instance_id": self.instance_id, "last_heartbeat_at": now, "updated_at": now},
         )
         self._update_failure_alarms(result.consecutive_failures, result.recovered, latest, now=now)
         instruments = otel_instruments()
