@@ -18,7 +18,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from scheduler_core import models
-from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
+from scheduler_core.histograms import HistogramCounts
+from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM
 
 __all__ = [
     "ALARM_KINDS",
@@ -179,22 +180,21 @@ class _Health:
             self.max_runtime_seconds = max_runtime
 
 
-def _histogram(text: str | None, bounds: tuple[float, ...]) -> HistogramCounts:
-    try:
-        return HistogramCounts.from_json(text, bounds)
-    except (ValueError, TypeError, AttributeError):
-        # A corrupt value must not take every other task's metrics down with it.
-        return HistogramCounts.empty(bounds)
-
-
 _S = models.schedules.c
 _SCHEDULE_COLUMNS = (
     _S.name, _S.schedule_type, _S.schedule_expr, _S.timezone, _S.action_kind, _S.enabled,
     _S.paused, _S.pause_reason, _S.next_run_at, _S.consecutive_failures, _S.last_success_at,
     _S.last_failure_at, _S.max_runtime_seconds, _S.expected_interval_seconds,
     *(models.schedules.c[f"runs_{outcome}_total"] for outcome in OUTCOMES),
-    _S.missed_runs_total, _S.duration_histogram, _S.start_delay_histogram,
+    _S.missed_runs_total,
+    *(models.schedules.c[c] for c in (*DURATION_HISTOGRAM.buckets, DURATION_HISTOGRAM.sum)),
+    *(models.schedules.c[c] for c in (*START_DELAY_HISTOGRAM.buckets, START_DELAY_HISTOGRAM.sum)),
 )  # fmt: skip
+#: Where each part of a schedule row starts in ``_SCHEDULE_COLUMNS``.
+_COUNTS_AT = [c.name for c in _SCHEDULE_COLUMNS].index(f"runs_{OUTCOMES[0]}_total")
+_MISSED_AT = _COUNTS_AT + len(OUTCOMES)
+_DURATION_AT = _MISSED_AT + 1
+_DELAY_AT = _DURATION_AT + len(DURATION_HISTOGRAM.buckets) + 1
 _H = models.task_health.c
 _HEALTH_COLUMNS = (
     _H.task_name, _H.last_started_at, _H.last_finished_at, _H.last_status,
@@ -224,7 +224,7 @@ class SnapshotReader:
     def __init__(self, *, late_grace: float = 300.0) -> None:
         self._late_grace = late_grace
         self._previous: dict[str, TaskSnapshot] = {}
-        self._histograms: dict[tuple[str | None, int], HistogramCounts] = {}
+        self._histograms: dict[_HistogramKey, HistogramCounts] = {}
 
     def read(self, bind: sa.Engine | sa.Connection, now: datetime) -> Snapshot:
         if isinstance(bind, sa.Engine):
@@ -317,22 +317,25 @@ def _rows(result: sa.CursorResult[Any]) -> Iterator[sa.Row[Any]]:
 
 _BATCH_ROWS = 1000
 _NO_ALARMS: frozenset[str] = frozenset()
-_BOUNDS = (DURATION_BUCKETS, START_DELAY_BUCKETS)
+#: The stored histograms, by their index in a ``_HistogramKey``.
+_HISTOGRAMS = (DURATION_HISTOGRAM, START_DELAY_HISTOGRAM)
+#: A stored histogram as read: which one (index in ``_HISTOGRAMS``), its counts and its sum.
+_HistogramKey = tuple[int, tuple[int, ...], float]
 
 
 class _Shared:
     """One object per distinct value within a read: histograms (also across reads), counters."""
 
-    def __init__(self, histograms: dict[tuple[str | None, int], HistogramCounts]) -> None:
+    def __init__(self, histograms: dict[_HistogramKey, HistogramCounts]) -> None:
         self._histograms_before = histograms
-        self.histograms_used: dict[tuple[str | None, int], HistogramCounts] = {}
+        self.histograms_used: dict[_HistogramKey, HistogramCounts] = {}
         self._counters: dict[tuple[int, ...], Mapping[str, int]] = {}
 
-    def histogram(self, text: str | None, kind: int) -> HistogramCounts:
-        key = (text, kind)
+    def histogram(self, kind: int, buckets: tuple[int, ...], total: float) -> HistogramCounts:
+        key = (kind, buckets, total)
         found = self.histograms_used.get(key) or self._histograms_before.get(key)
         if found is None:
-            found = _histogram(text, _BOUNDS[kind])
+            found = HistogramCounts.from_columns(buckets, total, _HISTOGRAMS[kind].bounds)
         self.histograms_used[key] = found
         return found
 
@@ -355,8 +358,12 @@ def _task(
     (
         name, schedule_type, schedule_expr, timezone, action_kind, enabled, paused,
         pause_reason, next_run_at, consecutive_failures, last_success_at, last_failure_at,
-        row_max_runtime, expected_interval, *counts, missed, duration_text, delay_text,
-    ) = row  # fmt: skip
+        row_max_runtime, expected_interval,
+    ) = row[:_COUNTS_AT]  # fmt: skip
+    counts = row[_COUNTS_AT:_MISSED_AT]
+    missed = row[_MISSED_AT]
+    duration = shared.histogram(0, tuple(row[_DURATION_AT : _DELAY_AT - 1]), row[_DELAY_AT - 1])
+    start_delay = shared.histogram(1, tuple(row[_DELAY_AT:-1]), row[-1])
     enabled, paused = bool(enabled), bool(paused)
     consecutive_failures = int(consecutive_failures or 0)
     max_runtime = row_max_runtime if row_max_runtime is not None else h.max_runtime_seconds
@@ -397,8 +404,8 @@ def _task(
         late=late,
         runs_total=shared.counters(tuple(int(c or 0) for c in counts)),
         missed_runs_total=int(missed or 0),
-        duration=shared.histogram(duration_text, 0),
-        start_delay=shared.histogram(delay_text, 1),
+        duration=duration,
+        start_delay=start_delay,
         open_alarms=open_alarms,
         badge=derive_badge(
             enabled=enabled,
