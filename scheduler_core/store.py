@@ -1063,7 +1063,7 @@ class Store:
         if self.is_postgres:
             rows = [
                 {
-                    **self._finished_fields(o, o.started_at.isoformat(), o.finished_at.isoformat()),
+                    **_finished_fields(o, o.started_at.isoformat(), o.finished_at.isoformat()),
                     **_tally_fields(o, consecutive),
                 }
                 for o in outcomes
@@ -1078,7 +1078,7 @@ class Store:
         bulk_update(
             conn,
             task_runs,
-            [self._finished_fields(o, o.started_at, o.finished_at) for o in outcomes],
+            [_finished_fields(o, o.started_at, o.finished_at) for o in outcomes],
             types=_FINISH_TYPES,
             set_={
                 "status": "{status}",
@@ -1107,22 +1107,6 @@ class Store:
             for o in outcomes
         ]
         conn.execute(_SQLITE_TALLY_SQL, {"rows": json.dumps(tallies, allow_nan=False), "now": now})
-
-    @staticmethod
-    def _finished_fields(o: RunOutcome, started_at: Any, finished_at: Any) -> dict[str, Any]:
-        return {
-            "id": o.run_id,
-            "status": o.status,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "duration": o.duration_seconds,
-            "error": truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
-            "traceback": truncate_text(o.error_traceback, TRACEBACK_LIMIT),
-            "exit_code": o.exit_code,
-            "pid": o.pid,
-            "thread": o.thread_name,
-            "trace_id": o.trace_id,
-        }
 
     # ----------------------------------------------------------------- instances
     def register_instance(
@@ -1622,6 +1606,23 @@ def _least(a: sa.ColumnElement[Any], b: sa.ColumnElement[Any]) -> sa.ColumnEleme
 
 
 _SQLITE_TIME = UTCDateTime()
+
+
+def _finished_fields(o: RunOutcome, started_at: Any, finished_at: Any) -> dict[str, Any]:
+    """A run row's finished fields (see ``_FINISH_TYPES``), times as the caller encodes them."""
+    return {
+        "id": o.run_id,
+        "status": o.status,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration": o.duration_seconds,
+        "error": truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
+        "traceback": truncate_text(o.error_traceback, TRACEBACK_LIMIT),
+        "exit_code": o.exit_code,
+        "pid": o.pid,
+        "thread": o.thread_name,
+        "trace_id": o.trace_id,
+    }
 
 
 def _tally_fields(o: RunOutcome, consecutive: Mapping[str, int]) -> dict[str, Any]:
