@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-__all__ = ["bulk_insert_returning", "bulk_update", "member_of"]
+__all__ = ["bulk_insert_returning", "bulk_update", "member_of", "pg_recordset", "pg_rows"]
 
 _PG = pg.dialect()
 
@@ -59,10 +59,10 @@ def _is_timestamp(type_: sa.types.TypeEngine[Any]) -> bool:
     return isinstance(getattr(type_, "impl", type_), sa.DateTime)
 
 
-def _pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[Any]]) -> str:
+def pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[Any]]) -> str:
     """The batch as one parameter: a JSON array of rows, each an array of values in
     ``names`` order (no key repeated per row: half the bytes to encode), typed by column.
-    Timestamps travel as integer microseconds since the Unix epoch (see ``_pg_rows``),
+    Timestamps travel as integer microseconds since the Unix epoch (see ``pg_rows``),
     turned back into whole seconds plus microseconds: exact for any date."""
 
     def column(i: int, name: str) -> str:
@@ -78,12 +78,12 @@ def _pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[
     return f"(SELECT {columns} FROM json_array_elements(CAST(%(rows)s AS json)) AS e) AS v"
 
 
-def _pg_rows(
+def pg_rows(
     rows: Sequence[Mapping[str, Any]],
     names: Sequence[str],
     types: Mapping[str, sa.types.TypeEngine[Any]],
 ) -> str:
-    """``rows`` as the JSON ``_pg_recordset`` reads. A timestamp is sent as integer
+    """``rows`` as the JSON ``pg_recordset`` reads. A timestamp is sent as integer
     microseconds since the Unix epoch: exact (a float of seconds is not beyond 2255), and
     half the cost of an ISO text through ``json.dumps``'s ``default`` hook."""
     out = [[row[n] for n in names] for row in rows]
@@ -129,10 +129,10 @@ def bulk_update(
         )
         sql = (
             f"UPDATE {table.name} AS t SET {sets} "
-            f"FROM {_pg_recordset(names, types)} "
+            f"FROM {pg_recordset(names, types)} "
             f"WHERE {_render(where, names, list(fixed), 'pg')}"
         )
-        params = {"rows": _pg_rows(rows, names, types)}
+        params = {"rows": pg_rows(rows, names, types)}
         params.update({c: value for c, (value, _type) in fixed.items()})
         conn.exec_driver_sql(sql, params)
         return
@@ -180,10 +180,10 @@ def bulk_insert_returning(
         ]
         sql = (
             f"INSERT INTO {table.name} AS t ({', '.join([*columns, *fixed])}) "
-            f"SELECT {', '.join(values)} FROM {_pg_recordset(columns, types)} "
+            f"SELECT {', '.join(values)} FROM {pg_recordset(columns, types)} "
             f"ON CONFLICT ({', '.join(conflict)}) {action}"
         )
-        params = {"rows": _pg_rows(rows, columns, types)}
+        params = {"rows": pg_rows(rows, columns, types)}
         params.update({f"c_{c}": value for c, value in fixed.items()})
         if not returning:
             conn.exec_driver_sql(sql, params)

@@ -1,14 +1,15 @@
-"""Persisted histograms: fixed bucket bounds and the JSON form stored on each schedule row.
+"""Persisted histograms: fixed bucket bounds and the counts read from each schedule row.
 
-Stored form: ``{"buckets": [n0, n1, ..., n_inf], "sum": seconds, "count": n}`` where ``n_i``
-counts observations in ``(bounds[i-1], bounds[i]]`` (not cumulative) and the last entry is
-the ``+Inf`` bucket. The exporter turns it into cumulative Prometheus buckets.
+Each histogram is stored as one integer column per bucket plus a sum (see
+``scheduler_core.models``): bucket ``i`` counts observations in ``(bounds[i-1], bounds[i]]``
+(not cumulative) and the last one is the ``+Inf`` bucket; the count is the buckets' total.
+The finalize path adds to those columns in SQL; the exporter turns them into cumulative
+Prometheus buckets.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "START_DELAY_BUCKETS",
     "HistogramCounts",
-    "observe_json",
+    "bucket_index",
 ]
 
 #: Upper bounds (seconds) for run durations: from sub-second callables to multi-hour backups.
@@ -30,7 +31,13 @@ START_DELAY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True, kw_only=True)
+def bucket_index(bounds: Sequence[float], value: float) -> int:
+    """The bucket ``value`` falls in: the first bound >= it (``len(bounds)`` is +Inf).
+    Negative values count as 0, so a value exactly on a bound lands in that bound's bucket."""
+    return bisect.bisect_left(bounds, max(0.0, value))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class HistogramCounts:
     """Non-cumulative bucket counts (last one is +Inf), their sum and count."""
 
@@ -44,26 +51,15 @@ class HistogramCounts:
         return cls(bounds=tuple(bounds), buckets=(0,) * (len(bounds) + 1), sum=0.0, count=0)
 
     @classmethod
-    def from_json(cls, text: str | None, bounds: Sequence[float]) -> HistogramCounts:
-        """Parse the stored form; an empty or foreign-shaped value reads as an empty histogram."""
-        if not text:
-            return cls.empty(bounds)
-        data = json.loads(text)
-        buckets = data.get("buckets") or []
+    def from_columns(
+        cls, buckets: Sequence[int], total: float, bounds: tuple[float, ...]
+    ) -> HistogramCounts:
+        """The histogram stored as per-bucket ``buckets`` (one more than ``bounds``) and
+        their ``total``; the count is the buckets' sum."""
         if len(buckets) != len(bounds) + 1:
-            return cls.empty(bounds)
-        return cls(
-            bounds=tuple(bounds),
-            buckets=tuple(int(b) for b in buckets),
-            sum=float(data.get("sum", 0.0)),
-            count=int(data.get("count", 0)),
-        )
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {"buckets": list(self.buckets), "sum": round(self.sum, 6), "count": self.count},
-            separators=(",", ":"),
-        )
+            raise ValueError(f"{len(buckets)} bucket counts for {len(bounds)} bounds + Inf")
+        counts = buckets if isinstance(buckets, tuple) else tuple(buckets)
+        return cls(bounds=bounds, buckets=counts, sum=float(total), count=sum(counts))
 
     def observe(self, values: Iterable[float]) -> HistogramCounts:
         """Return a new histogram with ``values`` added."""
@@ -71,7 +67,7 @@ class HistogramCounts:
         total, count = self.sum, self.count
         for value in values:
             value = max(0.0, float(value))
-            buckets[bisect.bisect_left(self.bounds, value)] += 1
+            buckets[bucket_index(self.bounds, value)] += 1
             total += value
             count += 1
         return HistogramCounts(bounds=self.bounds, buckets=tuple(buckets), sum=total, count=count)
@@ -101,28 +97,3 @@ class HistogramCounts:
             running += n
             out.append((bound, running))
         return out
-
-
-def observe_json(text: str | None, bounds: Sequence[float], values: Iterable[float]) -> str:
-    """The stored form ``text`` with ``values`` added: what
-    ``HistogramCounts.from_json(text, bounds).observe(values).to_json()`` returns, in one
-    parse and one dump (the finalize path does this twice per task per batch)."""
-    size = len(bounds) + 1
-    buckets: list[int] | None = None
-    total, count = 0.0, 0
-    if text:
-        data = json.loads(text)
-        stored = data.get("buckets") if isinstance(data, dict) else None
-        if isinstance(stored, list) and len(stored) == size:
-            buckets = [int(b) for b in stored]
-            total, count = float(data.get("sum", 0.0)), int(data.get("count", 0))
-    if buckets is None:
-        buckets = [0] * size
-    for value in values:
-        value = max(0.0, float(value))
-        buckets[bisect.bisect_left(bounds, value)] += 1
-        total += value
-        count += 1
-    return json.dumps(
-        {"buckets": buckets, "sum": round(total, 6), "count": count}, separators=(",", ":")
-    )

@@ -5,14 +5,22 @@ Migrations in ``scheduler_core/migrations`` create exactly these tables; a test 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
+
 __all__ = [
+    "DURATION_HISTOGRAM",
     "RUN_STATUSES",
+    "START_DELAY_HISTOGRAM",
     "TERMINAL_STATUSES",
+    "HistogramColumns",
     "UTCDateTime",
     "alarm_events",
     "audit_events",
@@ -68,6 +76,52 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 
 _BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+
+@dataclass(frozen=True, kw_only=True)
+class HistogramColumns:
+    """Where one persisted histogram lives on the schedule row: a count column per bucket
+    (non-cumulative, in bound order, the last is +Inf) and the sum of the observations.
+    The bounds in ``scheduler_core.histograms`` are the single source of the column list."""
+
+    bounds: tuple[float, ...]
+    buckets: tuple[str, ...]
+    sum: str
+
+    @classmethod
+    def named(cls, prefix: str, bounds: tuple[float, ...]) -> HistogramColumns:
+        return cls(
+            bounds=bounds,
+            buckets=tuple(f"{prefix}_bucket_{i:02d}" for i in range(len(bounds) + 1)),
+            sum=f"{prefix}_sum_seconds",
+        )
+
+    def columns(self) -> list[sa.Column[Any]]:
+        """Fresh Column objects for the table definition (counts, then the sum)."""
+        zero = sa.text("0")
+        return [
+            *(sa.Column(c, _BigInt, nullable=False, default=0, server_default=zero)
+              for c in self.buckets),
+            sa.Column(self.sum, sa.Float, nullable=False, default=0.0, server_default=zero),
+        ]  # fmt: skip
+
+    def read(self, row: Mapping[str, Any]) -> HistogramCounts:
+        """The histogram held by ``row`` (a mapping with at least these columns)."""
+        return HistogramCounts.from_columns(
+            tuple(int(row[c]) for c in self.buckets), row[self.sum], self.bounds
+        )
+
+    def values(self, counts: HistogramCounts) -> dict[str, Any]:
+        """Column values that store ``counts`` (for inserts and tests)."""
+        if counts.bounds != self.bounds:
+            raise ValueError("histogram bounds differ from this column set's bounds")
+        return {**dict(zip(self.buckets, counts.buckets, strict=True)), self.sum: counts.sum}
+
+
+#: Run durations of non-skipped runs: ``duration_bucket_00`` .. and ``duration_sum_seconds``.
+DURATION_HISTOGRAM = HistogramColumns.named("duration", DURATION_BUCKETS)
+#: Start delay of first attempts: ``start_delay_bucket_00`` .. and ``start_delay_sum_seconds``.
+START_DELAY_HISTOGRAM = HistogramColumns.named("start_delay", START_DELAY_BUCKETS)
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -120,10 +174,10 @@ schedules = sa.Table(
     sa.Column("runs_abandoned_total", _BigInt, nullable=False, default=0),
     sa.Column("runs_skipped_total", _BigInt, nullable=False, default=0),
     sa.Column("missed_runs_total", _BigInt, nullable=False, default=0),
-    # Histograms as JSON: {"buckets": [per-bucket counts, non-cumulative, last is +Inf],
-    # "sum": seconds, "count": n}; bucket bounds are in scheduler_core.histograms.
-    sa.Column("duration_histogram", sa.Text, nullable=False, default="{}"),
-    sa.Column("start_delay_histogram", sa.Text, nullable=False, default="{}"),
+    # Histograms, one column per bucket so that finalize adds to them in SQL (count = the
+    # buckets' total); the bounds are in scheduler_core.histograms.
+    *DURATION_HISTOGRAM.columns(),
+    *START_DELAY_HISTOGRAM.columns(),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_scheduler_schedules_due_at", "due_at"),

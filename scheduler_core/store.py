@@ -30,16 +30,25 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 
-from scheduler_core.bulk import bulk_insert_returning, bulk_update, member_of
+from scheduler_core.bulk import (
+    bulk_insert_returning,
+    bulk_update,
+    member_of,
+    pg_recordset,
+    pg_rows,
+)
 from scheduler_core.db import select_rows
 from scheduler_core.errors import RunLookupError, TaskLookupError
 from scheduler_core.histograms import (
     DURATION_BUCKETS,
     START_DELAY_BUCKETS,
     HistogramCounts,
-    observe_json,
+    bucket_index,
 )
 from scheduler_core.models import (
+    DURATION_HISTOGRAM,
+    START_DELAY_HISTOGRAM,
+    UTCDateTime,
     alarm_events,
     audit_events,
     instances,
@@ -184,6 +193,11 @@ _COUNTER_COLUMN = {
 
 _RUN_KEY = ("task_name", "scheduled_for", "attempt")
 
+_EMPTY_HISTOGRAMS = {
+    **DURATION_HISTOGRAM.values(HistogramCounts.empty(DURATION_BUCKETS)),
+    **START_DELAY_HISTOGRAM.values(HistogramCounts.empty(START_DELAY_BUCKETS)),
+}
+
 #: The definition text is not among them: it is read only for a digest this process has not
 #: parsed yet (``Store._learn_definitions``), not with every claim.
 _CLAIM_COLUMNS = (
@@ -215,16 +229,6 @@ def _claimed(r: Any) -> ClaimedSchedule:
     )
 
 
-_COUNTER_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
-    "name": schedules.c.name.type,
-    "failures": schedules.c.consecutive_failures.type,
-    "duration_hist": schedules.c.duration_histogram.type,
-    "delay_hist": schedules.c.start_delay_histogram.type,
-    "last_success": schedules.c.last_success_at.type,
-    "last_failure": schedules.c.last_failure_at.type,
-    **{status: sa.Integer() for status in _COUNTER_COLUMN},
-}
-
 _FINISH_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     "id": task_runs.c.id.type,
     "status": task_runs.c.status.type,
@@ -238,6 +242,77 @@ _FINISH_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     "thread": task_runs.c.thread_name.type,
     "trace_id": task_runs.c.trace_id.type,
 }
+
+#: Per finished run, what the schedule row's counters need: its bucket indices (None when
+#: the run adds no observation), the observed values and the task's consecutive failures.
+_TALLY_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
+    "task": schedules.c.name.type,
+    "status": task_runs.c.status.type,
+    "db": sa.Integer(),
+    "wb": sa.Integer(),
+    "duration": task_runs.c.duration_seconds.type,
+    "delay": task_runs.c.duration_seconds.type,
+    "finished_at": task_runs.c.finished_at.type,
+    "failures": schedules.c.consecutive_failures.type,
+}
+
+
+def _tally_sql(source: str, now: str) -> str:
+    """``UPDATE scheduler_schedules`` adding one batch of finished runs, aggregated per task
+    in SQL from ``source`` (rows named ``v`` with the columns of ``_TALLY_TYPES``): outcome
+    counters, histogram buckets and sums go up by what the batch holds, so concurrent
+    finalizers add to each other's counts instead of overwriting them."""
+    aggregates = ["max(v.failures) AS failures"]
+    sets = ["consecutive_failures = a.failures"]
+    for status, column in _COUNTER_COLUMN.items():
+        aggregates.append(f"count(*) FILTER (WHERE v.status = '{status}') AS {column}")
+        sets.append(f"{column} = t.{column} + a.{column}")
+    for histogram, index, value in (
+        (DURATION_HISTOGRAM, "db", "duration"),
+        (START_DELAY_HISTOGRAM, "wb", "delay"),
+    ):
+        for i, column in enumerate(histogram.buckets):
+            aggregates.append(f"count(*) FILTER (WHERE v.{index} = {i}) AS {column}")
+            sets.append(f"{column} = t.{column} + a.{column}")
+        aggregates.append(
+            f"COALESCE(sum(v.{value}) FILTER (WHERE v.{index} IS NOT NULL), 0) AS {histogram.sum}"
+        )
+        sets.append(f"{histogram.sum} = t.{histogram.sum} + a.{histogram.sum}")
+    aggregates.append("max(v.finished_at) FILTER (WHERE v.status = 'success') AS last_success")
+    aggregates.append(
+        "max(v.finished_at) FILTER (WHERE v.status IN ('failure', 'timeout')) AS last_failure"
+    )
+    sets.append("last_success_at = COALESCE(a.last_success, t.last_success_at)")
+    sets.append("last_failure_at = COALESCE(a.last_failure, t.last_failure_at)")
+    sets.append(f"updated_at = {now}")
+    return (
+        f"UPDATE {schedules.name} AS t SET {', '.join(sets)} "
+        f"FROM (SELECT v.task, {', '.join(aggregates)} FROM {source} GROUP BY v.task) AS a "
+        "WHERE t.name = a.task"
+    )
+
+
+#: PostgreSQL: one JSON document per finalize batch (a row per run, encoded once) feeds
+#: both statements: the run rows' finished fields and the schedules' counters.
+_PG_FINISHED_TYPES = {**_FINISH_TYPES, **_TALLY_TYPES}
+_PG_FINISHED_ROWS = pg_recordset(list(_PG_FINISHED_TYPES), _PG_FINISHED_TYPES)
+_PG_FINISH_SQL = (
+    f"UPDATE {task_runs.name} AS t SET status = v.status, started_at = v.started_at, "
+    "finished_at = v.finished_at, duration_seconds = v.duration, error_message = v.error, "
+    "error_traceback = v.traceback, exit_code = v.exit_code, pid = v.pid, "
+    "thread_name = v.thread, trace_id = v.trace_id "
+    f"FROM {_PG_FINISHED_ROWS} WHERE t.id = v.id"
+)
+_PG_TALLY_SQL = _tally_sql(_PG_FINISHED_ROWS, "%(now)s")
+#: SQLite: the same aggregate over ``json_each``; timestamps travel in its stored text form.
+_SQLITE_TALLY_SQL = sa.text(
+    _tally_sql(
+        "(SELECT "
+        + ", ".join(f"json_extract(j.value, '$.{n}') AS {n}" for n in _TALLY_TYPES)
+        + " FROM json_each(:rows) AS j) AS v",
+        ":now",
+    )
+).bindparams(sa.bindparam("rows", type_=sa.Text()), sa.bindparam("now", type_=UTCDateTime()))
 
 
 class Store:
@@ -371,8 +446,6 @@ class Store:
 
     def _new_schedule_row(self, definition: TaskDefinition, now: datetime) -> dict[str, Any]:
         first = definition.first_fire_after(now)
-        empty_duration = HistogramCounts.empty(DURATION_BUCKETS).to_json()
-        empty_delay = HistogramCounts.empty(START_DELAY_BUCKETS).to_json()
         return {
             "name": definition.name,
             **self._definition_columns(definition),
@@ -383,8 +456,7 @@ class Store:
             "consecutive_failures": 0,
             **{column: 0 for column in _COUNTER_COLUMN.values()},
             "missed_runs_total": 0,
-            "duration_histogram": empty_duration,
-            "start_delay_histogram": empty_delay,
+            **_EMPTY_HISTOGRAMS,
             "created_at": now,
             "updated_at": now,
         }
@@ -899,42 +971,8 @@ class Store:
             live = {r.id for r in conn.execute(fence)}
             accepted = [o for o in outcomes if o.run_id in live]
             rejected = [o for o in outcomes if o.run_id not in live]
-            bulk_update(
-                conn,
-                task_runs,
-                [
-                    {
-                        "id": o.run_id,
-                        "status": o.status,
-                        "started_at": o.started_at,
-                        "finished_at": o.finished_at,
-                        "duration": o.duration_seconds,
-                        "error": truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
-                        "traceback": truncate_text(o.error_traceback, TRACEBACK_LIMIT),
-                        "exit_code": o.exit_code,
-                        "pid": o.pid,
-                        "thread": o.thread_name,
-                        "trace_id": o.trace_id,
-                    }
-                    for o in accepted
-                ],
-                types=_FINISH_TYPES,
-                set_={
-                    "status": "{status}",
-                    # The real start (a run may wait in its instance's queue after dispatch).
-                    "started_at": "{started_at}",
-                    "finished_at": "{finished_at}",
-                    "duration_seconds": "{duration}",
-                    "error_message": "{error}",
-                    "error_traceback": "{traceback}",
-                    "exit_code": "{exit_code}",
-                    "pid": "{pid}",
-                    "thread_name": "{thread}",
-                    "trace_id": "{trace_id}",
-                },
-                where="t.id = {id}",
-            )
-            consecutive, retries, recovered = self._update_counters(conn, accepted, now)
+            consecutive, retries, recovered = self._decide_failures(conn, accepted, now)
+            self._write_finished(conn, accepted, consecutive, now)
         return FinalizeResult(
             accepted=accepted,
             rejected=rejected,
@@ -943,9 +981,11 @@ class Store:
             recovered=frozenset(recovered),
         )
 
-    def _update_counters(
+    def _decide_failures(
         self, conn: sa.Connection, outcomes: Sequence[RunOutcome], now: datetime
     ) -> tuple[dict[str, int], dict[str, datetime], set[str]]:
+        """Each task's consecutive failures after ``outcomes``, the retries they schedule
+        (written here) and the tasks that recovered. Locks the schedule rows until commit."""
         if not outcomes:
             return {}, {}, set()
         per_task: dict[str, list[RunOutcome]] = defaultdict(list)
@@ -957,8 +997,6 @@ class Store:
             stmt = sa.select(
                 schedules.c.name,
                 schedules.c.definition_hash,
-                schedules.c.duration_histogram,
-                schedules.c.start_delay_histogram,
                 schedules.c.consecutive_failures,
                 schedules.c.retry_at,
             ).where(member_of(self.dialect, schedules.c.name, chunk))
@@ -978,7 +1016,6 @@ class Store:
         consecutive: dict[str, int] = {}
         recovered: set[str] = set()
         retries: dict[str, datetime] = {}
-        params: list[dict[str, Any]] = []
         retry_params: list[dict[str, Any]] = []
         for name in names:
             row = current.get(name)
@@ -986,16 +1023,11 @@ class Store:
                 continue
             runs = sorted(per_task[name], key=lambda o: o.finished_at)
             definition = self._definitions[row.definition_hash]
-            counts = dict.fromkeys(_COUNTER_COLUMN, 0)
             failures = row.consecutive_failures
-            last_success = last_failure = None
             for o in runs:
-                counts[o.status] = counts.get(o.status, 0) + 1
                 if o.status == "success":
                     failures = 0
-                    last_success = o.finished_at
                 elif o.status in ("failure", "timeout"):
-                    last_failure = o.finished_at
                     retry = definition.policies.retries
                     if o.attempt <= retry.max and row.retry_at is None and name not in retries:
                         retry_at = now + timedelta(
@@ -1015,48 +1047,6 @@ class Store:
             consecutive[name] = failures
             if row.consecutive_failures > 0 and failures == 0:
                 recovered.add(name)
-            durations = observe_json(
-                row.duration_histogram,
-                DURATION_BUCKETS,
-                (o.duration_seconds for o in runs if o.status != "skipped"),
-            )
-            delays = observe_json(
-                row.start_delay_histogram,
-                START_DELAY_BUCKETS,
-                (
-                    (o.started_at - o.scheduled_for).total_seconds()
-                    for o in runs
-                    if o.attempt == 1 and o.status != "skipped"
-                ),
-            )
-            params.append(
-                {
-                    "name": name,
-                    "failures": failures,
-                    "duration_hist": durations,
-                    "delay_hist": delays,
-                    "last_success": last_success,
-                    "last_failure": last_failure,
-                    **{status: counts.get(status, 0) for status in _COUNTER_COLUMN},
-                }
-            )
-        bulk_update(
-            conn,
-            schedules,
-            params,
-            types=_COUNTER_TYPES,
-            consts={"now": (now, schedules.c.updated_at.type)},
-            set_={
-                "consecutive_failures": "{failures}",
-                "duration_histogram": "{duration_hist}",
-                "start_delay_histogram": "{delay_hist}",
-                "last_success_at": "COALESCE({last_success}, t.last_success_at)",
-                "last_failure_at": "COALESCE({last_failure}, t.last_failure_at)",
-                "updated_at": "{now}",
-                **{col: f"t.{col} + {{{status}}}" for status, col in _COUNTER_COLUMN.items()},
-            },
-            where="t.name = {name}",
-        )
         if retry_params:
             conn.execute(
                 schedules.update()
@@ -1070,6 +1060,69 @@ class Store:
             )
             self._refresh_due_at(conn, [p["b_name"] for p in retry_params])
         return consecutive, retries, recovered
+
+    def _write_finished(
+        self,
+        conn: sa.Connection,
+        outcomes: Sequence[RunOutcome],
+        consecutive: Mapping[str, int],
+        now: datetime,
+    ) -> None:
+        """Finish the run rows and add them to their schedules' counters and histograms.
+
+        Python sends per run only its bucket indices and values; the database adds them up
+        per task (``_tally_sql``), so the histograms are never read back or rewritten here.
+        A task missing from ``consecutive`` (no schedule row) only gets its run rows written.
+        """
+        if not outcomes:
+            return
+        if self.is_postgres:
+            rows = [
+                {
+                    **_finished_fields(o),
+                    **_tally_fields(o, consecutive),
+                }
+                for o in outcomes
+            ]
+            params = {
+                "rows": pg_rows(rows, list(_PG_FINISHED_TYPES), _PG_FINISHED_TYPES),
+                "now": now,
+            }
+            conn.exec_driver_sql(_PG_FINISH_SQL, params)
+            conn.exec_driver_sql(_PG_TALLY_SQL, params)
+            return
+        bulk_update(
+            conn,
+            task_runs,
+            [_finished_fields(o) for o in outcomes],
+            types=_FINISH_TYPES,
+            set_={
+                "status": "{status}",
+                # The real start (a run may wait in its instance's queue after dispatch).
+                "started_at": "{started_at}",
+                "finished_at": "{finished_at}",
+                "duration_seconds": "{duration}",
+                "error_message": "{error}",
+                "error_traceback": "{traceback}",
+                "exit_code": "{exit_code}",
+                "pid": "{pid}",
+                "thread_name": "{thread}",
+                "trace_id": "{trace_id}",
+            },
+            where="t.id = {id}",
+        )
+        stored_time = _SQLITE_TIME.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        assert stored_time is not None
+        tallies = [
+            {
+                "status": o.status,
+                "duration": o.duration_seconds,
+                "finished_at": stored_time(o.finished_at),
+                **_tally_fields(o, consecutive),
+            }
+            for o in outcomes
+        ]
+        conn.execute(_SQLITE_TALLY_SQL, {"rows": json.dumps(tallies, allow_nan=False), "now": now})
 
     # ----------------------------------------------------------------- instances
     def register_instance(
@@ -1418,7 +1471,7 @@ class Store:
             raise TaskLookupError(task)
         out = []
         for r in rows:
-            hist = HistogramCounts.from_json(r.duration_histogram, DURATION_BUCKETS)
+            hist = DURATION_HISTOGRAM.read(r._mapping)
             finished = sum(getattr(r, c) for s, c in _COUNTER_COLUMN.items() if s != "skipped")
             failed = r.runs_failure_total + r.runs_timeout_total
             out.append(
@@ -1566,3 +1619,42 @@ def _least(a: sa.ColumnElement[Any], b: sa.ColumnElement[Any]) -> sa.ColumnEleme
         (a <= b, a),
         else_=b,
     )
+
+
+_SQLITE_TIME = UTCDateTime()
+
+
+def _finished_fields(o: RunOutcome) -> dict[str, Any]:
+    """A run row's finished fields (see ``_FINISH_TYPES``)."""
+    return {
+        "id": o.run_id,
+        "status": o.status,
+        "started_at": o.started_at,
+        "finished_at": o.finished_at,
+        "duration": o.duration_seconds,
+        "error": truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
+        "traceback": truncate_text(o.error_traceback, TRACEBACK_LIMIT),
+        "exit_code": o.exit_code,
+        "pid": o.pid,
+        "thread": o.thread_name,
+        "trace_id": o.trace_id,
+    }
+
+
+def _tally_fields(o: RunOutcome, consecutive: Mapping[str, int]) -> dict[str, Any]:
+    """What a run adds to its schedule's counters besides its status, duration and finish
+    (see ``_TALLY_TYPES``): a skipped run observes no duration, and only a tick's first
+    attempt has a start delay."""
+    observed = o.status != "skipped"
+    delay = (
+        max(0.0, (o.started_at - o.scheduled_for).total_seconds())
+        if observed and o.attempt == 1
+        else None
+    )
+    return {
+        "task": o.task_name,
+        "db": bucket_index(DURATION_BUCKETS, o.duration_seconds) if observed else None,
+        "wb": bucket_index(START_DELAY_BUCKETS, delay) if delay is not None else None,
+        "delay": delay,
+        "failures": consecutive.get(o.task_name),
+    }

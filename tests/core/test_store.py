@@ -5,15 +5,21 @@ Every test runs on both backends (the ``db_url`` fixture); time comes from a Fak
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from scheduler_core.errors import RunLookupError, TaskLookupError
-from scheduler_core.histograms import DURATION_BUCKETS, HistogramCounts
-from scheduler_core.models import alarm_events, instances, schedules, task_health, task_runs
+from scheduler_core.models import (
+    DURATION_HISTOGRAM,
+    START_DELAY_HISTOGRAM,
+    alarm_events,
+    instances,
+    schedules,
+    task_health,
+    task_runs,
+)
 from scheduler_core.store import RunOutcome, Store
 from tests.core.conftest import T0, run_cycle, tasks
 
@@ -344,10 +350,10 @@ def test_counters_and_histograms_persist(store: Store, db_engine: sa.Engine) -> 
     store.finalize_runs([outcome(run, "success", now + timedelta(seconds=3))], now=now)
     row = schedule_row(db_engine, "a")
     assert row.runs_success_total == 1 and row.last_success_at == now + timedelta(seconds=3)
-    hist = HistogramCounts.from_json(row.duration_histogram, DURATION_BUCKETS)
+    hist = DURATION_HISTOGRAM.read(row._mapping)
     assert hist.count == 1 and hist.sum == pytest.approx(3.0)
     assert dict(hist.cumulative())[5] == 1 and dict(hist.cumulative())[2.5] == 0
-    assert json.loads(row.start_delay_histogram)["count"] == 1
+    assert START_DELAY_HISTOGRAM.read(row._mapping).count == 1
 
 
 def test_sync_keeps_counters_and_disables_removed_tasks(store: Store, db_engine: sa.Engine) -> None:

@@ -45,8 +45,9 @@ def schedule_row(name: str, *, now: datetime = NOW, **overrides: Any) -> dict[st
         "expected_interval_seconds": 300.0,
         **{f"runs_{outcome}_total": 0 for outcome in models.TERMINAL_STATUSES},
         "missed_runs_total": 0,
-        "duration_histogram": HistogramCounts.empty(DURATION_BUCKETS).to_json(),
-        "start_delay_histogram": HistogramCounts.empty(START_DELAY_BUCKETS).to_json(),
+        **histogram_columns(
+            HistogramCounts.empty(DURATION_BUCKETS), HistogramCounts.empty(START_DELAY_BUCKETS)
+        ),
         "created_at": now - timedelta(days=1),
         "updated_at": now,
     }
@@ -142,6 +143,14 @@ class Expected:
     last_status: str | None = None
 
 
+def histogram_columns(duration: HistogramCounts, start_delay: HistogramCounts) -> dict[str, Any]:
+    """Schedule-row column values that store these two histograms."""
+    return {
+        **models.DURATION_HISTOGRAM.values(duration),
+        **models.START_DELAY_HISTOGRAM.values(start_delay),
+    }
+
+
 def duration_histogram(*values: float) -> HistogramCounts:
     return HistogramCounts.empty(DURATION_BUCKETS).observe(values)
 
@@ -166,8 +175,10 @@ def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Exp
             missed_runs_total=2,
             last_success_at=now - timedelta(minutes=1),
             last_failure_at=now - timedelta(hours=1),
-            duration_histogram=duration_histogram(0.02, 0.3, 0.3, 4.0, 4.0, 40.0, 9000.0).to_json(),
-            start_delay_histogram=delay_histogram(0.002, 0.2, 0.2, 0.2, 2.0, 20.0, 100.0).to_json(),
+            **histogram_columns(
+                duration_histogram(0.02, 0.3, 0.3, 4.0, 4.0, 40.0, 9000.0),
+                delay_histogram(0.002, 0.2, 0.2, 0.2, 2.0, 20.0, 100.0),
+            ),
             max_runtime_seconds=600.0,
         ),
         schedule_row(
@@ -331,15 +342,14 @@ def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Exp
 def seed_many(engine: sa.Engine, count: int, *, now: datetime = NOW, instances: int = 2) -> None:
     """``count`` busy tasks with health rows on every instance and a few in-flight runs."""
     ids = [f"node-{i}:1" for i in range(instances)]
-    hist = duration_histogram(0.1, 1.0, 5.0).to_json()
-    delay = delay_histogram(0.01, 0.2).to_json()
+    hists = histogram_columns(duration_histogram(0.1, 1.0, 5.0), delay_histogram(0.01, 0.2))
     names = [f"task-{i:05d}" for i in range(count)]
     insert(
         engine,
         models.schedules,
         (
             schedule_row(name, now=now, runs_success_total=i, runs_failure_total=i % 3,
-                         duration_histogram=hist, start_delay_histogram=delay,
+                         **hists,
                          max_runtime_seconds=600.0)
             for i, name in enumerate(names)
         ),
