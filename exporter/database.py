@@ -18,15 +18,9 @@ def create_reader_engine(url: str | URL, *, statement_timeout: float = 10.0) -> 
     SQLite reads run in a deferred ``BEGIN`` (one consistent WAL snapshot, no writer blocked)
     with ``query_only`` on, and a missing database file is an error instead of being created.
     """
-    parsed = normalize_url(url)
-    if parsed.drivername.startswith("postgresql"):
-        # Timestamps read without SQLAlchemy's conversion (exporter.snapshot) arrive in the
-        # session's time zone: make that UTC, whatever the server's or the URL's setting.
-        own = parsed.query.get("options")
-        utc = "-c TimeZone=UTC"
-        parsed = parsed.update_query_dict({"options": f"{own} {utc}" if own else utc})
+    # Sessions are in UTC (create_db_engine): exporter.snapshot reads driver rows.
     return create_db_engine(
-        parsed, pool_size=2, read_only=True, statement_timeout=statement_timeout
+        normalize_url(url), pool_size=2, read_only=True, statement_timeout=statement_timeout
     )
 
 

@@ -9,7 +9,7 @@ index; history is never scanned), instances and open alarms.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -20,6 +20,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from scheduler_core import models
+from scheduler_core.db import select_rows
 from scheduler_core.histograms import HistogramCounts
 from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, HistogramColumns
 
@@ -259,7 +260,7 @@ class SnapshotReader:
                 return self.read(conn, now)
         conn = bind
         health: dict[str, _Health] = {}
-        for name, *values in _select(conn, sa.select(*_HEALTH_COLUMNS)):
+        for name, *values in select_rows(conn, sa.select(*_HEALTH_COLUMNS)):
             entry = health.get(name)
             if entry is None:
                 entry = health[name] = _Health()
@@ -267,7 +268,7 @@ class SnapshotReader:
 
         running_by_task: dict[str, list[datetime | None]] = {}
         running_by_instance: dict[str, int] = {}
-        for task_name, instance_id, started_at in _select(
+        for task_name, instance_id, started_at in select_rows(
             conn,
             sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running"),
         ):
@@ -276,8 +277,8 @@ class SnapshotReader:
                 running_by_instance[instance_id] = running_by_instance.get(instance_id, 0) + 1
 
         alarms: dict[str, set[str]] = {}
-        for alarm_task, kind in _rows(
-            conn.execute(sa.select(_A.task_name, _A.kind).where(_A.closed_at.is_(None)))
+        for alarm_task, kind in select_rows(
+            conn, sa.select(_A.task_name, _A.kind).where(_A.closed_at.is_(None))
         ):
             alarms.setdefault(alarm_task, set()).add(kind)
 
@@ -287,7 +288,7 @@ class SnapshotReader:
         shared = _Shared(self._histograms)
         empty_health = _Health()
         tasks: list[TaskSnapshot] = []
-        for row in _select(conn, sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name)):
+        for row in select_rows(conn, sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name)):
             h = health.pop(row[0], empty_health)
             starts = running_by_task.get(row[0], ())
             open_alarms = frozenset(alarms.pop(row[0], ())) or _NO_ALARMS
@@ -324,25 +325,6 @@ class SnapshotReader:
         )
 
 
-def _select(conn: sa.Connection, stmt: sa.Select[Any]) -> Iterator[Any]:
-    """The rows of ``stmt``. On PostgreSQL they come as the driver returns them: timestamps
-    are already aware datetimes (the reader's sessions are in UTC, see
-    ``create_reader_engine``), and skipping SQLAlchemy's per-value result processing is a
-    large part of a 10,000-task refresh, which scrapes otherwise wait behind."""
-    if conn.dialect.name != "postgresql":
-        return _rows(conn.execute(stmt))
-    compiled = stmt.compile(dialect=conn.dialect)
-    return _rows(conn.exec_driver_sql(str(compiled), dict(compiled.params)))
-
-
-def _rows(result: sa.CursorResult[Any]) -> Iterator[sa.Row[Any]]:
-    """The rows of ``result`` in batches: far cheaper than one driver fetch per row, and never
-    more than a batch converted to Python objects at once."""
-    for batch in result.partitions(_BATCH_ROWS):
-        yield from batch
-
-
-_BATCH_ROWS = 1000
 _NO_ALARMS: frozenset[str] = frozenset()
 #: The stored histograms, by their index in a ``_HistogramKey``.
 _HISTOGRAMS = (DURATION_HISTOGRAM, START_DELAY_HISTOGRAM)
