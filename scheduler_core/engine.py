@@ -338,8 +338,7 @@ class Scheduler:
                     look_ahead=timedelta(seconds=self.settings.look_ahead),
                 )
                 claimed_total += claimed
-                for run in dispatched:
-                    self._launch(run)
+                self._launch(dispatched)
                 launched.extend(dispatched)
                 if claimed < limit:
                     break
@@ -379,30 +378,35 @@ class Scheduler:
         self.telemetry.check_stuck(now=now)
 
     # ------------------------------------------------------------------ execution
-    def _launch(self, run: DispatchedRun) -> None:
-        """Register the run and start it now, or at ``not_before`` if that is later."""
-        # The timeout clock starts when a worker picks the run up (see _mark_started).
-        deadline = None
-        handle = RunHandle(
-            run_id=run.run_id,
-            task_name=run.task_name,
-            definition=run.definition,
-            deadline=deadline,
-            scheduled_for=run.scheduled_for,
-            attempt=run.attempt,
-            started_at=run.started_at,
-        )
+    def _launch(self, runs: list[DispatchedRun]) -> None:
+        """Register the runs and start each now, or at its ``not_before`` if that is later."""
+        if not runs:
+            return
+        # The timeout clock starts when a worker picks a run up (see _mark_started).
+        handles = [
+            RunHandle(
+                run_id=run.run_id,
+                task_name=run.task_name,
+                definition=run.definition,
+                deadline=None,
+                scheduled_for=run.scheduled_for,
+                attempt=run.attempt,
+                started_at=run.started_at,
+            )
+            for run in runs
+        ]
         with self._running_lock:
-            self._running[run.run_id] = handle
-        delay = (
-            (run.not_before - self.clock.now()).total_seconds()
-            if run.not_before is not None
-            else 0.0
-        )
-        if delay > 0.001:
-            self._delayed.add(time.monotonic() + delay, run, handle)
-        else:
-            self._start_run(run, handle)
+            for handle in handles:
+                self._running[handle.run_id] = handle
+        now, mono = self.clock.now(), time.monotonic()
+        later: list[tuple[float, DispatchedRun, RunHandle]] = []
+        for run, handle in zip(runs, handles, strict=True):
+            delay = (run.not_before - now).total_seconds() if run.not_before is not None else 0.0
+            if delay > 0.001:
+                later.append((mono + delay, run, handle))
+            else:
+                self._start_run(run, handle)
+        self._delayed.add_many(later)
 
     def _start_run(self, run: DispatchedRun, handle: RunHandle) -> None:
         with self._queued_lock:
@@ -430,17 +434,23 @@ class Scheduler:
         return True
 
     def _span(self, run: DispatchedRun) -> Any:
-        return tracer().start_span(
-            f"schedctl.run {run.task_name}",
-            attributes={
-                "schedctl.task": run.task_name,
-                "schedctl.run_id": run.run_id,
-                "schedctl.attempt": run.attempt,
-                "schedctl.trigger": run.trigger,
-                "schedctl.instance_id": self.settings.instance_id,
-                "schedctl.scheduled_for": run.scheduled_for.isoformat(),
-            },
-        )
+        """The run's span, or None when no tracer provider is installed (spans would be
+        no-ops: building their attributes and entering their context is skipped)."""
+        span = tracer().start_span(f"schedctl.run {run.task_name}")
+        if span is trace.INVALID_SPAN:
+            return None
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "schedctl.task": run.task_name,
+                    "schedctl.run_id": run.run_id,
+                    "schedctl.attempt": run.attempt,
+                    "schedctl.trigger": run.trigger,
+                    "schedctl.instance_id": self.settings.instance_id,
+                    "schedctl.scheduled_for": run.scheduled_for.isoformat(),
+                }
+            )
+        return span
 
     def _execute_in_thread(self, run: DispatchedRun, handle: RunHandle) -> None:
         current = threading.current_thread()
@@ -461,7 +471,7 @@ class Scheduler:
         if not self._begin(handle):
             return
         span = self._span(run)
-        with trace.use_span(span, end_on_exit=False):
+        with _current(span):
             action = run.definition.action
             try:
                 if isinstance(action, CommandAction):
@@ -485,7 +495,7 @@ class Scheduler:
             return
         span = self._span(run)
         assert isinstance(run.definition.action, CallableAction)
-        with trace.use_span(span, end_on_exit=False):
+        with _current(span):
             result = await run_async_callable(
                 run.definition.action, handle, run.definition.policies.timeout
             )
@@ -495,16 +505,19 @@ class Scheduler:
         self, run: DispatchedRun, handle: RunHandle, result: ActionResult, span: Any
     ) -> None:
         if not handle.claim_finish():
-            span.end()
+            if span is not None:
+                span.end()
             return  # the watchdog or a cancel already recorded this run
-        ctx = span.get_span_context()
-        trace_id = format(ctx.trace_id, "032x") if ctx.trace_id else None
-        if result.status != "success":
-            span.set_status(
-                trace.Status(trace.StatusCode.ERROR, result.error_message or result.status)
-            )
-        span.set_attribute("schedctl.outcome", result.status)
-        span.end()
+        trace_id = None
+        if span is not None:
+            ctx = span.get_span_context()
+            trace_id = format(ctx.trace_id, "032x") if ctx.trace_id else None
+            if result.status != "success":
+                span.set_status(
+                    trace.Status(trace.StatusCode.ERROR, result.error_message or result.status)
+                )
+            span.set_attribute("schedctl.outcome", result.status)
+            span.end()
         self._completions.put(
             RunOutcome(
                 run_id=run.run_id,
@@ -522,7 +535,8 @@ class Scheduler:
                 trace_id=trace_id,
             )
         )
-        self._wake.set()
+        if not self._wake.is_set():  # the loop collects at its next pass anyway
+            self._wake.set()
 
     def _record_without_worker(self, handle: RunHandle, status: str, message: str) -> None:
         """Finish a run from the loop thread (timeout of a sync callable, cancel, drain)."""
@@ -691,6 +705,13 @@ class Scheduler:
         deadline = time.monotonic() + timeout
         while self._completions.qsize() < count and time.monotonic() < deadline:
             time.sleep(0.005)
+
+
+def _current(span: Any) -> contextlib.AbstractContextManager[Any]:
+    """``span`` as the current span while the action runs (nothing to enter without one)."""
+    if span is None:
+        return contextlib.nullcontext()
+    return trace.use_span(span, end_on_exit=False)
 
 
 def _is_async(action: CallableAction) -> bool:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -233,13 +233,20 @@ class DelayedStarts:
 
     ``start(*args)`` is called (outside the lock) at the monotonic time given to ``add``;
     after ``close()`` nothing more is started (what is left was recorded by the engine).
+
+    The timer sleeps on a plain lock used as a signal (``add`` releases it when a new entry
+    becomes the earliest): a timed ``Lock.acquire`` is one C call, where
+    ``Condition.wait`` allocates a lock and runs Python code for every start.
     """
 
     def __init__(self, start: Callable[..., None]) -> None:
         self._start = start
         self._heap: list[tuple[float, int, tuple[Any, ...]]] = []
         self._order = itertools.count()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        #: Held while there is nothing new to look at; released to wake the timer.
+        self._signal = threading.Lock()
+        self._signal.acquire()
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -247,31 +254,46 @@ class DelayedStarts:
         return len(self._heap)
 
     def add(self, at: float, *args: Any) -> None:
-        with self._cond:
+        self.add_many([(at, *args)])
+
+    def add_many(self, entries: Sequence[tuple[Any, ...]]) -> None:
+        """``add(*entry)`` for each entry, under one lock and with at most one wake."""
+        if not entries:
+            return
+        with self._lock:
             if self._closed:
                 return
-            entry = (at, next(self._order), args)
-            heapq.heappush(self._heap, entry)
+            first = self._heap[0] if self._heap else None
+            for at, *args in entries:
+                heapq.heappush(self._heap, (at, next(self._order), tuple(args)))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="schedctl-starts", daemon=True
                 )
                 self._thread.start()
-            if self._heap[0] is entry:  # only an earlier first start changes the timer
-                self._cond.notify()
+            earliest = self._heap[0] is not first
+        if earliest:  # only an earlier first start changes the timer
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already released: the timer will look
+            self._signal.release()
 
     def _loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
+            with self._lock:
                 if self._closed:
                     return
                 now = time.monotonic()
                 due = []
                 while self._heap and self._heap[0][0] <= now:
                     due.append(heapq.heappop(self._heap)[2])
+                wait = self._heap[0][0] - now if self._heap else -1.0
+            if not due:
+                # A wake between the look above and this wait is not lost: the signal stays
+                # released until taken, and the loop then looks again.
+                self._signal.acquire(timeout=min(wait, 3600.0) if wait >= 0 else -1)
+                continue
             for args in due:
                 try:
                     self._start(*args)
@@ -279,10 +301,10 @@ class DelayedStarts:
                     log.exception("could not start a run")
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._heap.clear()
-            self._cond.notify()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

@@ -48,6 +48,8 @@ def register_callable(name: str, func: Callable[..., Any]) -> None:
 #: Import paths already resolved: a scheduler resolves the same few callables at every run.
 #: Failures are not kept, so a module that appears later (a deploy) is found then.
 _RESOLVED: dict[str, Callable[..., Any]] = {}
+#: ``inspect.iscoroutinefunction`` per callable (a few microseconds, asked for every run).
+_IS_ASYNC: dict[Any, bool] = {}
 
 
 def resolve_callable(ref: str) -> Callable[..., Any]:
@@ -94,7 +96,15 @@ class CallableAction:
         return resolve_callable(self.ref)
 
     def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.resolve())
+        """Whether the callable is a coroutine function (asked once per run: memoised)."""
+        func = self.resolve()
+        try:
+            found = _IS_ASYNC.get(func)
+        except TypeError:  # an unhashable callable object
+            return inspect.iscoroutinefunction(func)
+        if found is None:
+            found = _IS_ASYNC[func] = inspect.iscoroutinefunction(func)
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"callable": self.ref}

@@ -188,23 +188,26 @@ class TelemetryWriter:
         outcomes = result.accepted
         if not outcomes:
             return
-        with self._lock:
-            for o in outcomes:
-                left = self._running_per_task.get(o.task_name, 1) - 1
-                if left <= 0:
-                    self._running_per_task.pop(o.task_name, None)
-                else:
-                    self._running_per_task[o.task_name] = left
-            still_running = dict(self._running_per_task)
         latest: dict[str, RunOutcome] = {}
         for o in outcomes:
-            if o.task_name not in latest or o.finished_at >= latest[o.task_name].finished_at:
+            seen = latest.get(o.task_name)
+            if seen is None or o.finished_at >= seen.finished_at:
                 latest[o.task_name] = o
+        running = self._running_per_task
+        unwritten = self._unwritten_starts
         with self._lock:
             for o in outcomes:
-                start = self._unwritten_starts.get(o.task_name)
+                name = o.task_name
+                left = running.get(name, 1) - 1
+                if left <= 0:
+                    running.pop(name, None)
+                else:
+                    running[name] = left
+                start = unwritten.get(name)
                 if start is not None and start[1] == o.run_id:
-                    del self._unwritten_starts[o.task_name]  # its finish row says it all
+                    del unwritten[name]  # its finish row says it all
+            still_running = {name for name in latest if name in running}
+        failures = result.consecutive_failures
         rows = []
         for name, o in latest.items():
             d = definitions.get(name)
@@ -218,8 +221,8 @@ class TelemetryWriter:
                     "last_finished_at": o.finished_at,
                     "last_duration_seconds": o.duration_seconds,
                     "last_status": o.status,
-                    "is_running": still_running.get(name, 0) > 0,
-                    "consecutive_failures": result.consecutive_failures.get(name, 0),
+                    "is_running": name in still_running,
+                    "consecutive_failures": failures.get(name, 0),
                     "last_error_message": truncate_text(o.error_message, LAST_ERROR_LIMIT),
                     "max_runtime_seconds": None if d is None else d.policies.max_runtime,
                 }
@@ -243,11 +246,10 @@ class TelemetryWriter:
         self._update_failure_alarms(result.consecutive_failures, result.recovered, latest, now=now)
         instruments = otel_instruments()
         for o in outcomes:
-            instruments.runs.add(1, {"task": o.task_name, "outcome": o.status})
-            instruments.duration.record(
-                o.duration_seconds, {"task": o.task_name, "outcome": o.status}
-            )
-        instruments.failures.update(result.consecutive_failures)
+            attributes = {"task": o.task_name, "outcome": o.status}
+            instruments.runs.add(1, attributes)
+            instruments.duration.record(o.duration_seconds, attributes)
+        instruments.failures.update(failures)
 
     def _update_failure_alarms(
         self,

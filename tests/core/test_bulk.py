@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from scheduler_core.bulk import bulk_insert_returning, bulk_update
+from scheduler_core.bulk import bulk_insert_returning, bulk_update, member_of
 from scheduler_core.models import task_runs
 
 _STAMPS = [
@@ -99,3 +99,53 @@ def test_a_naive_timestamp_is_refused_naming_its_column(pg_url: str) -> None:
             )
     finally:
         engine.dispose()
+
+
+#: Names an array literal must carry exactly: quotes, backslashes, separators, braces,
+#: spaces, a word PostgreSQL would read as NULL unquoted, and non-ASCII text.
+_AWKWARD_NAMES = [
+    'say "hi"',
+    "back\\slash\\",
+    'both \\" mixed',
+    "a,b",
+    "{braces}",
+    "  spaced  ",
+    "NULL",
+    "null",
+    "",
+    "élan ✓",
+    "tab\there",
+]
+
+
+def test_member_of_matches_exactly_the_values_given(db_engine: sa.Engine) -> None:
+    """Set membership by names with awkward characters, and by ids, selects exactly those
+    rows: no name is mangled on the way (PostgreSQL gets them as one array literal)."""
+    names = [*_AWKWARD_NAMES, *(f"plain-{i}" for i in range(50))]
+    when = datetime(2026, 11, 23, tzinfo=UTC)
+    with db_engine.begin() as conn:
+        inserted = bulk_insert_returning(
+            conn,
+            task_runs,
+            [{**_run_row(0, when), "task_name": name} for name in names],
+            conflict=("task_name", "scheduled_for", "attempt"),
+            returning=("id", "task_name"),
+        )
+        dialect = conn.dialect.name
+        wanted = [*_AWKWARD_NAMES, "plain-7", "not stored"]
+        found = conn.execute(
+            sa.select(task_runs.c.task_name).where(
+                member_of(dialect, task_runs.c.task_name, wanted)
+            )
+        ).scalars()
+        assert sorted(found) == sorted([*_AWKWARD_NAMES, "plain-7"])
+        ids = {name: run_id for run_id, name in inserted}
+        some = [ids[n] for n in _AWKWARD_NAMES[:3]] + [10**12]
+        by_id = conn.execute(
+            sa.select(task_runs.c.task_name).where(member_of(dialect, task_runs.c.id, some))
+        ).scalars()
+        assert sorted(by_id) == sorted(_AWKWARD_NAMES[:3])
+        none = conn.execute(
+            sa.select(task_runs.c.id).where(member_of(dialect, task_runs.c.id, []))
+        ).all()
+        assert none == []
