@@ -92,6 +92,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of a process's threads, summed by role: its OS thread names
+    (``schedctl-run_N`` workers, ``schedctl-starts``, see
+    ``scheduler_core.executors.name_os_thread``) with the number dropped; the main
+    thread, which runs the scheduler loop in ``bench.runner``, is ``main (loop)``."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+        role = "main (loop)" if tid == str(pid) else name.rstrip("0123456789").rstrip("_")
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
 def rss_mib(pid: int) -> dict[str, float]:
     """Current and peak resident set size of a process, in MiB."""
     out = {"rss_mib": 0.0, "peak_rss_mib": 0.0}
@@ -105,8 +124,16 @@ def rss_mib(pid: int) -> dict[str, float]:
 
 
 def children_cpu_seconds(parent_pid: int) -> float:
-    """CPU seconds of the live direct children of ``parent_pid`` (PostgreSQL backends)."""
+    """CPU seconds of the direct children of ``parent_pid`` (PostgreSQL backends): the live
+    ones, plus those that exited (autovacuum workers, closed connections), which the
+    parent's ``cutime``/``cstime`` count once it has reaped them."""
     total = 0.0
+    try:
+        with open(f"/proc/{parent_pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[13]) + int(fields[14])) / _TICK
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        pass
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue

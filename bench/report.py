@@ -108,6 +108,14 @@ def render(results: dict[str, Any]) -> str:
             f"| start delay p50 / p99 / max (ms, run row) | {r['start_delay_row']['p50_ms']} / "
             f"{r['start_delay_row']['p99_ms']} / {r['start_delay_row']['max_ms']} |",
             f"| scheduler CPU (% of one core) | {r['scheduler_cpu_percent_of_one_core']} |",
+            _row(
+                "scheduler CPU by thread (% of one core)",
+                ", ".join(
+                    f"{role} {pct}"
+                    for role, pct in r.get("scheduler_cpu_percent_by_thread", {}).items()
+                )
+                or "—",
+            ),
             f"| PostgreSQL CPU (% of one core) | {r['postgres_cpu_percent_of_one_core']} |",
             _row(
                 "scheduler RSS / peak (MiB)",

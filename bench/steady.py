@@ -18,6 +18,7 @@ from bench.common import (
     read_runs,
     summarize_ms,
     sync,
+    thread_cpu_seconds,
 )
 from bench.processes import RunnerProcess
 from bench.sizes import Sizes
@@ -39,6 +40,7 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
         postmaster = dbs.postmaster_pid
         window_start = datetime.now(UTC)
         wall0, cpu0 = time.monotonic(), runner.cpu_seconds()
+        threads0 = thread_cpu_seconds(runner.pid)
         pg0 = children_cpu_seconds(postmaster) if postmaster else 0.0
         peak_rss = 0.0
         deadline = time.monotonic() + sizes.steady_seconds
@@ -47,6 +49,7 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
             peak_rss = max(peak_rss, runner.rss()["rss_mib"])
         wall = time.monotonic() - wall0
         cpu = runner.cpu_seconds() - cpu0
+        threads1 = thread_cpu_seconds(runner.pid)
         pg_cpu = (children_cpu_seconds(postmaster) - pg0) if postmaster else None
         window_end = datetime.now(UTC)
         rss = runner.rss()
@@ -81,6 +84,9 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
         "scheduler_cpu_percent_of_one_core": cpu_pct,
         "scheduler_rss_mib": rss["rss_mib"],
         "scheduler_peak_rss_mib": max(peak_rss, rss["peak_rss_mib"]),
+        # Where the scheduler's CPU goes, by thread role (a worker that exited in the
+        # window is not counted; the pool's threads live as long as the scheduler).
+        "scheduler_cpu_percent_by_thread": _by_thread(threads0, threads1, wall),
         "postgres_cpu_percent_of_one_core": None
         if pg_cpu is None
         else round(pg_cpu / wall * 100, 1),
@@ -97,4 +103,14 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
                 "met": cpu_pct <= 25,
             },
         ],
+    }
+
+
+def _by_thread(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Per thread role, percent of one core over the window, largest first."""
+    used = {role: seconds - before.get(role, 0.0) for role, seconds in after.items()}
+    return {
+        role: round(seconds / wall * 100, 1)
+        for role, seconds in sorted(used.items(), key=lambda kv: -kv[1])
+        if seconds > 0
     }

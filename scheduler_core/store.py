@@ -95,7 +95,7 @@ class SyncResult:
     disabled: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # not frozen: built per run, frozen init costs 2x
 class ClaimedSchedule:
     """A schedule row this instance holds the lease on."""
 
@@ -111,7 +111,7 @@ class ClaimedSchedule:
     consecutive_failures: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # not frozen: built per run, frozen init costs 2x
 class DispatchedRun:
     """A run row inserted as ``running``: the engine must execute and finalize it."""
 
@@ -138,7 +138,7 @@ class _Planned:
     not_before: dict[tuple[str, datetime, int], datetime]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # not frozen: built per run, frozen init costs 2x
 class RunOutcome:
     """How a run ended, ready to be written."""
 
@@ -1009,7 +1009,8 @@ class Store:
         for o in outcomes:
             per_task[o.task_name].append(o)
         names = sorted(per_task)
-        current: dict[str, Any] = {}
+        #: name -> (definition digest, consecutive failures, pending retry time)
+        current: dict[str, tuple[str, int, datetime | None]] = {}
         for chunk in _chunks(names, 900):
             stmt = sa.select(
                 schedules.c.name,
@@ -1020,16 +1021,10 @@ class Store:
             if self.is_postgres:
                 # Row locks in name order: concurrent finalizers cannot deadlock.
                 stmt = stmt.order_by(schedules.c.name).with_for_update()
-            current.update({r.name: r for r in conn.execute(stmt).all()})
+            for name, digest, failures, retry_at in select_rows(conn, stmt):
+                current[name] = (digest, failures, retry_at)
         # The definition text only for digests this process has not parsed yet (rare).
-        unknown = sorted({r.definition_hash for r in current.values()} - set(self._definitions))
-        if unknown:
-            for digest, text in conn.execute(
-                sa.select(schedules.c.definition_hash, schedules.c.definition)
-                .where(member_of(self.dialect, schedules.c.definition_hash, unknown))
-                .distinct()
-            ):
-                self.definition(digest, text)
+        self._learn_definitions(conn, {digest for digest, _f, _r in current.values()})
         consecutive: dict[str, int] = {}
         recovered: set[str] = set()
         retries: dict[str, datetime] = {}
@@ -1038,15 +1033,17 @@ class Store:
             row = current.get(name)
             if row is None:
                 continue
-            runs = sorted(per_task[name], key=lambda o: o.finished_at)
-            definition = self._definitions[row.definition_hash]
-            failures = row.consecutive_failures
+            digest, stored_failures, retry_pending = row
+            runs = per_task[name]
+            if len(runs) > 1:
+                runs = sorted(runs, key=_finished_at)
+            failures = stored_failures
             for o in runs:
                 if o.status == "success":
                     failures = 0
                 elif o.status in ("failure", "timeout"):
-                    retry = definition.policies.retries
-                    if o.attempt <= retry.max and row.retry_at is None and name not in retries:
+                    retry = self._definitions[digest].policies.retries
+                    if o.attempt <= retry.max and retry_pending is None and name not in retries:
                         retry_at = now + timedelta(
                             seconds=retry.delay_before(o.attempt + 1, rand=random.random())
                         )
@@ -1062,7 +1059,7 @@ class Store:
                     else:
                         failures += 1
             consecutive[name] = failures
-            if row.consecutive_failures > 0 and failures == 0:
+            if stored_failures > 0 and failures == 0:
                 recovered.add(name)
         if retry_params:
             conn.execute(
@@ -1629,6 +1626,10 @@ def _least(a: sa.ColumnElement[Any], b: sa.ColumnElement[Any]) -> sa.ColumnEleme
 
 
 _SQLITE_TIME = UTCDateTime()
+
+
+def _finished_at(o: RunOutcome) -> datetime:
+    return o.finished_at
 
 
 def _finished_record(o: RunOutcome, consecutive: Mapping[str, int]) -> list[Any]:

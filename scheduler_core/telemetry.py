@@ -79,8 +79,9 @@ class TelemetryWriter:
         self.statement_timeout = statement_timeout
         self.errors = RateLimitedLogger(log, log_interval)
         self._running_per_task: dict[str, int] = {}
-        #: Per task, the latest start not yet written: (monotonic time, run id, health row).
-        self._unwritten_starts: dict[str, tuple[float, int, dict[str, Any]]] = {}
+        #: Per task, the latest start not yet written:
+        #: (monotonic time, run id, (the run, when its start was noted)).
+        self._unwritten_starts: dict[str, tuple[float, int, tuple[DispatchedRun, datetime]]] = {}
         self._lock = threading.Lock()
 
     def _write(self, what: str, work: Callable[[sa.Connection], T]) -> T | None:
@@ -135,34 +136,19 @@ class TelemetryWriter:
                 self._running_per_task[run.task_name] = (
                     self._running_per_task.get(run.task_name, 0) + 1
                 )
-                d = run.definition
-                self._unwritten_starts[run.task_name] = (
-                    added,
-                    run.run_id,
-                    {
-                        "task_name": run.task_name,
-                        "instance_id": self.instance_id,
-                        "enabled": d.policies.enabled,
-                        "schedule_type": d.schedule.kind,
-                        "schedule_payload": d.schedule_json(),
-                        "last_started_at": run.started_at,
-                        "is_running": True,
-                        "consecutive_failures": run.consecutive_failures_at_start,
-                        "last_heartbeat_at": now,
-                        "max_runtime_seconds": d.policies.max_runtime,
-                        "updated_at": now,
-                    },
-                )
+                # The row itself is built only if it is written (most runs finish first).
+                self._unwritten_starts[run.task_name] = (added, run.run_id, (run, now))
 
     def write_starts(self, *, older_than: float = 0.0) -> None:
         """Write the health rows of starts noted at least ``older_than`` seconds ago and
         not yet superseded by their run's finish."""
         cutoff = time.monotonic() - older_than
         with self._lock:
-            due = [n for n, (added, _id, _row) in self._unwritten_starts.items() if added <= cutoff]
-            rows = [self._unwritten_starts.pop(n)[2] for n in due]
-        if not rows:
+            due = [n for n, (added, _id, _run) in self._unwritten_starts.items() if added <= cutoff]
+            started = [self._unwritten_starts.pop(n)[2] for n in due]
+        if not started:
             return
+        rows = [self._start_row(run, noted) for run, noted in started]
         self._upsert_health(
             "health start",
             rows,
@@ -177,6 +163,23 @@ class TelemetryWriter:
                 "updated_at",
             ),
         )
+
+    def _start_row(self, run: DispatchedRun, noted: datetime) -> dict[str, Any]:
+        """The health row of a started run (``noted``: when the start was noted)."""
+        d = run.definition
+        return {
+            "task_name": run.task_name,
+            "instance_id": self.instance_id,
+            "enabled": d.policies.enabled,
+            "schedule_type": d.schedule.kind,
+            "schedule_payload": d.schedule_json(),
+            "last_started_at": run.started_at,
+            "is_running": True,
+            "consecutive_failures": run.consecutive_failures_at_start,
+            "last_heartbeat_at": noted,
+            "max_runtime_seconds": d.policies.max_runtime,
+            "updated_at": noted,
+        }
 
     def runs_finished(
         self,

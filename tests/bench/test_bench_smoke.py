@@ -47,6 +47,8 @@ def test_steady_records_every_tick_in_the_window(dbs: Databases) -> None:
     assert result["runs"]["duplicate_ticks"] == 0
     assert set(result["runs"]["by_status"]) == {"success"}
     assert "error" not in result["runner"]
+    # The CPU split by thread reads the OS thread names the scheduler sets.
+    assert "main (loop)" in result["scheduler_cpu_percent_by_thread"]
 
 
 def test_scale_runs_and_explains_the_due_query_on_both_backends(dbs: Databases) -> None:
