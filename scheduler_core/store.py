@@ -672,6 +672,7 @@ class Store:
         skipped_totals: dict[str, int] = defaultdict(int)
         definitions: dict[str, TaskDefinition] = {}
         self._learn_definitions(conn, {c.definition_hash for c in claimed})
+        unrecorded = finished_unrecorded or {}
         for name in sorted(still_ours):
             item = by_name[name]
             definition = self._definitions[item.definition_hash]
@@ -695,14 +696,18 @@ class Store:
             plan = plan_ticks(
                 definition, next_run_at=item.next_run_at, fire_count=item.fire_count, now=horizon
             )
-            planned.extend((p.scheduled_for, 1, "schedule", p.scheduled_for) for p in plan.runs)
+            for p in plan.runs:
+                planned.append((p.scheduled_for, 1, "schedule", p.scheduled_for))
             policies = definition.policies
+            overlap = policies.overlap
             # overlap=skip compares with runs already in flight: catch-up runs planned in
             # this same pass (misfire=run_all) do not skip each other. overlap=allow
             # counts every run against max_concurrency.
-            running = max(0, running_counts.get(name, 0) - (finished_unrecorded or {}).get(name, 0))
-            limit = 1 if policies.overlap == "skip" else policies.max_concurrency
-            blocked = running > 0 if policies.overlap == "replace" else running >= limit
+            running = running_counts.get(name, 0)
+            if running:
+                running = max(0, running - unrecorded.get(name, 0))
+            limit = 1 if overlap == "skip" else policies.max_concurrency
+            blocked = running > 0 if overlap == "replace" else running >= limit
             if blocked and any(p[3] > now for p in planned):
                 # Unchanged, and not claimable again before its first future start.
                 schedule_updates.append(
@@ -734,10 +739,10 @@ class Store:
                     )
                 )
             for scheduled_for, attempt, trigger, start_at in planned:
-                if policies.overlap == "replace" and running > 0:
+                if overlap == "replace" and running > 0:
                     cancel_for_replace.append(name)
                     running = 0
-                if running >= limit and policies.overlap != "replace":
+                if running >= limit and overlap != "replace":
                     skipped_totals[name] += 1
                     extra_rows.append(
                         self._finished_row(
@@ -747,13 +752,11 @@ class Store:
                             now,
                             attempt=attempt,
                             trigger=trigger,
-                            error_message=(
-                                f"previous run still running (overlap={policies.overlap})"
-                            ),
+                            error_message=(f"previous run still running (overlap={overlap})"),
                         )
                     )
                     continue
-                if policies.overlap != "skip":
+                if overlap != "skip":
                     running += 1
                 not_before[(name, scheduled_for, attempt)] = start_at
                 run_rows.append(
@@ -1643,14 +1646,15 @@ def _finished_record(o: RunOutcome, consecutive: Mapping[str, int]) -> list[Any]
         if observed and o.attempt == 1
         else None
     )
+    error, traceback = o.error_message, o.error_traceback
     return [
         o.run_id,
         o.status,
         o.started_at,
         o.finished_at,
         duration,
-        truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
-        truncate_text(o.error_traceback, TRACEBACK_LIMIT),
+        None if error is None else truncate_text(error, ERROR_MESSAGE_LIMIT),
+        None if traceback is None else truncate_text(traceback, TRACEBACK_LIMIT),
         o.exit_code,
         o.pid,
         o.thread_name,
