@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -96,3 +97,69 @@ def test_workers_and_the_timer_carry_their_names_at_the_os_level() -> None:
     finally:
         timer.close()
         pool.shutdown()
+
+
+def test_a_job_goes_to_the_worker_that_went_idle_last() -> None:
+    """One short job after another runs on the same thread (hot caches), not round robin."""
+    pool = WorkerPool(8, "schedctl-run")
+    names: list[str] = []
+    try:
+        for _ in range(5):
+            done = threading.Event()
+            pool.submit(lambda d=done: (names.append(threading.current_thread().name), d.set()))
+            assert done.wait(5.0)
+            time.sleep(0.01)  # the worker puts itself back on the idle stack after the job
+    finally:
+        pool.shutdown()
+    assert len(set(names)) == 1, names
+
+
+def _blocking_jobs() -> tuple[
+    Callable[[int], None], list[int], threading.Event, dict[int, threading.Event]
+]:
+    """A job that records its number; job 0 holds its worker until ``release`` is set.
+    ``events[i]`` is set when job i finished, ``events[-1]`` when job 0 began."""
+    release = threading.Event()
+    ran: list[int] = []
+    events = {i: threading.Event() for i in (-1, 0, 1, 2, 3)}
+
+    def job(i: int) -> None:
+        if i == 0:
+            events[-1].set()
+            release.wait(5.0)
+        ran.append(i)
+        events[i].set()
+
+    return job, ran, release, events
+
+
+def test_jobs_wait_for_a_free_worker_and_run_in_order() -> None:
+    pool = WorkerPool(1, "schedctl-run")
+    job, ran, release, events = _blocking_jobs()
+    try:
+        pool.submit(job, 0)
+        assert events[-1].wait(5.0)  # the only worker is busy with 0
+        for i in (1, 2, 3):
+            pool.submit(job, i)
+        release.set()
+        assert events[3].wait(5.0)
+    finally:
+        release.set()
+        pool.shutdown()
+    assert ran == [0, 1, 2, 3]
+
+
+def test_shutdown_drops_waiting_jobs_and_later_ones() -> None:
+    pool = WorkerPool(1, "schedctl-run")
+    job, ran, release, events = _blocking_jobs()
+    try:
+        pool.submit(job, 0)
+        assert events[-1].wait(5.0)
+        pool.submit(job, 1)  # waits behind 0
+    finally:
+        pool.shutdown()  # while 0 runs: 1 is dropped
+        release.set()
+    assert events[0].wait(5.0)
+    pool.submit(job, 2)  # after shutdown: dropped too
+    assert not events[1].wait(0.2)
+    assert ran == [0]
