@@ -92,11 +92,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
+def thread_cpu_seconds(pid: int, *, main_role: str = "main (loop)") -> dict[str, float]:
     """CPU seconds so far of a process's threads, summed by role: its OS thread names
     (``schedctl-run_N`` workers, ``schedctl-starts``, see
     ``scheduler_core.executors.name_os_thread``) with the number dropped; the main
-    thread, which runs the scheduler loop in ``bench.runner``, is ``main (loop)``."""
+    thread is ``main_role`` (in ``bench.runner`` it runs the scheduler loop)."""
     out: dict[str, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -106,7 +106,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue  # the thread ended meanwhile
-        role = "main (loop)" if tid == str(pid) else name.rstrip("0123456789").rstrip("_")
+        role = main_role if tid == str(pid) else name.rstrip("0123456789").rstrip("_")
         out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
     return out
 

@@ -3,12 +3,21 @@ measure is correct (every run recorded, no tick run twice). Never timings: CI ma
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from bench import burst, exporter_bench, multi, scale, steady, telemetry_overhead
+from bench import (
+    burst,
+    exporter_bench,
+    multi,
+    profile_steady,
+    scale,
+    steady,
+    telemetry_overhead,
+)
 from bench.common import Databases
 from bench.sizes import SMOKE
 
@@ -92,3 +101,29 @@ def test_telemetry_on_and_off_both_record_every_run(dbs: Databases) -> None:
     result = telemetry_overhead.run(dbs, SMOKE)
     for backend in ("postgresql", "sqlite"):
         assert result[backend]["all_runs_recorded"]
+
+
+def test_profile_steady_splits_the_cpu_by_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    """The profiling tool behind RESULTS.md's steady steps runs and names the loop thread."""
+    assert (
+        profile_steady.main(
+            [
+                "--tasks",
+                "50",
+                "--every",
+                "1",
+                "--warmup",
+                "1",
+                "--seconds",
+                "1",
+                "--profile",
+                "tottime",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["runs_per_second"] == 50.0
+    assert "loop" in result["scheduler_cpu_percent_by_thread"]
+    assert "function calls" in captured.err  # the loop thread's profile

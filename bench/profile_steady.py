@@ -1,0 +1,117 @@
+"""Where the steady benchmark's scheduler CPU goes: the engine in this process (no runner
+subprocess), N interval tasks on a throwaway PostgreSQL, CPU per thread role over a window
+after warm-up, and optionally a cProfile of the loop thread (thread CPU clock).
+
+    python -m bench.profile_steady                      # 10,000 tasks every 10 s, 30 s window
+    python -m bench.profile_steady --profile tottime    # plus the loop thread's top functions
+
+Prints JSON (the figures) and, with ``--profile``, the profile table on stderr. This is the
+tool behind the "Steady CPU" steps in bench/RESULTS.md; the benchmark itself is
+``python -m bench run --only steady`` (a separate process, as an operator runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import threading
+import time
+from typing import Any
+
+from bench.common import Databases, children_cpu_seconds, interval_tasks, sync, thread_cpu_seconds
+from scheduler_core.db import create_db_engine
+from scheduler_core.engine import EngineSettings, Scheduler
+from scheduler_core.executors import name_os_thread
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_steady")
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--every", type=float, default=10.0, help="seconds between ticks")
+    parser.add_argument("--warmup", type=float, default=12.0, help="seconds before measuring")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
+    parser.add_argument("--profile", metavar="SORT", help="cProfile the loop thread, sorted so")
+    args = parser.parse_args(argv)
+
+    dbs = Databases().start()
+    try:
+        url = dbs.new("postgresql")
+        sync(url, interval_tasks(args.tasks, args.every, prefix="steady"))
+        engine = create_db_engine(url, pool_size=5)
+        scheduler = Scheduler(
+            engine=engine, settings=EngineSettings(instance_id="profile", health_listen=None)
+        )
+        profiler = cProfile.Profile(time.thread_time)
+        result = _measure(scheduler, dbs, args, profiler)
+        engine.dispose()
+    finally:
+        dbs.stop()
+    print(json.dumps(result, indent=2))
+    if args.profile:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats(args.profile).print_stats(40)
+        print(out.getvalue(), file=sys.stderr)
+    return 0
+
+
+def _measure(
+    scheduler: Scheduler, dbs: Databases, args: argparse.Namespace, profiler: cProfile.Profile
+) -> dict[str, Any]:
+    """Run the scheduler loop in a thread named like the runner's main thread, warm up,
+    then measure the window."""
+    profile_from = time.monotonic() + args.warmup
+    step = scheduler.step
+    profiling = False
+
+    def profiled_step() -> int:
+        nonlocal profiling
+        if args.profile and not profiling and time.monotonic() >= profile_from:
+            profiler.enable()  # in the loop thread: cProfile follows the enabling thread
+            profiling = True
+        return step()
+
+    scheduler.step = profiled_step  # type: ignore[method-assign]
+
+    def run_loop() -> None:
+        name_os_thread()  # so the per-thread split shows it as "loop"
+        scheduler.run()
+
+    loop = threading.Thread(target=run_loop, name="loop")
+    scheduler.start()
+    loop.start()
+    pid = os.getpid()
+    postmaster = dbs.postmaster_pid
+    assert postmaster is not None  # started above
+    time.sleep(args.warmup)
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    threads0 = thread_cpu_seconds(pid, main_role="main (waits)")
+    pg0 = children_cpu_seconds(postmaster)
+    time.sleep(args.seconds)
+    wall = time.monotonic() - wall0
+    cpu = time.process_time() - cpu0
+    threads1 = thread_cpu_seconds(pid, main_role="main (waits)")
+    pg1 = children_cpu_seconds(postmaster)
+    scheduler.request_stop()
+    loop.join(60)
+    profiler.disable()
+    by_thread = {
+        role: round((seconds - threads0.get(role, 0.0)) / wall * 100, 1)
+        for role, seconds in threads1.items()
+    }
+    return {
+        "tasks": args.tasks,
+        "runs_per_second": round(args.tasks / args.every, 1),
+        "window_s": round(wall, 1),
+        "scheduler_cpu_percent_of_one_core": round(cpu / wall * 100, 1),
+        "scheduler_cpu_percent_by_thread": dict(sorted(by_thread.items(), key=lambda kv: -kv[1])),
+        "postgres_cpu_percent_of_one_core": round((pg1 - pg0) / wall * 100, 1),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
