@@ -25,21 +25,21 @@ MAX_COUNTED_TICKS = 5_000_000
 _US = timedelta(microseconds=1)
 
 
-@dataclass(slots=True, kw_only=True)  # not frozen: one per tick, frozen init costs 2x
+@dataclass(slots=True, kw_only=True)  # not frozen: one per tick; a frozen __init__ is ~4x slower
 class PlannedRun:
     scheduled_for: datetime
     attempt: int = 1
     trigger: str = "schedule"
 
 
-@dataclass(slots=True, kw_only=True)  # not frozen: one per tick, frozen init costs 2x
+@dataclass(slots=True, kw_only=True)  # not frozen: one per tick; a frozen __init__ is ~4x slower
 class MissedSpan:
     count: int
     first: datetime
     last: datetime
 
 
-@dataclass(slots=True, kw_only=True)  # not frozen: one per tick, frozen init costs 2x
+@dataclass(slots=True, kw_only=True)  # not frozen: one per tick; a frozen __init__ is ~4x slower
 class TickPlan:
     runs: list[PlannedRun] = field(default_factory=list)
     missed: MissedSpan | None = None
