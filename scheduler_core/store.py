@@ -1646,15 +1646,14 @@ def _finished_record(o: RunOutcome, consecutive: Mapping[str, int]) -> list[Any]
         if observed and o.attempt == 1
         else None
     )
-    error, traceback = o.error_message, o.error_traceback
     return [
         o.run_id,
         o.status,
         o.started_at,
         o.finished_at,
         duration,
-        None if error is None else truncate_text(error, ERROR_MESSAGE_LIMIT),
-        None if traceback is None else truncate_text(traceback, TRACEBACK_LIMIT),
+        truncate_text(o.error_message, ERROR_MESSAGE_LIMIT),
+        truncate_text(o.error_traceback, TRACEBACK_LIMIT),
         o.exit_code,
         o.pid,
         o.thread_name,

@@ -226,9 +226,7 @@ class TelemetryWriter:
                     "last_status": o.status,
                     "is_running": name in still_running,
                     "consecutive_failures": failures.get(name, 0),
-                    "last_error_message": None
-                    if o.error_message is None
-                    else truncate_text(o.error_message, LAST_ERROR_LIMIT),
+                    "last_error_message": truncate_text(o.error_message, LAST_ERROR_LIMIT),
                     "max_runtime_seconds": None if d is None else d.policies.max_runtime,
                 }
             )
