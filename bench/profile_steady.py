@@ -4,6 +4,8 @@ after warm-up, and optionally a cProfile of the loop thread (thread CPU clock).
 
     python -m bench.profile_steady                      # 10,000 tasks every 10 s, 30 s window
     python -m bench.profile_steady --profile tottime    # plus the loop thread's top functions
+    python -m bench.profile_steady --set look_ahead=0.25 --set caught_up_interval=0.125
+                                                        # other EngineSettings than the defaults
 
 Prints JSON (the figures) and, with ``--profile``, the profile table on stderr. This is the
 tool behind the "Steady CPU" steps in bench/RESULTS.md; the benchmark itself is
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import json
 import os
@@ -36,7 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=12.0, help="seconds before measuring")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
     parser.add_argument("--profile", metavar="SORT", help="cProfile the loop thread, sorted so")
+    parser.add_argument(
+        "--set",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="override a number EngineSettings field, e.g. --set caught_up_interval=0.2",
+    )
     args = parser.parse_args(argv)
+    overrides = _overrides(parser, args.set)
 
     dbs = Databases().start()
     try:
@@ -44,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         sync(url, interval_tasks(args.tasks, args.every, prefix="steady"))
         engine = create_db_engine(url, pool_size=5)
         scheduler = Scheduler(
-            engine=engine, settings=EngineSettings(instance_id="profile", health_listen=None)
+            engine=engine,
+            settings=EngineSettings(instance_id="profile", health_listen=None, **overrides),
         )
         profiler = cProfile.Profile(time.thread_time)
         result = _measure(scheduler, dbs, args, profiler)
@@ -57,6 +69,26 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(profiler, stream=out).sort_stats(args.profile).print_stats(40)
         print(out.getvalue(), file=sys.stderr)
     return 0
+
+
+def _overrides(parser: argparse.ArgumentParser | None, items: list[str]) -> dict[str, float]:
+    """``NAME=VALUE`` pairs as EngineSettings overrides; a bad one is a usage error."""
+    kinds = {"float": float, "int": int}
+    fields = {
+        f.name: kinds[str(f.type)] for f in dataclasses.fields(EngineSettings) if f.type in kinds
+    }
+    overrides: dict[str, float] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            if name not in fields:
+                raise ValueError(f"not a number setting (one of {', '.join(sorted(fields))})")
+            overrides[name] = fields[name](value)
+        except ValueError as exc:
+            if parser is None:
+                raise
+            parser.error(f"--set {item!r}: {exc}")
+    return overrides
 
 
 def _measure(
@@ -104,6 +136,7 @@ def _measure(
         for role, seconds in threads1.items()
     }
     return {
+        "settings": dict(_overrides(None, args.set)),
         "tasks": args.tasks,
         "runs_per_second": round(args.tasks / args.every, 1),
         "window_s": round(wall, 1),

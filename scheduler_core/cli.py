@@ -696,9 +696,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser, *, health_default: str) -
     parser.add_argument(
         "--look-ahead",
         type=_duration_seconds,
-        default=0.25,
+        default=0.5,
         help="claim ticks this long before they are due and start each at its time, so the "
-        "claim's database work is not part of the start delay; 0 turns it off (default 250ms)",
+        "claim's database work is not part of the start delay; 0 turns it off (default 500ms)",
     )
     parser.add_argument(
         "--failure-threshold",

@@ -58,7 +58,9 @@ class EngineSettings:
 
     instance_id: str
     poll_interval: float = 1.0
-    batch_size: int = 500
+    #: Most runs claimed in one pass, written in one finalize batch, and waiting for their
+    #: time (look-ahead): at 1,000 runs a second a 0.5 s look-ahead holds 500 of them.
+    batch_size: int = 1000
     max_running: int = 64
     claim_lease: float = 30.0
     instance_lease: float = 30.0
@@ -77,7 +79,14 @@ class EngineSettings:
     #: starts at its own time (a dedicated thread times it), so the claim's database round
     #: trips are not part of its start delay. At most ``batch_size`` runs wait like this.
     #: 0 claims only what is already due.
-    look_ahead: float = 0.25
+    look_ahead: float = 0.5
+    #: After a caught-up pass (it claimed everything due within the look-ahead) the next one
+    #: starts this long after it began: ticks are claimed ahead of their time anyway, so
+    #: passes can be further apart, and each pass's fixed cost (its claim, finalize, health
+    #: and next-due transactions) is shared by more runs. Capped at half the look-ahead, so
+    #: a tick is still claimed at least that long before it is due. After a pass that
+    #: stopped at a limit (a burst, a backlog) the next follows ``min_step_interval`` later.
+    caught_up_interval: float = 0.25
 
 
 #: A run's start is written to its health row this long after, unless it finished first.
@@ -132,6 +141,8 @@ class Scheduler:
         #: Why the instance stopped by itself (None when it was asked to stop).
         self.stop_reason: str | None = None
         self._next_due: datetime | None = None
+        #: The last pass claimed everything due within the look-ahead (see ``_pause``).
+        self._caught_up = False
         self._db_errors = RateLimitedLogger(log, 30.0)
         self._backoff = 0.0
         self.health: HealthServer | None = None
@@ -180,6 +191,7 @@ class Scheduler:
         self.start()
         try:
             while not self._stop.is_set():
+                began = time.monotonic()
                 try:
                     self.step()
                     self._backoff = 0.0
@@ -198,13 +210,27 @@ class Scheduler:
                     self._wake.wait(min(self._backoff, self._lease_remaining() + 0.05))
                     self._wake.clear()
                     continue
-                # Let finishing runs accumulate for a few ms: at hundreds of runs a second one
-                # finalize per completion would cost a transaction per run.
-                self._stop.wait(self.settings.min_step_interval)
+                # Let finishing runs accumulate: at hundreds of runs a second one finalize per
+                # completion would cost a transaction per run.
+                self._stop.wait(self._pause(began, time.monotonic()))
                 self._wake.wait(self._sleep_seconds())
                 self._wake.clear()
         finally:
             self.drain()
+
+    def _pause(self, began: float, now: float) -> float:
+        """Seconds to wait at ``now`` after the pass that began at ``began`` (both
+        ``time.monotonic()``).
+
+        ``min_step_interval``; after a caught-up pass, until ``caught_up_interval`` (at most
+        half the look-ahead) after it began: caught-up passes start at that cadence, so the
+        time a pass takes does not push the next claim later and eat into the look-ahead.
+        """
+        settings = self.settings
+        if not self._caught_up:
+            return settings.min_step_interval
+        cadence = min(settings.caught_up_interval, settings.look_ahead / 2)
+        return max(settings.min_step_interval, began + cadence - now)
 
     def _sleep_seconds(self) -> float:
         wait = self.settings.poll_interval
@@ -294,6 +320,7 @@ class Scheduler:
         Returns how many runs it started. An instance that could not renew its heartbeat
         within its lease stops itself here instead (see ``_give_up_lease``).
         """
+        self._caught_up = False
         if self.lease_lost:
             return 0
         if self._lease_remaining() < 0:
@@ -341,6 +368,7 @@ class Scheduler:
                 self._launch(dispatched)
                 launched.extend(dispatched)
                 if claimed < limit:
+                    self._caught_up = True
                     break
         finally:
             # Health rows of every batch in one write, after the runs are on their way: a

@@ -6,11 +6,13 @@ import logging
 import os
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from scheduler_core.db import create_db_engine
 from scheduler_core.models import schedules, task_runs
 from scheduler_core.store import Store
+from scheduler_core.tasks import TaskDefinition
 from scheduler_core.telemetry import TelemetryWriter
 from tests.core.conftest import run_cycle, tasks
 
@@ -198,6 +200,48 @@ def test_async_callable_runs_on_the_event_loop(make_scheduler, clock, db_engine)
     clock.advance(60)
     run_cycle(scheduler)
     assert [r.status for r in all_runs(db_engine)] == ["success"]
+
+
+def _every_hour(*names: str) -> list[TaskDefinition]:
+    return tasks(
+        *({"name": n, "callable": "time:sleep", "args": [0], "every": "1h"} for n in names)
+    )
+
+
+def test_pass_that_stopped_at_its_limit_is_followed_after_the_minimum_pause(
+    make_scheduler, clock, db_engine
+) -> None:
+    """Three ticks due and a batch of two: the pass stops at its limit, so the next pass
+    comes ``min_step_interval`` after it, not at the caught-up cadence; the next pass
+    claims the third tick, is caught up, and the one after starts a cadence after it."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(_every_hour("a", "b", "c"), now=clock.now())
+    scheduler = make_scheduler(
+        batch_size=2, look_ahead=0.5, caught_up_interval=0.25, min_step_interval=0.02
+    )
+    clock.advance(3600)
+    assert scheduler.step() == 2
+    assert scheduler._pause(began=100.0, now=100.01) == 0.02
+    scheduler.wait_for_completions(2)
+    assert scheduler.step() == 1
+    assert scheduler._pause(began=100.0, now=100.05) == pytest.approx(0.2)
+    # A caught-up pass that took longer than the cadence: the minimum pause still applies.
+    assert scheduler._pause(began=100.0, now=100.4) == 0.02
+
+
+def test_caught_up_cadence_is_at_most_half_the_look_ahead(make_scheduler, clock, db_engine) -> None:
+    """Ticks entering the look-ahead window must be claimed before they are due: the
+    cadence of caught-up passes is capped at half the look-ahead, and without look-ahead
+    (ticks claimed only once due) passes keep the minimum pause."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(_every_hour("a"), now=clock.now())
+    short = make_scheduler(look_ahead=0.1, caught_up_interval=0.25, min_step_interval=0.02)
+    clock.advance(3600)
+    assert short.step() == 1
+    assert short._pause(began=100.0, now=100.01) == pytest.approx(0.04)
+    short.request_stop()
+    short.drain()
+    off = make_scheduler("inst-b", look_ahead=0.0, caught_up_interval=0.25)
+    assert off.step() == 0  # nothing due: caught up
+    assert off._pause(began=100.0, now=100.0) == off.settings.min_step_interval
 
 
 def test_look_ahead_claims_early_and_starts_on_time(make_scheduler, clock, db_engine) -> None:
