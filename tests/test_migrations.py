@@ -4,6 +4,8 @@ the histogram-columns migration carries stored counts both ways."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,9 +17,16 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 import scheduler_core
-from scheduler_core.db import check_schema, create_db_engine, head_revision, upgrade_schema
+from scheduler_core.db import (
+    check_schema,
+    create_db_engine,
+    current_revision,
+    head_revision,
+    upgrade_schema,
+)
 from scheduler_core.errors import SchemaVersionError
 from scheduler_core.models import (
     DURATION_HISTOGRAM,
@@ -57,6 +66,47 @@ def test_newer_schema_is_refused(tmp_path) -> None:
         check_schema(engine)
     assert "9999" in str(info.value) and "upgrade schedctl" in str(info.value)
     engine.dispose()
+
+
+def test_schema_head_is_the_newest_migration() -> None:
+    """The revision schedctl checks for (a constant, see ``SCHEMA_HEAD``) is Alembic's head
+    of ``migrations/versions``: a new migration must move it."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_schema_check_reads_what_alembic_stamped(blank_engine: sa.Engine) -> None:
+    """``current_revision`` reads the version table as Alembic does: none before the first
+    migration, each revision after upgrading to it, and the check passes only at the head."""
+    assert current_revision(blank_engine) is None
+    for revision in ("0001", "0002", head_revision()):
+        upgrade_schema(blank_engine, revision)
+        with blank_engine.connect() as conn:
+            stamped = MigrationContext.configure(conn).get_current_revision()
+        assert current_revision(blank_engine) == stamped == revision
+    check_schema(blank_engine)
+
+
+def test_running_processes_never_import_alembic(tmp_path) -> None:
+    """The scheduler and the exporter check the schema without importing Alembic (and Mako
+    and Pygments with it): ~11 MB of resident memory in every process."""
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    engine = create_db_engine(url)
+    upgrade_schema(engine)
+    engine.dispose()
+    code = (
+        "import sys\n"
+        "import exporter.app, exporter.cli, scheduler_core.cli, scheduler_core.engine\n"
+        "from scheduler_core.db import check_schema, create_db_engine\n"
+        f"check_schema(create_db_engine({url!r}))\n"
+        "print(sorted(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
