@@ -171,6 +171,7 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
         dbs.drop(url)
     latency = summarize_ms(latencies)
     refresh_s = sorted(refreshes)
+    peak_rss_mb = round(rss["peak_rss_mib"] * 2**20 / 10**6, 1)
     return {
         "tasks": n,
         "instances": len(INSTANCES),
@@ -180,6 +181,7 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
         "series": series,
         "exporter_rss_mib": rss["rss_mib"],
         "exporter_peak_rss_mib": rss["peak_rss_mib"],
+        "exporter_peak_rss_mb": peak_rss_mb,
         "sql_refresh": summarize_ms(refresh_s),
         "targets": [
             {
@@ -188,9 +190,11 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
                 "met": latency["p99_ms"] is not None and latency["p99_ms"] <= 100,
             },
             {
+                # The target is in MB (10^6 bytes), the figures above in MiB (2^20 bytes):
+                # 150 MB is 143.05 MiB. Sessions 1-4 compared MiB with 150 (see RESULTS.md).
                 "target": "exporter RSS <= 150 MB",
-                "measured": rss["peak_rss_mib"],
-                "met": rss["peak_rss_mib"] <= 150,
+                "measured": peak_rss_mb,
+                "met": peak_rss_mb <= 150,
             },
         ],
     }

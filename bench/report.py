@@ -209,6 +209,12 @@ def render(results: dict[str, Any]) -> str:
                     "exporter RSS / peak (MiB)",
                     f"{r['exporter_rss_mib']} / {r['exporter_peak_rss_mib']}",
                 ),
+                # Older JSON has no MB figure (runs before the target was compared in MB).
+                *(
+                    [_row("exporter peak RSS (MB, 10^6 bytes)", r["exporter_peak_rss_mb"])]
+                    if "exporter_peak_rss_mb" in r
+                    else []
+                ),
                 f"| SQL refresh p50 / max (ms, scheduler_exporter_refresh_duration_seconds) | "
                 f"{r['sql_refresh']['p50_ms']} / {r['sql_refresh']['max_ms']} |",
                 "",
