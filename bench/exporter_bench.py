@@ -6,6 +6,7 @@ the exporter runs as its own process (``exporter.cli``) and is scraped sequentia
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import signal
@@ -94,9 +95,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
+#: What Prometheus (2.x) sends with every scrape: OpenMetrics preferred, gzip accepted.
+PROMETHEUS_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+}
+
+
+def _get(
+    url: str, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
@@ -158,8 +170,28 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
             payload_bytes = len(body)
             for match in _REFRESH_RE.finditer(body.decode()):
                 refreshes.add(float(match.group(1)))
-        rss = rss_mib(proc.pid)
+        plain_rss = rss_mib(proc.pid)
         series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+        # Then as Prometheus scrapes: OpenMetrics, gzip. Both variants are now rendered ahead
+        # at every refresh (each was asked for within the last minutes): the peak RSS after
+        # this phase is that of an exporter scraped by Prometheus and by a person or script.
+        gzip_latencies: list[float] = []
+        gzip_bytes = 0
+        for _ in range(sizes.exporter_requests):
+            started = time.perf_counter()
+            status, body = _get(base + "/metrics", headers=PROMETHEUS_HEADERS)
+            gzip_latencies.append(time.perf_counter() - started)
+            if status != 200:
+                return {"error": f"/metrics (gzip) answered {status}"}
+            gzip_bytes = len(body)
+        gzip_series = sum(
+            1
+            for line in gzip.decompress(body).decode().splitlines()
+            if line and not line.startswith("#")
+        )
+        if gzip_series != series:
+            return {"error": f"gzip body has {gzip_series} series, the plain one {series}"}
+        rss = rss_mib(proc.pid)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -170,6 +202,7 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
                 proc.wait(timeout=10)
         dbs.drop(url)
     latency = summarize_ms(latencies)
+    gzip_latency = summarize_ms(gzip_latencies)
     refresh_s = sorted(refreshes)
     peak_rss_mb = round(rss["peak_rss_mib"] * 2**20 / 10**6, 1)
     return {
@@ -179,6 +212,9 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
         "metrics_latency": latency,
         "payload_bytes": payload_bytes,
         "series": series,
+        "gzip_metrics_latency": gzip_latency,
+        "gzip_payload_bytes": gzip_bytes,
+        "exporter_peak_rss_mib_plain_only": plain_rss["peak_rss_mib"],
         "exporter_rss_mib": rss["rss_mib"],
         "exporter_peak_rss_mib": rss["peak_rss_mib"],
         "exporter_peak_rss_mb": peak_rss_mb,
@@ -188,6 +224,11 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
                 "target": "/metrics p99 <= 100 ms",
                 "measured": latency["p99_ms"],
                 "met": latency["p99_ms"] is not None and latency["p99_ms"] <= 100,
+            },
+            {
+                "target": "/metrics p99 <= 100 ms (as Prometheus asks: OpenMetrics, gzip)",
+                "measured": gzip_latency["p99_ms"],
+                "met": gzip_latency["p99_ms"] is not None and gzip_latency["p99_ms"] <= 100,
             },
             {
                 # The target is in MB (10^6 bytes), the figures above in MiB (2^20 bytes):

@@ -86,7 +86,8 @@ def test_multi_instance_burst_has_no_duplicates(dbs: Databases) -> None:
 
 
 def test_exporter_benchmark_scrapes_every_task(dbs: Databases) -> None:
-    """The exporter answers every scrape with series for the stored tasks."""
+    """The exporter answers every scrape with series for the stored tasks, plain and as
+    Prometheus asks (OpenMetrics, gzip: the same series, checked inside the benchmark)."""
     if exporter_bench.importable() is not None:
         pytest.skip(str(exporter_bench.importable()))
     result = exporter_bench.run(dbs, SMOKE)
@@ -94,6 +95,7 @@ def test_exporter_benchmark_scrapes_every_task(dbs: Databases) -> None:
     assert result["requests"] == SMOKE.exporter_requests
     assert result["series"] >= SMOKE.exporter_tasks
     assert result["payload_bytes"] > 0
+    assert 0 < result["gzip_payload_bytes"] < result["payload_bytes"]
 
 
 def test_telemetry_on_and_off_both_record_every_run(dbs: Databases) -> None:
