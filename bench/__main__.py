@@ -20,7 +20,7 @@ from bench.sizes import FULL, QUICK, Sizes
 
 BENCHMARKS: dict[str, Callable[[Databases, Sizes, bool], dict[str, Any]]] = {
     "burst": lambda dbs, sizes, peers: burst.run(dbs, sizes, peers=peers),
-    "steady": lambda dbs, sizes, _peers: steady.run(dbs, sizes),
+    "steady": lambda dbs, sizes, peers: steady.run(dbs, sizes, peers=peers),
     "scale": lambda dbs, sizes, _peers: scale.run(dbs, sizes),
     "multi": lambda dbs, sizes, _peers: multi.run(dbs, sizes),
     "exporter": lambda dbs, sizes, _peers: exporter_bench.run(dbs, sizes),

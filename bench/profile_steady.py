@@ -24,9 +24,19 @@ import pstats
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
-from bench.common import Databases, children_cpu_seconds, interval_tasks, sync, thread_cpu_seconds
+from bench.common import (
+    Databases,
+    children_cpu_seconds,
+    interval_tasks,
+    read_runs,
+    summarize_ms,
+    sync,
+    thread_cpu_seconds,
+)
+from bench.steady import TAIL_MARGIN
 from scheduler_core.db import create_db_engine
 from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.executors import name_os_thread
@@ -61,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         profiler = cProfile.Profile(time.thread_time)
         result = _measure(scheduler, dbs, args, profiler)
         engine.dispose()
+        # Start delays of the ticks in the window (the last ones may still be waiting).
+        until = result.pop("window_end") - TAIL_MARGIN
+        table = read_runs(
+            url, prefix="steady", scheduled_from=result.pop("window_start"), scheduled_until=until
+        )
+        result["start_delay_row"] = summarize_ms(table.start_delays)
     finally:
         dbs.stop()
     print(json.dumps(result, indent=2))
@@ -120,10 +136,12 @@ def _measure(
     postmaster = dbs.postmaster_pid
     assert postmaster is not None  # started above
     time.sleep(args.warmup)
+    window_start = datetime.now(UTC)
     wall0, cpu0 = time.monotonic(), time.process_time()
     threads0 = thread_cpu_seconds(pid, main_role="main (waits)")
     pg0 = children_cpu_seconds(postmaster)
     time.sleep(args.seconds)
+    window_end = datetime.now(UTC)
     wall = time.monotonic() - wall0
     cpu = time.process_time() - cpu0
     threads1 = thread_cpu_seconds(pid, main_role="main (waits)")
@@ -143,6 +161,8 @@ def _measure(
         "scheduler_cpu_percent_of_one_core": round(cpu / wall * 100, 1),
         "scheduler_cpu_percent_by_thread": dict(sorted(by_thread.items(), key=lambda kv: -kv[1])),
         "postgres_cpu_percent_of_one_core": round((pg1 - pg0) / wall * 100, 1),
+        "window_start": window_start,
+        "window_end": window_end,
     }
 
 

@@ -16,6 +16,56 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _steady_peers(r: dict[str, Any]) -> list[str]:
+    """schedctl beside the peers that ran the same steady load (none in older JSON)."""
+    peers = {name: p for name, p in r.get("peers", {}).items() if "start_delay_call" in p}
+    if not peers:
+        return [f"{name}: {p}" for name, p in r.get("peers", {}).items()] + [""] * bool(
+            r.get("peers")
+        )
+    names = list(peers)
+    delay = r["start_delay_row"]
+    rows = [
+        "Beside the peers (same tasks, grids, warm-up and window; each on a fresh database "
+        "of the same server; a peer's start delay is measured in the callable, schedctl's "
+        "on its run row, taken just before the call):",
+        "",
+        "| figure | schedctl | " + " | ".join(names) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in names) + " |",
+        _row(
+            "runs in window (expected)",
+            f"{r['runs']['rows']} ({r['expected_runs_in_window']})",
+            *(f"{p['runs_in_window']} ({p['expected_runs_in_window']})" for p in peers.values()),
+        ),
+        _row(
+            "start delay p50 / p99 / max (ms)",
+            f"{delay['p50_ms']} / {delay['p99_ms']} / {delay['max_ms']}",
+            *(
+                f"{p['start_delay_call']['p50_ms']} / {p['start_delay_call']['p99_ms']} / "
+                f"{p['start_delay_call']['max_ms']}"
+                for p in peers.values()
+            ),
+        ),
+        _row(
+            "CPU (% of one core)",
+            r["scheduler_cpu_percent_of_one_core"],
+            *(p["cpu_percent_of_one_core"] for p in peers.values()),
+        ),
+        _row(
+            "peak RSS (MiB)",
+            r["scheduler_peak_rss_mib"],
+            *(p["peak_rss_mib"] for p in peers.values()),
+        ),
+        _row(
+            "setup: storing the schedules (s)",
+            r["sync_s"],
+            *(p["setup_s"] for p in peers.values()),
+        ),
+        "",
+    ]
+    return rows
+
+
 def _gzip_rows(r: dict[str, Any]) -> list[str]:
     """The exporter's second phase: scraped as Prometheus does (OpenMetrics, gzip)."""
     lat = r["gzip_metrics_latency"]
@@ -138,6 +188,7 @@ def render(results: dict[str, Any]) -> str:
                 f"{r['scheduler_rss_mib']} / {r['scheduler_peak_rss_mib']}",
             ),
             "",
+            *_steady_peers(r),
         ]
         targets += [("steady", t) for t in r.get("targets", [])]
     elif r:

@@ -7,27 +7,90 @@ as its own process so its CPU and RSS are its own; PostgreSQL's CPU is reported 
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.common import (
+    REPO,
     Databases,
     children_cpu_seconds,
     interval_tasks,
+    peer_url,
     read_runs,
+    run_json,
     summarize_ms,
     sync,
     thread_cpu_seconds,
 )
+from bench.peers.envs import PeerUnavailableError, peer_python
 from bench.processes import RunnerProcess
 from bench.sizes import Sizes
 
 #: Ticks this close to the end of the window may still be waiting when the drain begins.
 TAIL_MARGIN = timedelta(seconds=2)
 
+PEERS = {
+    # name: (environment, script, driver for PostgreSQL)
+    "apscheduler-3.11": ("aps3", "aps3_steady.py", "psycopg"),
+    "apscheduler-4.0.0a6": ("aps4", "aps4_steady.py", "asyncpg"),
+}
 
-def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+
+def run(dbs: Databases, sizes: Sizes, *, peers: bool = True) -> dict[str, Any]:
+    """schedctl, then each peer on a fresh database of the same server, same N and window."""
+    result = _schedctl(dbs, sizes)
+    if peers:
+        result["peers"] = {name: peer_steady(dbs, name, sizes) for name in PEERS}
+    return result
+
+
+def peer_steady(dbs: Databases, peer: str, sizes: Sizes) -> dict[str, Any]:
+    """Run a peer's steady script in its own environment: the same tasks, grids, warm-up
+    and window as schedctl's; CPU and RSS are the peer process's own."""
+    env_name, script, driver = PEERS[peer]
+    try:
+        python = peer_python(env_name)
+    except PeerUnavailableError as exc:
+        return {"skipped": str(exc)}
+    n, every = sizes.steady_tasks, sizes.steady_every
+    lead = 10.0 + n * 0.008  # the peers add their jobs one at a time (a transaction each)
+    url = dbs.new("postgresql")
+    try:
+        raw = run_json(
+            [
+                str(python),
+                str(REPO / "bench" / "peers" / script),
+                *("--tasks", str(n), "--every", str(every), "--lead", str(lead)),
+                *("--warmup", str(sizes.steady_warmup), "--seconds", str(sizes.steady_seconds)),
+                *("--workers", str(sizes.workers)),
+            ],
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "BENCH_DB_URL": peer_url(url, driver=driver),
+            },
+            timeout=lead + sizes.steady_warmup + sizes.steady_seconds + 300,
+        )
+    finally:
+        dbs.drop(url)
+    if "error" in raw:
+        return raw
+    delays = raw.pop("delays")
+    window = raw.pop("window_s")
+    return {
+        "setup_s": round(raw["setup_s"], 2),
+        "setup_overran_first_tick": raw["setup_overran_first_tick"],
+        "window_s": round(window, 1),
+        "runs_in_window": len(delays),
+        "expected_runs_in_window": round(n / every * window),
+        "start_delay_call": summarize_ms(delays),
+        "cpu_percent_of_one_core": round(raw["cpu_s"] / window * 100, 1),
+        "peak_rss_mib": round(raw["peak_rss_kib"] / 1024, 1),
+    }
+
+
+def _schedctl(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
     n, every = sizes.steady_tasks, sizes.steady_every
     url = dbs.new("postgresql")
     runner: RunnerProcess | None = None

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.background import BackgroundScheduler
+from aps3_scheduler import background_scheduler
 
 # The job is referenced as "aps3_burst:job"; make that name resolve to this very module so
 # the calls land in these lists (not in a second copy of the module).
@@ -42,13 +39,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
 
-    scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=os.environ["BENCH_DB_URL"])},
-        executors={"default": ThreadPoolExecutor(args.workers)},
-        # Never drop a late run: the benchmark measures lateness, it does not hide it.
-        job_defaults={"misfire_grace_time": None, "coalesce": False},
-        timezone=UTC,
-    )
+    scheduler = background_scheduler(args.workers)
     started = time.time()
     due = started + args.lead
     run_date = datetime.fromtimestamp(due, UTC)
