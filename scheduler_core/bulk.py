@@ -6,7 +6,7 @@ instead of one statement per row. The SQL text does not depend on how many rows 
 so the driver's query cache and prepared statements are reused every cycle (an ``IN`` list
 of 250 names is a new text each time, and psycopg re-parses it), and the server plans one
 statement, not 250. The rows travel as one JSON document, an array of value arrays
-(``json_array_elements``; keys are not repeated per row, which halves what is encoded):
+(``jsonb_array_elements``; keys are not repeated per row, which halves what is encoded):
 ``json.dumps`` is C code, while adapting a Python list to a PostgreSQL array is Python code
 per element in psycopg (text arrays escape each element with a regular expression; binary
 arrays pack each one) and cost more than the statement itself. On SQLite (in-process, no
@@ -96,7 +96,12 @@ def pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[A
     """The batch as one parameter: a JSON array of rows, each an array of values in
     ``names`` order (no key repeated per row: half the bytes to encode), typed by column.
     Timestamps travel as integer microseconds since the Unix epoch (see ``pg_rows``),
-    turned back into whole seconds plus microseconds: exact for any date."""
+    turned back into whole seconds plus microseconds: exact for any date.
+
+    ``jsonb``, not ``json``: the server parses the document once, and ``e->>i`` is then an
+    array lookup. On ``json`` every ``e->>i`` parses the row's text again, and a statement
+    reads a column once per use: the finalize tally, ~40 ``FILTER`` aggregates over a few
+    columns, spent 16 ms on 157 rows that way (2.5 ms on ``jsonb``)."""
 
     def column(i: int, name: str) -> str:
         if not _is_timestamp(types[name]):
@@ -108,7 +113,7 @@ def pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[A
         )
 
     columns = ", ".join(column(i, n) for i, n in enumerate(names))
-    return f"(SELECT {columns} FROM json_array_elements(CAST(%(rows)s AS json)) AS e) AS v"
+    return f"(SELECT {columns} FROM jsonb_array_elements(CAST(%(rows)s AS jsonb)) AS e) AS v"
 
 
 def pg_rows(
