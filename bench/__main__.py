@@ -21,8 +21,8 @@ from bench.sizes import FULL, QUICK, Sizes
 BENCHMARKS: dict[str, Callable[[Databases, Sizes, bool], dict[str, Any]]] = {
     "burst": lambda dbs, sizes, peers: burst.run(dbs, sizes, peers=peers),
     "steady": lambda dbs, sizes, peers: steady.run(dbs, sizes, peers=peers),
-    "scale": lambda dbs, sizes, _peers: scale.run(dbs, sizes),
-    "multi": lambda dbs, sizes, _peers: multi.run(dbs, sizes),
+    "scale": lambda dbs, sizes, peers: scale.run(dbs, sizes, peers=peers),
+    "multi": lambda dbs, sizes, peers: multi.run(dbs, sizes, peers=peers),
     "exporter": lambda dbs, sizes, _peers: exporter_bench.run(dbs, sizes),
     "telemetry": lambda dbs, sizes, _peers: telemetry_overhead.run(dbs, sizes),
 }

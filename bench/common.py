@@ -419,27 +419,32 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, interval: float
     return condition()
 
 
-class FinishedCounter:
-    """Counts finished rows with one long-lived connection (cheap enough to poll at 50 Hz)."""
+class CountQuery:
+    """One counting query run again and again on one engine (cheap enough to poll at 50 Hz)."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, sql: str, params: dict[str, Any] | None = None) -> None:
         self._engine = reader_engine(url)
-        self._prefix = prefix
+        self._sql = sa.text(sql)
+        self._params = params or {}
 
     def __call__(self) -> int:
         with self._engine.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.text(
-                        "SELECT count(*) FROM scheduler_task_runs "
-                        "WHERE task_name LIKE :p AND status <> 'running'"
-                    ),
-                    {"p": f"{self._prefix}-%"},
-                ).scalar_one()
-            )
+            return int(conn.execute(self._sql, self._params).scalar_one())
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+class FinishedCounter(CountQuery):
+    """Counts the finished run rows of tasks named ``prefix-*``."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(
+            url,
+            "SELECT count(*) FROM scheduler_task_runs "
+            "WHERE task_name LIKE :p AND status <> 'running'",
+            {"p": f"{prefix}-%"},
+        )
 
 
 def _aware(value: datetime) -> datetime:
@@ -518,12 +523,32 @@ def dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str, sort_keys=False)
 
 
+def run_peer_script(
+    python: Path, script: str, url: str, *, driver: str, args: Sequence[str], timeout: float
+) -> dict[str, Any]:
+    """Run ``bench/peers/<script> args`` with a peer's ``python`` on database ``url`` (given
+    to it as ``BENCH_DB_URL`` with the peer's ``driver``); its JSON line, see ``run_json``."""
+    return run_json(
+        [str(python), str(REPO / "bench" / "peers" / script), *args],
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "BENCH_DB_URL": peer_url(url, driver=driver),
+        },
+        timeout=timeout,
+    )
+
+
 def run_json(cmd: list[str], *, env: dict[str, str], timeout: float) -> dict[str, Any]:
     """Run a helper script that prints one JSON object as its last stdout line."""
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = proc.stderr.strip().splitlines()[-5:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    return last_json_line(proc.stdout, proc.stderr, proc.returncode)
+
+
+def last_json_line(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
+    """A helper script's result: its last stdout line that is a JSON object, or
+    ``{"error": ...}`` with the end of its stderr when it failed or printed none."""
+    lines = [ln for ln in stdout.splitlines() if ln.strip().startswith("{")]
+    if returncode != 0 or not lines:
+        return {"error": f"exit {returncode}: " + " | ".join(stderr.strip().splitlines()[-5:])}
     result: dict[str, Any] = json.loads(lines[-1])
     return result

@@ -16,6 +16,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _peer_table(intro: str, names: list[str]) -> list[str]:
+    """The opening of a table of schedctl beside the peers ``names``."""
+    return [
+        intro,
+        "",
+        "| figure | schedctl | " + " | ".join(names) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+
+
 def _steady_peers(r: dict[str, Any]) -> list[str]:
     """schedctl beside the peers that ran the same steady load (none in older JSON)."""
     peers = {name: p for name, p in r.get("peers", {}).items() if "start_delay_call" in p}
@@ -26,12 +36,12 @@ def _steady_peers(r: dict[str, Any]) -> list[str]:
     names = list(peers)
     delay = r["start_delay_row"]
     rows = [
-        "Beside the peers (same tasks, grids, warm-up and window; each on a fresh database "
-        "of the same server; a peer's start delay is measured in the callable, schedctl's "
-        "on its run row, taken just before the call):",
-        "",
-        "| figure | schedctl | " + " | ".join(names) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in names) + " |",
+        *_peer_table(
+            "Beside the peers (same tasks, grids, warm-up and window; each on a fresh database "
+            "of the same server; a peer's start delay is measured in the callable, schedctl's "
+            "on its run row, taken just before the call):",
+            names,
+        ),
         _row(
             "runs in window (expected)",
             f"{r['runs']['rows']} ({r['expected_runs_in_window']})",
@@ -64,6 +74,179 @@ def _steady_peers(r: dict[str, Any]) -> list[str]:
         "",
     ]
     return rows
+
+
+def _no_figure(result: dict[str, Any]) -> str | None:
+    """Why ``result`` holds no figure (skipped, error), or None when it holds one."""
+    if "skipped" in result or "error" in result:
+        return str(result.get("skipped") or result.get("error"))
+    return None
+
+
+def _why_or(result: dict[str, Any], cell: Any) -> str:
+    """``cell(result)``, or why there is no figure."""
+    why = _no_figure(result)
+    return why if why is not None else str(cell(result))
+
+
+def _peer_cells(peers: dict[str, Any], cell: Any) -> list[str]:
+    """One cell per peer: ``cell(peer_result)``, or "—" for a peer with no figure at all
+    (``_peer_notes`` says why, once, under the table)."""
+    return ["—" if _no_figure(p) else str(cell(p)) for p in peers.values()]
+
+
+def _peer_notes(peers: dict[str, Any]) -> list[str]:
+    """Under a peer table: why a peer has no figure, a line each."""
+    notes = [f"- {name}: {why}" for name, p in peers.items() if (why := _no_figure(p))]
+    return [*notes, ""] if notes else []
+
+
+def _scale_peers(r: dict[str, Any]) -> list[str]:
+    """schedctl (PostgreSQL) beside the peers' own empty polls at both sizes (none in older
+    JSON)."""
+    peers = r.get("peers") or {}
+    if not peers:
+        return []
+    ours = r["postgresql"]
+
+    def poll(s: dict[str, Any], key: str) -> str:
+        got = s.get(key) or {}
+        return f"{_fmt(got.get('p50_ms'))} / {_fmt(got.get('p99_ms'))}"
+
+    def sized(p: dict[str, Any], size: str, figure: Any) -> str:
+        return _why_or(p.get(size, {}), figure)
+
+    def delay(s: dict[str, Any]) -> str:
+        got = s.get("start_delay_call") or {}
+        if got.get("count") is None:
+            return ""
+        return (
+            f"{_fmt(got.get('p99_ms'))} ({s['runs_in_window']} of "
+            f"{s['expected_runs_in_window']} calls)"
+        )
+
+    def plan(s: dict[str, Any]) -> str:
+        used = s.get("plans_use_due_index")
+        return "" if used is None else ", ".join(f"{k} {v}" for k, v in used.items())
+
+    def overran(s: dict[str, Any]) -> str:
+        if "setup_s" not in s:
+            return ""
+        found = s.get("empty_polls_that_found_due_work")
+        return f"{s['setup_s']} s; overran first tick {s['setup_overran_first_tick']}; " + (
+            f"polls that found due work {found}"
+        )
+
+    names = list(peers)
+    rows = _peer_table(
+        "Beside the peers (PostgreSQL; the same number of interval schedules on the same "
+        "grids, each peer on a fresh database of the same server, stored in bulk as the "
+        "rows its own add_job/add_schedule writes, then ANALYZE). A peer's empty poll is "
+        "what its scheduler asks the store each wake-up, timed before the first tick: "
+        "APScheduler 3.11 `SQLAlchemyJobStore.get_due_jobs(now)` (+ `get_next_run_time()`), "
+        "APScheduler 4.0.0a6 `SQLAlchemyDataStore.acquire_schedules(id, 30 s, 100)` "
+        "(+ `get_next_schedule_run_time()`); schedctl's is its claim (+ next-due). "
+        "Start delays: schedctl's on its run row, a peer's in the callable.",
+        names,
+    )
+    for size in ("small", "large"):
+        s = ours[size]
+        rows += [
+            _row(
+                f"{size} ({s['stored']} stored): empty poll p50 / p99 (ms)",
+                poll(s, "empty_poll_claim"),
+                *_peer_cells(peers, lambda p, z=size: sized(p, z, lambda x: poll(x, "empty_poll"))),
+            ),
+            _row(
+                f"{size}: next-due query p50 / p99 (ms)",
+                poll(s, "empty_poll_next_due_at"),
+                *_peer_cells(
+                    peers,
+                    lambda p, z=size: sized(p, z, lambda x: poll(x, "empty_poll_next_due")),
+                ),
+            ),
+            _row(
+                f"{size}: start delay p99 (ms) in the window",
+                f"{_fmt(s['start_delay_row']['p99_ms'])} ({s['runs_in_window']} runs)",
+                *_peer_cells(peers, lambda p, z=size: sized(p, z, delay)),
+            ),
+        ]
+    rows += [
+        _row(
+            "empty poll p50 ratio, large / small",
+            ours["empty_poll_cost_ratio_large_vs_small"],
+            *_peer_cells(peers, lambda p: _fmt(p.get("empty_poll_cost_ratio_large_vs_small"))),
+        ),
+        _row(
+            "large: due queries use the due-time index",
+            ours["large"]["plans_use_due_at_index"],
+            *_peer_cells(peers, lambda p: sized(p, "large", plan)),
+        ),
+        _row(
+            "large: storing the schedules (s)",
+            ours["large"]["sync_s"],
+            *_peer_cells(peers, lambda p: sized(p, "large", overran)),
+        ),
+        "",
+        *_peer_notes(peers),
+    ]
+    for name, p in peers.items():
+        for plan_name, lines in (p.get("large", {}).get("plans") or {}).items():
+            rows += [f"{name} `{plan_name}` at the large size:", "", "```", *lines, "```", ""]
+    return rows
+
+
+def _multi_peers(r: dict[str, Any]) -> list[str]:
+    """schedctl beside the peers' 1 and 3 processes sharing one store (none in older JSON)."""
+    peers = r.get("peers") or {}
+    if not peers:
+        return []
+
+    def figure(p: dict[str, Any], key: str, cell: Any) -> str:
+        s = p.get(key, {})
+        return (
+            str(s.get("skipped") or s.get("error")) if "skipped" in s or "error" in s else cell(s)
+        )
+
+    def throughput(s: dict[str, Any]) -> str:
+        return f"{_fmt(s.get('throughput_runs_per_s'))} ({_fmt(s.get('all_finished_s'))} s)"
+
+    def exactness(s: dict[str, Any]) -> str:
+        return f"{s['duplicates']} / {s['missing']}"
+
+    def ours_exactness(s: dict[str, Any]) -> str:
+        return f"{s['duplicates']} / {s['runs']['tasks_not_exactly_once']}"
+
+    names = list(peers)
+    rows = _peer_table(
+        "Beside the peers (each on a fresh database of the same server, the same N one-shots "
+        "due at one instant; APScheduler 4 processes share one SQLAlchemyDataStore and "
+        "an AsyncpgEventBroker; a peer's start delay is measured in the callable):",
+        names,
+    )
+    for key, label in (("one_instance", "1 process"), ("three_instances", "3 processes")):
+        s = r[key]
+        rows += [
+            _row(
+                f"{label}: throughput (runs/s; all finished)",
+                throughput(s),
+                *_peer_cells(peers, lambda p, k=key: figure(p, k, throughput)),
+            ),
+            _row(
+                f"{label}: duplicates / not run exactly once (peer: missing)",
+                ours_exactness(s),
+                *_peer_cells(peers, lambda p, k=key: figure(p, k, exactness)),
+            ),
+            _row(
+                f"{label}: start delay p99 (ms)",
+                s["start_delay_row"]["p99_ms"],
+                *_peer_cells(
+                    peers,
+                    lambda p, k=key: figure(p, k, lambda x: _fmt(x["start_delay_call"]["p99_ms"])),
+                ),
+            ),
+        ]
+    return [*rows, "", *_peer_notes(peers)]
 
 
 def _gzip_rows(r: dict[str, Any]) -> list[str]:
@@ -227,6 +410,7 @@ def render(results: dict[str, Any]) -> str:
         for backend in ("postgresql", "sqlite"):
             for name, plan in r[backend]["large"]["plans"].items():
                 out += [f"{backend} `{name}`:", "", "```", *plan, "```", ""]
+        out += _scale_peers(r)
 
     entry, r = _bench(results, "multi")
     if r and "error" not in r:
@@ -253,7 +437,7 @@ def render(results: dict[str, Any]) -> str:
                     s["runs"]["per_instance"],
                 )
             )
-        out.append("")
+        out += ["", *_multi_peers(r)]
         targets += [("multi", t) for t in r.get("targets", [])]
 
     entry, r = _bench(results, "exporter")

@@ -4,6 +4,13 @@ Each size gets interval tasks spread evenly so that ``due_per_second`` fall due 
 a scheduler process runs them for a while (start delay, in-run store timings), then this
 process measures an empty poll (nothing due: the index probe alone) and shows the plans of
 the due queries (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).
+
+The peers (APScheduler 3.11 and 4.0.0a6, PostgreSQL only) store the same number of interval
+schedules on the same grids, in bulk (the rows their own add_job/add_schedule write); each
+times its own empty poll before the first tick (APS3: the job store's ``get_due_jobs`` +
+``get_next_run_time``; APS4: the data store's ``acquire_schedules`` +
+``get_next_schedule_run_time``), explains those statements, then runs the schedules and
+reports the lateness of the calls in a window like schedctl's.
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ from bench.common import (
     interval_tasks,
     read_runs,
     reader_engine,
+    run_peer_script,
     summarize_ms,
     sync,
     wait_until,
 )
+from bench.peers.envs import PeerUnavailableError, peer_python
 from bench.processes import RunnerProcess
 from bench.sizes import Sizes
 from scheduler_core.db import create_db_engine
@@ -30,6 +39,12 @@ from scheduler_core.models import schedules
 from scheduler_core.store import Store
 
 INDEX = "ix_scheduler_schedules_due_at"
+
+PEERS = {
+    # name: (environment, script, driver for PostgreSQL, the index on the due column)
+    "apscheduler-3.11": ("aps3", "aps3_scale.py", "psycopg", "ix_apscheduler_jobs_next_run_time"),
+    "apscheduler-4.0.0a6": ("aps4", "aps4_scale.py", "asyncpg", "ix_schedules_next_fire_time"),
+}
 
 
 def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> dict[str, Any]:
@@ -161,7 +176,76 @@ def _explain(engine: sa.Engine, statement: str, params: Any) -> list[str]:
     return [str(r[-1]) for r in rows]
 
 
-def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+def peer_measure(dbs: Databases, peer: str, stored: int, sizes: Sizes) -> dict[str, Any]:
+    """Run a peer's scale script on a fresh PostgreSQL database: ``stored`` interval
+    schedules, ``sizes.scale_due_per_second`` due each second, first tick after a lead."""
+    env_name, script, driver, index = PEERS[peer]
+    try:
+        python = peer_python(env_name)
+    except PeerUnavailableError as exc:
+        return {"skipped": str(exc)}
+    every = stored / sizes.scale_due_per_second
+    # Building, pickling and inserting the rows, ANALYZE and the probes all happen before
+    # the first tick (the probes must find nothing due).
+    lead = 8.0 + stored * 0.0006 + sizes.scale_probes * 0.02
+    url = dbs.new("postgresql", migrated=False)
+    try:
+        raw = run_peer_script(
+            python,
+            script,
+            url,
+            driver=driver,
+            args=[
+                *("--tasks", str(stored), "--every", str(every), "--lead", str(lead)),
+                *("--warmup", str(sizes.scale_warmup), "--seconds", str(sizes.scale_seconds)),
+                *("--workers", str(sizes.workers), "--probes", str(sizes.scale_probes)),
+            ],
+            timeout=lead + sizes.scale_warmup + sizes.scale_seconds + 300,
+        )
+    finally:
+        dbs.drop(url)
+    if "error" in raw:
+        return raw
+    window = raw["window_s"]
+    plans = raw["plans"]
+    return {
+        "stored": stored,
+        "every_s": every,
+        "setup_s": round(raw["setup_s"], 2),
+        "setup_overran_first_tick": raw["setup_overran_first_tick"],
+        "window_s": round(window, 1),
+        "runs_in_window": len(raw["delays"]),
+        "expected_runs_in_window": round(stored / every * window),
+        "start_delay_call": summarize_ms(raw["delays"]),
+        "empty_poll": summarize_ms(raw["empty_poll_s"]),
+        "empty_poll_next_due": summarize_ms(raw["empty_next_due_s"]),
+        "empty_polls_that_found_due_work": raw["empty_polls_not_empty"],
+        "plans": plans,
+        "plans_use_due_index": {name: index in "\n".join(p) for name, p in plans.items()},
+    }
+
+
+def peers_run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+    """Each peer at both sizes (PostgreSQL), with its large/small empty-poll ratio."""
+    out: dict[str, Any] = {}
+    for peer in PEERS:
+        small = peer_measure(dbs, peer, sizes.scale_small, sizes)
+        if "skipped" in small:
+            out[peer] = small
+            continue
+        large = peer_measure(dbs, peer, sizes.scale_large, sizes)
+        out[peer] = {
+            "small": small,
+            "large": large,
+            "empty_poll_cost_ratio_large_vs_small": _ratio(
+                (large.get("empty_poll") or {}).get("p50_ms"),
+                (small.get("empty_poll") or {}).get("p50_ms"),
+            ),
+        }
+    return out
+
+
+def run(dbs: Databases, sizes: Sizes, *, peers: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"due_per_second": sizes.scale_due_per_second}
     for backend in ("postgresql", "sqlite"):
         small = measure(dbs, backend, sizes.scale_small, sizes)
@@ -189,6 +273,8 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
                 },
             ],
         }
+    if peers:
+        out["peers"] = peers_run(dbs, sizes)
     return out
 
 

@@ -1,6 +1,6 @@
-"""What the steady peer scripts share: their arguments, the calls they record, the measured
-window and the JSON line they print. Standard library only: it runs in the peers' own
-environments, imported from the script's directory."""
+"""What the steady and scale peer scripts share: their arguments, the calls they record, the
+measured window and the JSON line they print. Standard library only: it runs in the peers'
+own environments, imported from the script's directory."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def arguments() -> argparse.Namespace:
         parser.add_argument(name, type=float, required=True)
     for name in ("--tasks", "--workers"):
         parser.add_argument(name, type=int, required=True)
+    # Empty polls timed before the first tick (the scale scripts; 0 for steady).
+    parser.add_argument("--probes", type=int, default=0)
     return parser.parse_args()
 
 
@@ -38,7 +40,14 @@ def measure(args: argparse.Namespace, origin: float) -> tuple[float, float, floa
     return wall0, time.time(), time.process_time() - cpu0
 
 
-def report(peer: str, *, setup_s: float, overran: bool, window: tuple[float, float, float]) -> None:
+def report(
+    peer: str,
+    *,
+    setup_s: float,
+    overran: bool,
+    window: tuple[float, float, float],
+    extra: dict[str, Any] | None = None,
+) -> None:
     wall0, wall1, cpu = window
     with _lock:
         delays = [late for called, late in CALLS if wall0 <= called < wall1]
@@ -50,5 +59,6 @@ def report(peer: str, *, setup_s: float, overran: bool, window: tuple[float, flo
         "cpu_s": cpu,
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "delays": delays,
+        **(extra or {}),
     }
     print(json.dumps(out))
