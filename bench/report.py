@@ -26,6 +26,19 @@ def _peer_table(intro: str, names: list[str]) -> list[str]:
     ]
 
 
+def _catch_up_row(r: dict[str, Any]) -> list[str]:
+    """The start-up backlog and how long it took to work off (none in older JSON)."""
+    if "catch_up_s" not in r:
+        return []
+    done = "" if r["caught_up"] else " (not caught up: the window opened anyway)"
+    return [
+        _row(
+            "before the window: schedules overdue at start-up, worked off in (s)",
+            f"{r['overdue_at_start']}, {r['catch_up_s']}{done}",
+        )
+    ]
+
+
 def _steady_peers(r: dict[str, Any]) -> list[str]:
     """schedctl beside the peers that ran the same steady load (none in older JSON)."""
     peers = {name: p for name, p in r.get("peers", {}).items() if "start_delay_call" in p}
@@ -370,6 +383,7 @@ def render(results: dict[str, Any]) -> str:
                 "scheduler RSS / peak (MiB)",
                 f"{r['scheduler_rss_mib']} / {r['scheduler_peak_rss_mib']}",
             ),
+            *_catch_up_row(r),
             "",
             *_steady_peers(r),
         ]

@@ -58,6 +58,9 @@ def test_steady_records_every_tick_in_the_window(dbs: Databases) -> None:
     assert "error" not in result["runner"]
     # The CPU split by thread reads the OS thread names the scheduler sets.
     assert "main (loop)" in result["scheduler_cpu_percent_by_thread"]
+    # The window opened only once the start-up backlog was worked off.
+    assert result["caught_up"] is True
+    assert result["catch_up_s"] >= 0 and result["overdue_at_start"] >= 0
 
 
 def test_scale_runs_and_explains_the_due_query_on_both_backends(dbs: Databases) -> None:
@@ -130,4 +133,5 @@ def test_profile_steady_splits_the_cpu_by_thread(capsys: pytest.CaptureFixture[s
     result = json.loads(captured.out)
     assert result["runs_per_second"] == 50.0
     assert "loop" in result["scheduler_cpu_percent_by_thread"]
+    assert result["caught_up"] is True
     assert "function calls" in captured.err  # the loop thread's profile
