@@ -1,9 +1,10 @@
 """Scale: the cost of polling with 1k vs 100k stored schedules at the same ~100 due per second.
 
 Each size gets interval tasks spread evenly so that ``due_per_second`` fall due each second;
-a scheduler process runs them for a while (start delay, in-run store timings), then this
-process measures an empty poll (nothing due: the index probe alone) and shows the plans of
-the due queries (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).
+a scheduler process runs them for a while (start delay, in-run store timings). Then this
+process measures an empty poll (nothing due: the index probe alone) on both sizes' databases,
+taking turns probe by probe so both see the same machine, and shows the plans of the due
+queries (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).
 
 The peers (APScheduler 3.11 and 4.0.0a6, PostgreSQL only) store the same number of interval
 schedules on the same grids, in bulk (the rows their own add_job/add_schedule write); each
@@ -16,6 +17,7 @@ reports the lateness of the calls in a window like schedctl's.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,8 +49,9 @@ PEERS = {
 }
 
 
-def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> dict[str, Any]:
-    """Run ``stored`` schedules at ``sizes.scale_due_per_second`` on ``backend``."""
+def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> tuple[dict[str, Any], str]:
+    """Run ``stored`` schedules at ``sizes.scale_due_per_second`` on ``backend``. Returns
+    the figures and the database, kept for the empty-poll probes (the caller drops it)."""
     url = dbs.new(backend)
     runner: RunnerProcess | None = None
     every = stored / sizes.scale_due_per_second
@@ -75,25 +78,27 @@ def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> dict[str
             scheduled_from=window_start,
             scheduled_until=window_end - timedelta(seconds=1),
         )
-        probe = _probe(url, sizes.scale_probes)
-    finally:
+    except BaseException:
         if runner is not None:
             runner.kill()
         dbs.drop(url)
+        raise
     store = report.get("store", {})
-    return {
+    result = {
         "stored": stored,
         "every_s": every,
         "sync_s": round(sync_s, 2),
         "caught_up_before_window": caught_up,
         "runs_in_window": table.rows,
         "start_delay_row": summarize_ms(table.start_delays),
-        # Claim + dispatch of each batch the running scheduler took (its in-run poll cost).
+        # Claim + dispatch of each batch the running scheduler took (its in-run poll cost;
+        # at the large size nearly every claimed task is one this process has not seen yet,
+        # so it includes reading and parsing that task's definition once).
         "in_run_claim": store.get("claim_and_dispatch"),
         "in_run_next_due_at": store.get("next_due_at"),
-        **probe,
         "runner_error": report.get("error"),
     }
+    return result, url
 
 
 def _overdue(url: str) -> int:
@@ -121,49 +126,65 @@ def _analyze(url: str) -> None:
         engine.dispose()
 
 
-def _probe(url: str, probes: int) -> dict[str, Any]:
-    """Time empty polls (claim + next-due) and capture and explain their SQL."""
-    engine = create_db_engine(url)
-    captured: dict[str, tuple[str, Any]] = {}
+def _probe(urls: Sequence[str], probes: int) -> list[dict[str, Any]]:
+    """Time empty polls (claim + next-due) on each database, taking turns probe by probe so
+    that every size sees the same machine (its speed drifts over minutes), and capture and
+    explain their SQL."""
+    engines = [create_db_engine(url) for url in urls]
+    captured: list[dict[str, tuple[str, Any]]] = [{} for _ in urls]
 
-    def capture(
-        _conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, _many: Any
-    ) -> None:
-        text = " ".join(statement.split())
-        if text.startswith("UPDATE scheduler_schedules SET claimed_by") or (
-            text.startswith("SELECT scheduler_schedules.name") and "SKIP LOCKED" in text
-        ):
-            captured.setdefault("claim", (statement, params))
-        elif "min(scheduler_schedules.due_at)" in text:
-            captured.setdefault("next_due", (statement, params))
+    def capturer(into: dict[str, tuple[str, Any]]) -> Callable[..., None]:
+        def capture(
+            _conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, _many: Any
+        ) -> None:
+            text = " ".join(statement.split())
+            if text.startswith("UPDATE scheduler_schedules SET claimed_by") or (
+                text.startswith("SELECT scheduler_schedules.name") and "SKIP LOCKED" in text
+            ):
+                into.setdefault("claim", (statement, params))
+            elif "min(scheduler_schedules.due_at)" in text:
+                into.setdefault("next_due", (statement, params))
 
-    sa.event.listen(engine, "before_cursor_execute", capture)
-    store = Store(engine, instance_id="bench-probe")
+        return capture
+
+    listeners = [capturer(c) for c in captured]
+    for engine, listener in zip(engines, listeners, strict=True):
+        sa.event.listen(engine, "before_cursor_execute", listener)
+    stores = [Store(engine, instance_id="bench-probe") for engine in engines]
     past = datetime.now(UTC) - timedelta(days=1)  # nothing is due then: the pure probe cost
-    claim_s: list[float] = []
-    next_s: list[float] = []
+    claim_s: list[list[float]] = [[] for _ in urls]
+    next_s: list[list[float]] = [[] for _ in urls]
     try:
         for _ in range(probes):
-            started = time.perf_counter()
-            # The engine's path: one transaction on PostgreSQL, claim then dispatch on SQLite.
-            claimed, _runs = store.claim_and_dispatch(
-                now=past, limit=500, lease=timedelta(seconds=30)
-            )
-            claim_s.append(time.perf_counter() - started)
-            assert not claimed
-            started = time.perf_counter()
-            store.next_due_at()
-            next_s.append(time.perf_counter() - started)
-        plans = {name: _explain(engine, *captured[name]) for name in captured}
+            for i, store in enumerate(stores):
+                started = time.perf_counter()
+                # The engine's path: one transaction on PostgreSQL, claim then dispatch on
+                # SQLite.
+                claimed, _runs = store.claim_and_dispatch(
+                    now=past, limit=500, lease=timedelta(seconds=30)
+                )
+                claim_s[i].append(time.perf_counter() - started)
+                assert not claimed
+                started = time.perf_counter()
+                store.next_due_at()
+                next_s[i].append(time.perf_counter() - started)
+        plans = [
+            {name: _explain(engine, *c[name]) for name in c}
+            for engine, c in zip(engines, captured, strict=True)
+        ]
     finally:
-        sa.event.remove(engine, "before_cursor_execute", capture)
-        engine.dispose()
-    return {
-        "empty_poll_claim": summarize_ms(claim_s),
-        "empty_poll_next_due_at": summarize_ms(next_s),
-        "plans": plans,
-        "plans_use_due_at_index": all(INDEX in "\n".join(p) for p in plans.values()),
-    }
+        for engine, listener in zip(engines, listeners, strict=True):
+            sa.event.remove(engine, "before_cursor_execute", listener)
+            engine.dispose()
+    return [
+        {
+            "empty_poll_claim": summarize_ms(claim_s[i]),
+            "empty_poll_next_due_at": summarize_ms(next_s[i]),
+            "plans": plans[i],
+            "plans_use_due_at_index": all(INDEX in "\n".join(p) for p in plans[i].values()),
+        }
+        for i in range(len(urls))
+    ]
 
 
 def _explain(engine: sa.Engine, statement: str, params: Any) -> list[str]:
@@ -248,8 +269,17 @@ def peers_run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
 def run(dbs: Databases, sizes: Sizes, *, peers: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"due_per_second": sizes.scale_due_per_second}
     for backend in ("postgresql", "sqlite"):
-        small = measure(dbs, backend, sizes.scale_small, sizes)
-        large = measure(dbs, backend, sizes.scale_large, sizes)
+        small, small_url = measure(dbs, backend, sizes.scale_small, sizes)
+        try:
+            large, large_url = measure(dbs, backend, sizes.scale_large, sizes)
+            try:
+                small_probe, large_probe = _probe([small_url, large_url], sizes.scale_probes)
+            finally:
+                dbs.drop(large_url)
+        finally:
+            dbs.drop(small_url)
+        small.update(small_probe)
+        large.update(large_probe)
         ratio = _ratio(large["empty_poll_claim"]["p50_ms"], small["empty_poll_claim"]["p50_ms"])
         in_run = _ratio(
             (large.get("in_run_claim") or {}).get("p50_ms"),
