@@ -6,7 +6,7 @@ from ``BENCH_DB_URL``. Two roles:
 - ``--add N --due EPOCH``: create the tables and add N one-shot schedules (DateTrigger, all
   due at EPOCH, ``misfire_grace_time=None``, one task with ``max_running_jobs=None``); prints
   one JSON line with the seconds it took.
-- ``--due EPOCH --workers W``: one scheduler process; prints ``ready`` once it runs, then
+- ``--workers W``: one scheduler process; prints ``ready`` once it runs, then
   runs until its stdin closes (the harness closes it when the store holds no schedule and
   no job), then prints one JSON line with every call it made: [schedule id, lateness
   against the job's scheduled fire time, end time].
