@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine, upgrade_schema
-from scheduler_core.models import task_runs
+from scheduler_core.models import schedules, task_runs
 from scheduler_core.store import Store
 from scheduler_core.tasks import TaskDefinition
 from scheduler_core.telemetry import TelemetryWriter
@@ -445,6 +445,40 @@ class FinishedCounter(CountQuery):
             "WHERE task_name LIKE :p AND status <> 'running'",
             {"p": f"{prefix}-%"},
         )
+
+
+class OverdueCounter(CountQuery):
+    """Schedules more than a second overdue: the scheduler has not caught up yet."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "SELECT count(*) FROM scheduler_schedules WHERE due_at < :before")
+        self._sql = self._sql.bindparams(sa.bindparam("before", type_=schedules.c.due_at.type))
+
+    def __call__(self) -> int:
+        self._params = {"before": datetime.now(UTC) - timedelta(seconds=1)}
+        return super().__call__()
+
+
+#: Longest wait for a start-up backlog to be worked off before a window opens anyway.
+CATCH_UP_TIMEOUT = 120.0
+
+
+def catch_up_after_start(url: str) -> dict[str, Any]:
+    """Wait until a scheduler has worked off the ticks that fell due before it was ready
+    (a restart's backlog): no schedule is more than a second overdue any more. Returns how
+    many were overdue when it became ready and how long working them off took."""
+    started = time.monotonic()
+    overdue = OverdueCounter(url)
+    try:
+        backlog = overdue()
+        caught_up = wait_until(lambda: overdue() == 0, timeout=CATCH_UP_TIMEOUT, interval=0.1)
+    finally:
+        overdue.close()
+    return {
+        "overdue_at_start": backlog,
+        "caught_up": caught_up,
+        "catch_up_s": round(time.monotonic() - started, 2),
+    }
 
 
 def _aware(value: datetime) -> datetime:

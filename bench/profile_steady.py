@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.common import (
     Databases,
+    catch_up_after_start,
     children_cpu_seconds,
     interval_tasks,
     read_runs,
@@ -36,7 +37,7 @@ from bench.common import (
     sync,
     thread_cpu_seconds,
 )
-from bench.steady import TAIL_MARGIN, catch_up_after_start
+from bench.steady import TAIL_MARGIN
 from scheduler_core.db import create_db_engine
 from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.executors import name_os_thread

@@ -25,19 +25,17 @@ import sqlalchemy as sa
 
 from bench.common import (
     Databases,
+    catch_up_after_start,
     interval_tasks,
     read_runs,
-    reader_engine,
     run_peer_script,
     summarize_ms,
     sync,
-    wait_until,
 )
 from bench.peers.envs import PeerUnavailableError, peer_python
 from bench.processes import RunnerProcess
 from bench.sizes import Sizes
 from scheduler_core.db import create_db_engine
-from scheduler_core.models import schedules
 from scheduler_core.store import Store
 
 INDEX = "ix_scheduler_schedules_due_at"
@@ -66,7 +64,7 @@ def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> tuple[di
         time.sleep(sizes.scale_warmup)
         # Ticks that fell due while a large sync ran are a backlog: let the scheduler catch
         # up before the window opens, so the window measures the steady ~100/s only.
-        caught_up = wait_until(lambda: _overdue(url) == 0, timeout=120, interval=0.5)
+        catch_up = catch_up_after_start(url)
         window_start = datetime.now(UTC)
         time.sleep(sizes.scale_seconds)
         window_end = datetime.now(UTC)
@@ -88,7 +86,9 @@ def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> tuple[di
         "stored": stored,
         "every_s": every,
         "sync_s": round(sync_s, 2),
-        "caught_up_before_window": caught_up,
+        "caught_up_before_window": catch_up["caught_up"],
+        "overdue_at_start": catch_up["overdue_at_start"],
+        "catch_up_s": catch_up["catch_up_s"],
         "runs_in_window": table.rows,
         "start_delay_row": summarize_ms(table.start_delays),
         # Claim + dispatch of each batch the running scheduler took (its in-run poll cost;
@@ -99,22 +99,6 @@ def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> tuple[di
         "runner_error": report.get("error"),
     }
     return result, url
-
-
-def _overdue(url: str) -> int:
-    """Schedules more than a second overdue (the scheduler has not caught up yet)."""
-    engine = reader_engine(url)
-    try:
-        with engine.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(schedules)
-                    .where(schedules.c.due_at < datetime.now(UTC) - timedelta(seconds=1))
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()
 
 
 def _analyze(url: str) -> None:

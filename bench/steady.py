@@ -19,8 +19,8 @@ from typing import Any
 
 from bench.common import (
     REPO,
-    CountQuery,
     Databases,
+    catch_up_after_start,
     children_cpu_seconds,
     interval_tasks,
     peer_url,
@@ -29,7 +29,6 @@ from bench.common import (
     summarize_ms,
     sync,
     thread_cpu_seconds,
-    wait_until,
 )
 from bench.peers.envs import PeerUnavailableError, peer_python
 from bench.processes import RunnerProcess
@@ -37,10 +36,6 @@ from bench.sizes import Sizes
 
 #: Ticks this close to the end of the window may still be waiting when the drain begins.
 TAIL_MARGIN = timedelta(seconds=2)
-#: Schedules more than a second overdue (PostgreSQL's clock is this machine's).
-OVERDUE_SQL = "SELECT count(*) FROM scheduler_schedules WHERE due_at < now() - interval '1 second'"
-#: Longest wait for a start-up backlog to be worked off before the window opens anyway.
-CATCH_UP_TIMEOUT = 120.0
 
 PEERS = {
     # name: (environment, script, driver for PostgreSQL)
@@ -181,24 +176,6 @@ def _schedctl(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
                 "met": cpu_pct <= 25,
             },
         ],
-    }
-
-
-def catch_up_after_start(url: str) -> dict[str, Any]:
-    """Wait until the instance has worked off the ticks that fell due before it was ready
-    (a restart's backlog): no schedule is more than a second overdue any more. Returns how
-    many were overdue when it became ready and how long working them off took."""
-    started = time.monotonic()
-    overdue = CountQuery(url, OVERDUE_SQL)
-    try:
-        backlog = overdue()
-        caught_up = wait_until(lambda: overdue() == 0, timeout=CATCH_UP_TIMEOUT, interval=0.1)
-    finally:
-        overdue.close()
-    return {
-        "overdue_at_start": backlog,
-        "caught_up": caught_up,
-        "catch_up_s": round(time.monotonic() - started, 2),
     }
 
 

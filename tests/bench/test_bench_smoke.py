@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,8 +19,10 @@ from bench import (
     steady,
     telemetry_overhead,
 )
-from bench.common import Databases
+from bench.common import Databases, OverdueCounter, interval_tasks, sync
 from bench.sizes import SMOKE
+from scheduler_core.db import create_db_engine
+from scheduler_core.models import schedules
 
 pytestmark = pytest.mark.postgres
 
@@ -63,6 +66,34 @@ def test_steady_records_every_tick_in_the_window(dbs: Databases) -> None:
     assert result["catch_up_s"] >= 0 and result["overdue_at_start"] >= 0
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_overdue_counter_counts_schedules_more_than_a_second_late(
+    dbs: Databases, backend: str
+) -> None:
+    """What the steady and scale windows wait for: schedules due over a second ago count,
+    a schedule due a moment ago or later does not."""
+    url = dbs.new(backend)
+    engine = create_db_engine(url)
+    counter = OverdueCounter(url)
+    try:
+        sync(url, interval_tasks(4, 3600.0, prefix="late"))
+        now = datetime.now(UTC)
+        due = {
+            "late-000000": now - timedelta(hours=1),
+            "late-000001": now - timedelta(seconds=5),
+            "late-000002": now - timedelta(milliseconds=200),
+            "late-000003": now + timedelta(hours=1),
+        }
+        with engine.begin() as conn:
+            for name, at in due.items():
+                conn.execute(schedules.update().where(schedules.c.name == name).values(due_at=at))
+        assert counter() == 2
+    finally:
+        counter.close()
+        engine.dispose()
+        dbs.drop(url)
+
+
 def test_scale_runs_and_explains_the_due_query_on_both_backends(dbs: Databases) -> None:
     """The scale benchmark records runs at both sizes and captures both due-query plans."""
     result = scale.run(dbs, SMOKE, peers=False)
@@ -73,6 +104,7 @@ def test_scale_runs_and_explains_the_due_query_on_both_backends(dbs: Databases) 
             assert measured["runs_in_window"] > 0
             assert set(measured["plans"]) == {"claim", "next_due"}
             assert measured["empty_poll_claim"]["count"] == SMOKE.scale_probes
+            assert measured["caught_up_before_window"] is True
     assert "peers" not in result  # CI never builds the peers' environments
 
 
