@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
     parser.add_argument("--profile", metavar="SORT", help="cProfile the loop thread, sorted so")
     parser.add_argument(
+        "--dump", metavar="FILE", help="with --profile: also save the profile (pstats format)"
+    )
+    parser.add_argument(
         "--set",
         metavar="NAME=VALUE",
         action="append",
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats(args.profile).print_stats(40)
+        if args.dump:
+            profiler.dump_stats(args.dump)
         print(out.getvalue(), file=sys.stderr)
     return 0
 

@@ -30,7 +30,6 @@ from scheduler_core.errors import error_reason
 from scheduler_core.executors import (
     ActionResult,
     AsyncLoopThread,
-    DelayedStarts,
     RunHandle,
     WorkerPool,
     run_async_callable,
@@ -38,6 +37,7 @@ from scheduler_core.executors import (
     run_command,
 )
 from scheduler_core.health import HealthServer
+from scheduler_core.otel import tracing_installed
 from scheduler_core.store import DispatchedRun, RunOutcome, Store
 from scheduler_core.tasks import CallableAction, CommandAction
 from scheduler_core.telemetry import RateLimitedLogger, TelemetryWriter, tracer
@@ -117,8 +117,8 @@ class Scheduler:
             instance_id=settings.instance_id,
             failure_threshold=settings.failure_alarm_threshold,
         )
+        #: Runs each start on a worker, now or at its time (the workers keep the times).
         self._pool = WorkerPool(settings.max_running, "schedctl-run")
-        self._delayed = DelayedStarts(self._start_run)
         #: Runs handed to a worker (or the event loop) that have not begun yet.
         self._queued = 0
         self._queued_lock = threading.Lock()
@@ -292,7 +292,7 @@ class Scheduler:
         leftovers = self._cancel_all(
             "scheduler shut down before the run finished (drain grace expired)"
         )
-        self._delayed.close()
+        self._pool.discard_waiting()
         if leftovers:
             log.warning("drain grace expired: %d run(s) recorded as cancelled", leftovers)
         # Commands get kill_grace to exit; their workers then report cancelled (ignored if first).
@@ -342,7 +342,7 @@ class Scheduler:
                 # outcomes are written at the next pass), so a burst's next batch does not
                 # wait for the previous batch's finalize.
                 self._collect_completions()
-                waiting = len(self._delayed)  # claimed ahead, not yet due
+                waiting = len(self._pool)  # claimed ahead, not yet due
                 in_flight = len(self._running) - len(self._pending_finalize) - waiting
                 capacity = min(
                     self.settings.max_running * self.settings.claim_ahead - in_flight,
@@ -427,25 +427,43 @@ class Scheduler:
             for handle in handles:
                 self._running[handle.run_id] = handle
         now, mono = self.clock.now(), time.monotonic()
-        later: list[tuple[float, DispatchedRun, RunHandle]] = []
+        later: list[tuple[float, Callable[..., None], DispatchedRun, RunHandle]] = []
         for run, handle in zip(runs, handles, strict=True):
             delay = (run.not_before - now).total_seconds() if run.not_before is not None else 0.0
             if delay > 0.001:
-                later.append((mono + delay, run, handle))
+                later.append((mono + delay, self._start_due, run, handle))
             else:
                 self._start_run(run, handle)
-        self._delayed.add_many(later)
+        self._pool.submit_at(later)
 
     def _start_run(self, run: DispatchedRun, handle: RunHandle) -> None:
+        """Hand a run that is due now to a worker (or the event loop)."""
         with self._queued_lock:
             self._queued += 1
-        action = run.definition.action
-        if isinstance(action, CallableAction) and _is_async(action):
-            if self._async is None:
-                self._async = AsyncLoopThread()
-            handle.async_future = self._async.submit(self._execute_async(run, handle))
+        if self._is_async_run(run):
+            self._start_async(run, handle)
         else:
             self._pool.submit(self._execute_in_thread, run, handle)
+
+    def _start_due(self, run: DispatchedRun, handle: RunHandle) -> None:
+        """On the worker that waited for the run's time: run it here (a sync action), or
+        hand it to the event loop."""
+        with self._queued_lock:
+            self._queued += 1
+        if self._is_async_run(run):
+            self._start_async(run, handle)
+        else:
+            self._execute_in_thread(run, handle)
+
+    @staticmethod
+    def _is_async_run(run: DispatchedRun) -> bool:
+        action = run.definition.action
+        return isinstance(action, CallableAction) and _is_async(action)
+
+    def _start_async(self, run: DispatchedRun, handle: RunHandle) -> None:
+        if self._async is None:
+            self._async = AsyncLoopThread()
+        handle.async_future = self._async.submit(self._execute_async(run, handle))
 
     def _begin(self, handle: RunHandle) -> bool:
         """A worker is about to run ``handle``: False if it was cancelled (or timed out)
@@ -464,6 +482,8 @@ class Scheduler:
     def _span(self, run: DispatchedRun) -> Any:
         """The run's span, or None when no tracer provider is installed (spans would be
         no-ops: building their attributes and entering their context is skipped)."""
+        if not tracing_installed():
+            return None
         span = tracer().start_span(f"schedctl.run {run.task_name}")
         if span is trace.INVALID_SPAN:
             return None

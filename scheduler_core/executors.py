@@ -26,7 +26,6 @@ from scheduler_core.tasks import CallableAction, CommandAction, TaskDefinition
 __all__ = [
     "ActionResult",
     "AsyncLoopThread",
-    "DelayedStarts",
     "RunHandle",
     "WorkerPool",
     "name_os_thread",
@@ -211,8 +210,9 @@ def run_command(
 
 def name_os_thread() -> None:
     """Give the calling thread its Python name at the OS level too (Linux, first 15
-    characters), so ``top -H``, ``ps -L`` and per-thread CPU figures tell the workers and
-    the start timer apart. Best effort: elsewhere, or without /proc, nothing happens."""
+    characters), so ``top -H``, ``ps -L`` and per-thread CPU figures tell the workers, the
+    async loop and the scheduler loop apart. Best effort: elsewhere, or without /proc,
+    nothing happens."""
     thread = threading.current_thread()
     with (
         contextlib.suppress(OSError, TypeError),
@@ -242,124 +242,69 @@ class AsyncLoopThread:
         self._thread.join(timeout=5)
 
 
-class DelayedStarts:
-    """Runs claimed ahead of their time, each started by one timer thread when it is due.
-
-    ``start(*args)`` is called (outside the lock) at the monotonic time given to ``add``;
-    after ``close()`` nothing more is started (what is left was recorded by the engine).
-
-    The timer sleeps on a plain lock used as a signal (``add`` releases it when a new entry
-    becomes the earliest): a timed ``Lock.acquire`` is one C call, where
-    ``Condition.wait`` allocates a lock and runs Python code for every start.
-    """
-
-    def __init__(self, start: Callable[..., None]) -> None:
-        self._start = start
-        self._heap: list[tuple[float, int, tuple[Any, ...]]] = []
-        self._order = itertools.count()
-        self._lock = threading.Lock()
-        #: Held while there is nothing new to look at; released to wake the timer.
-        self._signal = threading.Lock()
-        self._signal.acquire()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def add(self, at: float, *args: Any) -> None:
-        self.add_many([(at, *args)])
-
-    def add_many(self, entries: Sequence[tuple[Any, ...]]) -> None:
-        """``add(*entry)`` for each entry, under one lock and with at most one wake."""
-        if not entries:
-            return
-        with self._lock:
-            if self._closed:
-                return
-            first = self._heap[0] if self._heap else None
-            for at, *args in entries:
-                heapq.heappush(self._heap, (at, next(self._order), tuple(args)))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="schedctl-starts", daemon=True
-                )
-                self._thread.start()
-            earliest = self._heap[0] is not first
-        if earliest:  # only an earlier first start changes the timer
-            self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(RuntimeError):  # already released: the timer will look
-            self._signal.release()
-
-    def _loop(self) -> None:
-        name_os_thread()
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                now = time.monotonic()
-                due = []
-                while self._heap and self._heap[0][0] <= now:
-                    due.append(heapq.heappop(self._heap)[2])
-                wait = self._heap[0][0] - now if self._heap else -1.0
-            if not due:
-                # A wake between the look above and this wait is not lost: the signal stays
-                # released until taken, and the loop then looks again.
-                self._signal.acquire(timeout=min(wait, 3600.0) if wait >= 0 else -1)
-                continue
-            for args in due:
-                try:
-                    self._start(*args)
-                except Exception:  # a start that fails must not stop the others
-                    log.exception("could not start a run")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._heap.clear()
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
 class _Worker:
-    """One pool thread: ``wake`` is held while it has nothing to do."""
+    """One pool thread. ``wake`` is held while it waits; ``entry`` is the timed job it
+    waits for, if it is one of the pool's sleepers."""
 
-    __slots__ = ("job", "wake")
+    __slots__ = ("entry", "idle", "promoted", "wake")
 
     def __init__(self) -> None:
-        self.job: tuple[Callable[..., None], tuple[Any, ...]] | None = None
+        self.entry: _Entry | None = None
+        #: On the pool's idle stack.
+        self.idle = False
+        #: Woken from idle to wait for a timed job (counted in ``WorkerPool._promoted``).
+        self.promoted = False
         self.wake = threading.Lock()
         self.wake.acquire()
 
 
-class WorkerPool:
-    """``size`` worker threads, started up front; a job goes to the worker that went idle
-    last.
+#: A job and the monotonic time it may start: (at, order, fn, args).
+_Entry = tuple[float, int, Callable[..., None], tuple[Any, ...]]
 
-    What ``ThreadPoolExecutor`` does for the engine, without the ``Future``, ``Condition``
-    and semaphore it makes per job. Idle workers wait on a stack, not a queue: at 1,000
-    short runs a second the same one or two threads take every job, their stacks and
-    interpreter state stay in the CPU caches, where a queue would rotate through all 64.
+
+class WorkerPool:
+    """``size`` worker threads that run jobs now (``submit``) or at a given time
+    (``submit_at``), each job on one of them.
+
+    **The workers keep the start times themselves** (leader/followers): up to ``sleepers``
+    idle workers each wait, with a timeout, for the earliest timed job nobody waits for
+    yet, and run it when it is due. A worker that finishes a short job takes the next timed
+    one before it is due, so a steady stream of short timed jobs costs one timed wake per
+    job: no timer thread waking a worker for each start. The second sleeper is the slack
+    that makes this safe: a job that runs long (past the next start) leaves the next start
+    to the other sleeper, and the last sleeper to take a job wakes an idle worker to take
+    its place, so starts never wait for a job to return while a worker is free.
+
+    A worker that takes a job while other jobs are already due wakes one more idle worker
+    (who does the same): a burst of starts at one instant fans out over the pool.
+    Idle workers wait on a stack, not a queue: at 1,000 short runs a second the same one or
+    two threads take every job and keep their stacks in the CPU caches.
+
     The threads are daemons: a sync callable that never returns cannot hold the process
     open once the engine has drained and recorded it.
     """
 
-    def __init__(self, size: int, name_prefix: str) -> None:
+    def __init__(self, size: int, name_prefix: str, *, sleepers: int = 2) -> None:
+        if size < 1:
+            raise ValueError(f"a worker pool needs at least one worker, got size={size!r}")
         self._workers = [_Worker() for _ in range(size)]
         self._threads = [
             threading.Thread(target=self._work, args=(w,), name=f"{name_prefix}_{i}", daemon=True)
             for i, w in enumerate(self._workers)
         ]
+        self._max_sleepers = max(1, min(sleepers, size))
         self._lock = threading.Lock()
-        #: Idle workers, the most recently idle last.
+        self._order = itertools.count()
+        #: Timed jobs no sleeper waits for, the earliest first.
+        self._timed: list[_Entry] = []
+        #: Jobs to run as soon as a worker is free (``at``: when they were submitted).
+        self._ready: collections.deque[_Entry] = collections.deque()
+        #: Workers waiting for their ``entry``'s time.
+        self._sleeping: list[_Worker] = []
+        #: Idle workers woken to become sleepers, not yet running.
+        self._promoted = 0
+        #: Idle workers without a timed job, the most recently idle last.
         self._idle: list[_Worker] = []
-        #: Jobs submitted while every worker was busy.
-        self._backlog: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
-            collections.deque()
-        )
         self._started = False
         self._closed = False
 
@@ -369,52 +314,174 @@ class WorkerPool:
                 return
             self._started = True
             for worker in reversed(self._workers):  # the first worker on top of the stack
+                worker.idle = True
                 self._idle.append(worker)
             for thread in self._threads:
                 thread.start()
 
+    def __len__(self) -> int:
+        """Timed jobs not started yet."""
+        return len(self._timed) + len(self._sleeping)
+
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` on the last worker to go idle, or queue it until one is free
+        """Run ``fn(*args)`` on the last worker to go idle, or as soon as a worker is free
         (dropped after ``shutdown``)."""
         if not self._started:
             self.start()
         with self._lock:
             if self._closed:
                 return
-            if not self._idle:
-                self._backlog.append((fn, args))
-                return
-            worker = self._idle.pop()
-            worker.job = (fn, args)
-        worker.wake.release()
+            self._ready.append((time.monotonic(), next(self._order), fn, args))
+            if self._idle:
+                self._signal(self._pop_idle())
+            elif self._sleeping:
+                # Every worker is busy or waits for a later start: the sleeper with the
+                # latest one gives it back and runs this job now.
+                self._wake_latest_sleeper()
 
-    def _work(self, worker: _Worker) -> None:
-        name_os_thread()
-        while True:
-            worker.wake.acquire()
-            job, worker.job = worker.job, None
-            while job is not None:
-                fn, args = job
-                try:
-                    fn(*args)
-                except Exception:  # the job records its own outcome; never lose the worker
-                    log.exception("a worker job raised")
-                with self._lock:
-                    if self._closed:
-                        return
-                    if self._backlog:
-                        job = self._backlog.popleft()
-                    else:
-                        self._idle.append(worker)
-                        job = None
+    def submit_at(self, entries: Sequence[tuple[Any, ...]]) -> None:
+        """For each ``(at, fn, *args)``: run ``fn(*args)`` on a worker at monotonic time
+        ``at`` (at once if that has passed), never before it, in time order."""
+        if not entries:
+            return
+        if not self._started:
+            self.start()
+        with self._lock:
             if self._closed:
                 return
+            timed, order = self._timed, self._order
+            earliest = min(entry[0] for entry in entries)
+            for at, fn, *args in entries:
+                heapq.heappush(timed, (at, next(order), fn, tuple(args)))
+            missing = self._max_sleepers - len(self._sleeping) - self._promoted
+            if missing > 0 and self._idle:
+                self._promote(min(missing, len(entries)))
+            elif self._sleeping and earliest < max(w.entry[0] for w in self._sleeping if w.entry):
+                self._wake_latest_sleeper()  # it swaps its start for the earlier one
+
+    def discard_waiting(self) -> None:
+        """Drop every timed job not started yet (their runs were recorded by the caller)."""
+        with self._lock:
+            self._timed.clear()
+            for worker in self._sleeping:
+                worker.entry = None
+                self._signal(worker)
+            self._sleeping.clear()
 
     def shutdown(self) -> None:
-        """Drop queued jobs and let each idle worker exit; busy ones exit when they return."""
+        """Drop waiting jobs and let each idle worker exit; busy ones exit when they return."""
         with self._lock:
             self._closed = True
-            self._backlog.clear()
-            idle, self._idle = self._idle, []
-        for worker in idle:
+            self._timed.clear()
+            self._ready.clear()
+            waiting = self._idle + self._sleeping
+            for worker in self._idle:
+                worker.idle = False
+            self._idle, self._sleeping = [], []
+        for worker in waiting:
+            self._signal(worker)
+
+    # ---------------------------------------------------------------- under self._lock
+    @staticmethod
+    def _signal(worker: _Worker) -> None:
+        """Wake ``worker``. A signal it does not wait for (a sleeper that timed out in the
+        meantime) stays until its next wait, which then returns at once: it looks again."""
+        with contextlib.suppress(RuntimeError):  # already released: it will look again
             worker.wake.release()
+
+    def _pop_idle(self) -> _Worker:
+        worker = self._idle.pop()
+        worker.idle = False
+        return worker
+
+    def _promote(self, count: int) -> None:
+        """Wake up to ``count`` idle workers to wait for timed jobs."""
+        for _ in range(min(count, len(self._idle))):
+            worker = self._pop_idle()
+            worker.promoted = True
+            self._promoted += 1
+            self._signal(worker)
+
+    def _wake_latest_sleeper(self) -> None:
+        latest = max(self._sleeping, key=lambda w: w.entry[0] if w.entry else 0.0)
+        self._signal(latest)
+
+    def _take(self, now: float) -> _Entry | None:
+        """The job a worker with no timed job of its own runs now, if any is due."""
+        ready, timed = self._ready, self._timed
+        if timed and timed[0][0] <= now and (not ready or timed[0][0] <= ready[0][0]):
+            return heapq.heappop(timed)
+        if ready:
+            return ready.popleft()
+        return None
+
+    def _before_running(self, now: float) -> None:
+        """A worker is about to run a job: keep the rest of the pool covering the others."""
+        if not self._idle:
+            return
+        timed = self._timed
+        if timed and timed[0][0] <= now:
+            self._signal(self._pop_idle())  # more starts are due: fan out (``submit``
+            # wakes a worker for each job it is given)
+        elif timed and not self._sleeping and not self._promoted:
+            self._promote(1)  # no one waits for the next start any more
+
+    def _next(self, worker: _Worker) -> _Entry | float | None:
+        """What ``worker`` does next: a job to run, a time to wait until, or None to wait
+        until woken."""
+        if worker.idle:  # woken by a stale signal, still on the stack
+            self._idle.remove(worker)
+            worker.idle = False
+        now = time.monotonic()
+        own = worker.entry
+        if own is not None:
+            if own[0] <= now:
+                worker.entry = None
+                self._sleeping.remove(worker)
+                self._before_running(now)
+                return own
+            timed = self._timed
+            if self._ready or (timed and timed[0][0] < own[0]):
+                # Woken for a job due now, or for an earlier start: give this one back.
+                heapq.heappush(timed, own)
+                worker.entry = None
+                self._sleeping.remove(worker)
+            else:
+                return own[0]
+        job = self._take(now)
+        if job is not None:
+            self._before_running(now)
+            return job
+        timed = self._timed
+        if timed and len(self._sleeping) < self._max_sleepers:
+            worker.entry = heapq.heappop(timed)
+            self._sleeping.append(worker)
+            return worker.entry[0]
+        worker.idle = True
+        self._idle.append(worker)
+        return None
+
+    # ---------------------------------------------------------------- worker thread
+    def _work(self, worker: _Worker) -> None:
+        name_os_thread()
+        lock = self._lock
+        worker.wake.acquire()  # each starts on the idle stack (see ``start``)
+        while True:
+            with lock:
+                if worker.promoted:
+                    worker.promoted = False
+                    self._promoted -= 1
+                if self._closed:
+                    return
+                step = self._next(worker)
+            if step is None:
+                worker.wake.acquire()
+                continue
+            if not isinstance(step, tuple):  # the time its timed job is due
+                worker.wake.acquire(timeout=max(0.0, min(step - time.monotonic(), 3600.0)))
+                continue
+            _at, _order, fn, args = step
+            try:
+                fn(*args)
+            except Exception:  # the job records its own outcome; never lose the worker
+                log.exception("a worker job raised")

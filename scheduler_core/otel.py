@@ -13,7 +13,13 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-__all__ = ["configure_otel_from_env", "otel_instruments", "shutdown_otel", "tracer"]
+__all__ = [
+    "configure_otel_from_env",
+    "otel_instruments",
+    "shutdown_otel",
+    "tracer",
+    "tracing_installed",
+]
 
 
 def configure_otel_from_env(service_name: str = "schedctl") -> bool:
@@ -106,6 +112,13 @@ def otel_instruments() -> _OtelInstruments:
         if _instruments is None:
             _instruments = _OtelInstruments()
         return _instruments
+
+
+def tracing_installed() -> bool:
+    """Whether a tracer provider is installed. Until one is, every span is a no-op: the
+    engine then skips making one (``start_span`` through the proxy cost ~10 % of a worker's
+    time per run at 1,000 runs/s)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 #: A proxy: it follows the provider an entry point installs later (``get_tracer`` per call

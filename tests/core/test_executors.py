@@ -1,7 +1,8 @@
-"""The start timer (DelayedStarts) and the worker pool: runs start at their time, in time
-order, an earlier start wakes a sleeping timer, nothing starts after close, and the threads
-carry their names at the OS level (what `top -H` and the steady benchmark's per-thread CPU
-split read)."""
+"""The worker pool: jobs run now or at their time, in time order and never early, an
+earlier start wakes a pool waiting for later ones, a long job never holds back the next
+start while a worker is free, starts due together fan out over the pool, nothing starts
+after ``discard_waiting`` or ``shutdown``, and the threads carry their names at the OS
+level (what `top -H` and the steady benchmark's per-thread CPU split read)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from scheduler_core.executors import DelayedStarts, WorkerPool
+from scheduler_core.executors import WorkerPool
 
 
 def _os_name(native_id: int) -> str:
@@ -20,7 +21,7 @@ def _os_name(native_id: int) -> str:
         return comm.read().strip()
 
 
-def test_an_earlier_start_wakes_a_timer_asleep_until_a_later_one() -> None:
+def test_an_earlier_start_wakes_a_pool_waiting_for_later_ones() -> None:
     started: list[tuple[str, float]] = []
     done = threading.Event()
 
@@ -28,22 +29,24 @@ def test_an_earlier_start_wakes_a_timer_asleep_until_a_later_one() -> None:
         started.append((label, time.monotonic()))
         done.set()
 
-    timer = DelayedStarts(start)
+    pool = WorkerPool(4, "schedctl-run")
     try:
         now = time.monotonic()
-        timer.add(now + 60.0, "late")  # the timer now sleeps for a minute
-        time.sleep(0.05)  # let it fall asleep on the late entry (nothing to inject here)
-        timer.add(time.monotonic() + 0.05, "early")
-        assert done.wait(5.0), "the earlier start did not wake the timer"
+        # Both sleepers now wait for a minute.
+        pool.submit_at([(now + 60.0, start, "late"), (now + 61.0, start, "later")])
+        time.sleep(0.05)  # let them fall asleep on the late entries (nothing to inject here)
+        pool.submit_at([(time.monotonic() + 0.05, start, "early")])
+        assert done.wait(5.0), "the earlier start did not wake the pool"
         label, at = started[0]
         assert label == "early"
         assert at - now < 5.0
-        assert len(timer) == 1  # the late one still waits
+        assert len(pool) == 2  # the late ones still wait
     finally:
-        timer.close()
+        pool.shutdown()
 
 
-def test_a_batch_given_out_of_order_starts_in_time_order_never_early() -> None:
+@pytest.mark.parametrize("size", [1, 8])
+def test_a_batch_given_out_of_order_starts_in_time_order_never_early(size: int) -> None:
     started: list[tuple[int, float, float]] = []
     all_done = threading.Event()
     count = 20
@@ -53,31 +56,111 @@ def test_a_batch_given_out_of_order_starts_in_time_order_never_early() -> None:
         if len(started) == count:
             all_done.set()
 
-    timer = DelayedStarts(start)
+    pool = WorkerPool(size, "schedctl-run")
     try:
         base = time.monotonic() + 0.1
-        entries = [(base + 0.01 * i, i, base + 0.01 * i) for i in reversed(range(count))]
-        timer.add_many(entries)
+        entries = [(base + 0.01 * i, start, i, base + 0.01 * i) for i in reversed(range(count))]
+        pool.submit_at(entries)
         assert all_done.wait(10.0), f"only {len(started)} of {count} started"
     finally:
-        timer.close()
+        pool.shutdown()
     assert [i for i, _due, _at in started] == list(range(count))
     assert all(at >= due for _i, due, at in started), "a run started before its time"
 
 
-def test_nothing_starts_after_close() -> None:
+def test_a_long_job_does_not_hold_back_the_next_start() -> None:
+    """The worker that took the first start is busy for seconds; the next start, 50 ms
+    later, still begins on time on another worker."""
+    release = threading.Event()
+    second_started = threading.Event()
+
+    def long_job() -> None:
+        release.wait(10.0)
+
+    pool = WorkerPool(4, "schedctl-run")
+    try:
+        now = time.monotonic()
+        pool.submit_at(
+            [
+                (now + 0.05, long_job),
+                (now + 0.10, second_started.set),
+                (now + 0.15, lambda: None),
+                (now + 0.20, second_started.set),
+            ]
+        )
+        assert second_started.wait(5.0), "the second start waited for the first job"
+        assert not release.is_set()  # still inside the first job
+        late = time.monotonic() - (now + 0.10)
+        assert late < 2.0, f"the second start began {late:.3f} s late"
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_starts_due_at_one_instant_fan_out_over_the_pool() -> None:
+    """Eight jobs due together that each wait for all eight to have begun: this passes only
+    if eight workers run them at once."""
+    count = 8
+    barrier = threading.Barrier(count, timeout=10.0)
+    passed: list[str] = []
+
+    def job() -> None:
+        barrier.wait()
+        passed.append(threading.current_thread().name)
+
+    pool = WorkerPool(count, "schedctl-run")
+    try:
+        at = time.monotonic() + 0.05
+        pool.submit_at([(at, job) for _ in range(count)])
+        deadline = time.monotonic() + 10.0
+        while len(passed) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        pool.shutdown()
+    assert len(passed) == count, "the starts did not run side by side"
+    assert len(set(passed)) == count
+
+
+def test_a_job_submitted_while_every_worker_waits_for_a_later_start_runs_now() -> None:
+    """Both workers are sleepers waiting for starts seconds away: a job for now takes one
+    of them at once, and the timed jobs still start at their time, not before."""
+    ran_now = threading.Event()
+    timed: list[tuple[float, float]] = []
+    both = threading.Event()
+
+    def record(due: float) -> None:
+        timed.append((due, time.monotonic()))
+        if len(timed) == 2:
+            both.set()
+
+    pool = WorkerPool(2, "schedctl-run")
+    try:
+        base = time.monotonic()
+        pool.submit_at([(base + 0.6, record, base + 0.6), (base + 0.7, record, base + 0.7)])
+        time.sleep(0.05)  # both workers asleep on those (nothing to inject here)
+        pool.submit(ran_now.set)
+        assert ran_now.wait(0.4), "the job for now waited for a timed start"
+        assert both.wait(5.0)
+    finally:
+        pool.shutdown()
+    assert all(at >= due for due, at in timed), "a timed job started before its time"
+
+
+def test_nothing_timed_starts_after_discard_waiting_or_shutdown() -> None:
     started: list[str] = []
-    timer = DelayedStarts(started.append)
-    timer.add(time.monotonic() + 0.2, "pending")
-    timer.close()
-    timer.add(time.monotonic(), "after close")
-    time.sleep(0.4)  # past the pending entry's time: it must not have started
+    pool = WorkerPool(2, "schedctl-run")
+    pool.submit_at([(time.monotonic() + 0.2, started.append, "pending")])
+    pool.discard_waiting()
+    assert len(pool) == 0
+    pool.submit_at([(time.monotonic() + 0.2, started.append, "before shutdown")])
+    pool.shutdown()
+    pool.submit_at([(time.monotonic(), started.append, "after shutdown")])
+    time.sleep(0.4)  # past the entries' time: none may have started
     assert started == []
-    assert len(timer) == 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names threads via /proc")
-def test_workers_and_the_timer_carry_their_names_at_the_os_level() -> None:
+def test_workers_carry_their_names_at_the_os_level() -> None:
     seen: dict[str, int] = {}
     ready = threading.Event()
 
@@ -87,15 +170,13 @@ def test_workers_and_the_timer_carry_their_names_at_the_os_level() -> None:
             ready.set()
 
     pool = WorkerPool(1, "schedctl-run")
-    timer = DelayedStarts(record)
     try:
-        pool.submit(record, "worker")
-        timer.add(time.monotonic(), "timer")
+        pool.submit(record, "now")
+        pool.submit_at([(time.monotonic(), record, "timed")])
         assert ready.wait(5.0)
-        assert _os_name(seen["worker"]) == "schedctl-run_0"
-        assert _os_name(seen["timer"]) == "schedctl-starts"
+        assert _os_name(seen["now"]) == "schedctl-run_0"
+        assert _os_name(seen["timed"]) == "schedctl-run_0"
     finally:
-        timer.close()
         pool.shutdown()
 
 
