@@ -56,7 +56,7 @@ def schedctl_burst(
     due = datetime.now(UTC) + timedelta(seconds=lead)
     definitions = one_shot_tasks(n, due, prefix=prefix)
     sync_s = sync(url, definitions)
-    engine = create_db_engine(url, pool_size=5)
+    engine = create_db_engine(url, pool_size=5, pre_ping=False)  # as `schedctl run`
     settings = EngineSettings(
         instance_id=f"bench-{prefix}", health_listen=None, max_running=workers, drain_grace=10.0
     )

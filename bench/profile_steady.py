@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = dbs.new("postgresql")
         sync(url, interval_tasks(args.tasks, args.every, prefix="steady"))
-        engine = create_db_engine(url, pool_size=5)
+        engine = create_db_engine(url, pool_size=5, pre_ping=False)  # as `schedctl run`
         scheduler = Scheduler(
             engine=engine,
             settings=EngineSettings(instance_id="profile", health_listen=None, **overrides),

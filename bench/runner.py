@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=EngineSettings.batch_size)
     args = parser.parse_args(argv)
 
-    engine = create_db_engine(os.environ["BENCH_DB_URL"], pool_size=5)
+    # As `schedctl run` makes it: no pre-ping (its loop retries after a dropped connection).
+    engine = create_db_engine(os.environ["BENCH_DB_URL"], pool_size=5, pre_ping=False)
     settings = EngineSettings(
         instance_id=args.instance_id,
         health_listen=None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,9 +28,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 __all__ = [
+    "PgStatement",
+    "array_literal",
     "bulk_insert_returning",
     "bulk_update",
     "member_of",
+    "pg_any",
     "pg_recordset",
     "pg_rows",
     "pg_value_rows",
@@ -56,6 +60,43 @@ def member_of(
     return column.in_(list(values))
 
 
+@dataclass(frozen=True)
+class PgStatement:
+    """A statement built once with SQLAlchemy, kept as PostgreSQL SQL text for
+    ``exec_driver_sql``. Building and compiling a select anew costs ~0.5 ms of Python;
+    the per-pass statements (claim, running counts, finalize fences, next due time) did
+    that several times a pass. ``defaults`` are the values the statement fixed (its
+    literals); the named bind parameters are given at each call."""
+
+    sql: str
+    defaults: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, stmt: sa.Executable) -> PgStatement:
+        compiled = stmt.compile(dialect=_PG)
+        return cls(sql=str(compiled), defaults=dict(compiled.params))
+
+    def run(self, conn: sa.Connection, **params: Any) -> sa.CursorResult[Any]:
+        """Execute with ``params`` (driver values: aware datetimes, ``array_literal``s)."""
+        return conn.exec_driver_sql(self.sql, {**self.defaults, **params})
+
+
+def pg_any(column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+    """``column = ANY(CAST(%(name)s AS type[]))`` for a ``PgStatement``: the parameter is
+    the ``array_literal`` of the values (see ``member_of`` for why a literal)."""
+    element = sa.Text() if isinstance(column.type, sa.String) else column.type
+    param = sa.bindparam(name, type_=sa.types.NullType())
+    return column == sa.any_(sa.cast(param, pg.ARRAY(element)))
+
+
+def array_literal(values: Sequence[int] | Sequence[str]) -> str:
+    """``values`` (all ints, or all strings) as the literal ``pg_any`` reads."""
+    literal = _array_literal(values)
+    if literal is None:
+        raise TypeError(f"an array literal needs all ints or all strings, got {values[:3]!r}")
+    return literal
+
+
 def _array_literal(values: Sequence[Any]) -> str | None:
     """``values`` (all ints, or all strings) as one PostgreSQL array literal, to be cast
     to the column's array type; None for other values. psycopg adapts a list element by
@@ -73,7 +114,16 @@ def _array_literal(values: Sequence[Any]) -> str | None:
 
 
 def _pg_type(type_: sa.types.TypeEngine[Any]) -> str:
-    return str(type_.compile(dialect=_PG))
+    """The type's PostgreSQL name, compiled once per type object (~15 us each time, and a
+    batch statement names a type per column)."""
+    known = _PG_TYPE_NAMES.get(id(type_))
+    if known is None or known[0] is not type_:
+        known = _PG_TYPE_NAMES[id(type_)] = (type_, str(type_.compile(dialect=_PG)))
+    return known[1]
+
+
+#: id(type) -> (the type, kept so the id stays its own; its PostgreSQL name).
+_PG_TYPE_NAMES: dict[int, tuple[sa.types.TypeEngine[Any], str]] = {}
 
 
 def _render(template: str, names: Sequence[str], consts: Sequence[str], style: str) -> str:

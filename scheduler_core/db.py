@@ -234,6 +234,11 @@ def select_rows(conn: sa.Connection, stmt: sa.Select[Any] | sa.Update) -> Iterat
     return _batches(conn.exec_driver_sql(str(compiled), dict(compiled.params)))
 
 
+def driver_rows(result: sa.CursorResult[Any]) -> Iterator[Any]:
+    """The rows of a driver-level result (``exec_driver_sql``), fetched in batches."""
+    return _batches(result)
+
+
 def _batches(result: sa.CursorResult[Any]) -> Iterator[Any]:
     """Far cheaper than one driver fetch per row, and never more than a batch of rows
     converted to Python objects at once."""

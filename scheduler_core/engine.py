@@ -76,7 +76,7 @@ class EngineSettings:
     #: time replaces the claim time when they finish). Fewer, larger claim batches.
     claim_ahead: int = 4
     #: Seconds ahead of their time that ticks are claimed and dispatched; each run then
-    #: starts at its own time (a dedicated thread times it), so the claim's database round
+    #: starts at its own time (a worker waits for it), so the claim's database round
     #: trips are not part of its start delay. At most ``batch_size`` runs wait like this.
     #: 0 claims only what is already due.
     look_ahead: float = 0.5

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -75,12 +76,15 @@ class _OtelInstruments:
         self.runs = meter.create_counter(
             "schedctl.runs", unit="{run}", description="Finished task runs by outcome"
         )
-        self.next_run: dict[str, float] = {}
+        #: Each task's next run (kept as given; turned into Unix time only when observed).
+        self.next_run: dict[str, datetime] = {}
         self.failures: dict[str, int] = {}
         self.stuck: dict[str, int] = {}
         meter.create_observable_gauge(
             "schedctl.task.next_run",
-            callbacks=[lambda _o: self._observe(self.next_run)],
+            callbacks=[
+                lambda _o: self._observe({t: at.timestamp() for t, at in self.next_run.items()})
+            ],
             unit="s",
             description="Unix time of each task's next run",
         )

@@ -60,6 +60,11 @@ def plan_ticks(
     schedule = definition.schedule
     horizon = min(now, definition.end) if definition.end is not None else now
     cutoff = now - timedelta(seconds=policies.misfire_grace)
+    if next_run_at >= cutoff and definition.end is None and definition.max_runs is None:
+        # The common case, once per run: one tick, on time (what the rest computes for it).
+        tick = schedule.next_after(next_run_at)
+        if tick is None or tick > now:
+            return TickPlan(runs=[PlannedRun(scheduled_for=next_run_at)], next_run_at=tick)
 
     late_count = 0
     late_newest: datetime | None = None

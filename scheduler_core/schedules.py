@@ -205,6 +205,13 @@ class IntervalSchedule:
 
     def next_after(self, t: datetime) -> datetime | None:
         k = self._index_at_or_before(t)
+        if not self.jitter:  # the common case, asked once per run: ``_tick`` inlined
+            anchor, every = self.anchor, self.every
+            for candidate_k in (k, k + 1, k + 2):
+                tick = anchor + timedelta(seconds=candidate_k * every)
+                if tick > t:
+                    return tick
+            return None  # unreachable, as below
         for candidate_k in (k, k + 1, k + 2):
             tick = self._tick(candidate_k)
             if tick > t:

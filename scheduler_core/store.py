@@ -31,13 +31,16 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 
 from scheduler_core.bulk import (
+    PgStatement,
+    array_literal,
     bulk_insert_returning,
     bulk_update,
     member_of,
+    pg_any,
     pg_recordset,
     pg_value_rows,
 )
-from scheduler_core.db import select_rows
+from scheduler_core.db import driver_rows, select_rows
 from scheduler_core.errors import RunLookupError, TaskLookupError
 from scheduler_core.histograms import (
     DURATION_BUCKETS,
@@ -212,6 +215,44 @@ _CLAIM_COLUMNS = (
     schedules.c.fire_count,
     schedules.c.consecutive_failures,
 )
+
+
+#: The statements every pass runs on PostgreSQL, built and compiled once (``PgStatement``).
+_PG_CLAIM = PgStatement.of(
+    sa.select(*_CLAIM_COLUMNS)
+    .where(schedules.c.due_at <= sa.bindparam("horizon"))
+    .where(
+        sa.or_(schedules.c.claimed_until.is_(None), schedules.c.claimed_until < sa.bindparam("now"))
+    )
+    .order_by(schedules.c.due_at)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_PG_RUNNING_COUNTS = PgStatement.of(
+    sa.select(task_runs.c.task_name, sa.func.count())
+    .where(task_runs.c.status == "running")
+    .where(pg_any(task_runs.c.task_name, "names"))
+    .group_by(task_runs.c.task_name)
+)
+_PG_FINALIZE_FENCE = PgStatement.of(
+    sa.select(task_runs.c.id)
+    .where(pg_any(task_runs.c.id, "ids"))
+    .where(task_runs.c.status == "running")
+    .where(task_runs.c.instance_id == sa.bindparam("instance"))
+    .with_for_update()
+)
+_PG_FAILURE_STATE = PgStatement.of(
+    sa.select(
+        schedules.c.name,
+        schedules.c.definition_hash,
+        schedules.c.consecutive_failures,
+        schedules.c.retry_at,
+    )
+    .where(pg_any(schedules.c.name, "names"))
+    .order_by(schedules.c.name)
+    .with_for_update()
+)
+_PG_NEXT_DUE = PgStatement.of(sa.select(sa.func.min(schedules.c.due_at)))
 
 
 def _claimed(r: Any) -> ClaimedSchedule:
@@ -482,6 +523,8 @@ class Store:
     def next_due_at(self) -> datetime | None:
         """The earliest ``due_at`` of any schedule (the engine sleeps until then)."""
         with self.engine.connect() as conn:
+            if self.is_postgres:
+                return _PG_NEXT_DUE.run(conn).scalar()  # type: ignore[no-any-return]
             value: datetime | None = conn.execute(
                 sa.select(sa.func.min(schedules.c.due_at))
             ).scalar()
@@ -561,16 +604,9 @@ class Store:
                 finished_unrecorded=finished_unrecorded,
                 horizon=horizon,
             )
-        stmt = (
-            sa.select(*_CLAIM_COLUMNS)
-            .where(schedules.c.due_at <= horizon)
-            .where(sa.or_(schedules.c.claimed_until.is_(None), schedules.c.claimed_until < now))
-            .order_by(schedules.c.due_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
         with self.engine.begin() as conn:
-            claimed = [_claimed(r) for r in select_rows(conn, stmt)]
+            rows = driver_rows(_PG_CLAIM.run(conn, horizon=horizon, now=now, limit=limit))
+            claimed = [_claimed(r) for r in rows]
             planned = self._dispatch_in(
                 conn,
                 claimed,
@@ -812,7 +848,7 @@ class Store:
         from scheduler_core.otel import otel_instruments
 
         otel_instruments().next_run.update(
-            {u["b_name"]: u["next_run_at"].timestamp() for u in planned.updates if u["next_run_at"]}
+            {u["b_name"]: u["next_run_at"] for u in planned.updates if u["next_run_at"]}
         )
         consec = {c.name: c.consecutive_failures for c in claimed}
         return [
@@ -854,6 +890,9 @@ class Store:
     def _running_counts(self, conn: sa.Connection, names: list[str]) -> dict[str, int]:
         if not names:
             return {}
+        if self.is_postgres:
+            rows = _PG_RUNNING_COUNTS.run(conn, names=array_literal(names))
+            return {name: int(count) for name, count in rows}
         counts: dict[str, int] = {}
         for chunk in _chunks(names, 900):
             stmt = (
@@ -980,15 +1019,19 @@ class Store:
             )
         by_id = {o.run_id: o for o in outcomes}
         with self.engine.begin() as conn:
-            fence = (
-                sa.select(task_runs.c.id)
-                .where(member_of(self.dialect, task_runs.c.id, list(by_id)))
-                .where(task_runs.c.status == "running")
-                .where(task_runs.c.instance_id == self.instance_id)
-            )
             if self.is_postgres:
-                fence = fence.with_for_update()
-            live = set(conn.execute(fence).scalars().all())
+                ids = array_literal(list(by_id))
+                live = set(
+                    _PG_FINALIZE_FENCE.run(conn, ids=ids, instance=self.instance_id).scalars()
+                )
+            else:
+                fence = (
+                    sa.select(task_runs.c.id)
+                    .where(member_of(self.dialect, task_runs.c.id, list(by_id)))
+                    .where(task_runs.c.status == "running")
+                    .where(task_runs.c.instance_id == self.instance_id)
+                )
+                live = set(conn.execute(fence).scalars().all())
             accepted = [o for o in outcomes if o.run_id in live]
             rejected = [o for o in outcomes if o.run_id not in live]
             consecutive, retries, recovered = self._decide_failures(conn, accepted, now)
@@ -1014,18 +1057,21 @@ class Store:
         names = sorted(per_task)
         #: name -> (definition digest, consecutive failures, pending retry time)
         current: dict[str, tuple[str, int, datetime | None]] = {}
-        for chunk in _chunks(names, 900):
-            stmt = sa.select(
-                schedules.c.name,
-                schedules.c.definition_hash,
-                schedules.c.consecutive_failures,
-                schedules.c.retry_at,
-            ).where(member_of(self.dialect, schedules.c.name, chunk))
-            if self.is_postgres:
-                # Row locks in name order: concurrent finalizers cannot deadlock.
-                stmt = stmt.order_by(schedules.c.name).with_for_update()
-            for name, digest, failures, retry_at in select_rows(conn, stmt):
+        if self.is_postgres:
+            # Row locks in name order: concurrent finalizers cannot deadlock.
+            rows = _PG_FAILURE_STATE.run(conn, names=array_literal(names))
+            for name, digest, failures, retry_at in driver_rows(rows):
                 current[name] = (digest, failures, retry_at)
+        else:  # SQLite: the writer holds the whole database already
+            for chunk in _chunks(names, 900):
+                stmt = sa.select(
+                    schedules.c.name,
+                    schedules.c.definition_hash,
+                    schedules.c.consecutive_failures,
+                    schedules.c.retry_at,
+                ).where(member_of(self.dialect, schedules.c.name, chunk))
+                for name, digest, failures, retry_at in select_rows(conn, stmt):
+                    current[name] = (digest, failures, retry_at)
         # The definition text only for digests this process has not parsed yet (rare).
         self._learn_definitions(conn, {digest for digest, _f, _r in current.values()})
         consecutive: dict[str, int] = {}

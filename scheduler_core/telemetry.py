@@ -192,15 +192,14 @@ class TelemetryWriter:
         if not outcomes:
             return
         latest: dict[str, RunOutcome] = {}
-        for o in outcomes:
-            seen = latest.get(o.task_name)
-            if seen is None or o.finished_at >= seen.finished_at:
-                latest[o.task_name] = o
         running = self._running_per_task
         unwritten = self._unwritten_starts
         with self._lock:
             for o in outcomes:
                 name = o.task_name
+                seen = latest.get(name)
+                if seen is None or o.finished_at >= seen.finished_at:
+                    latest[name] = o
                 left = running.get(name, 1) - 1
                 if left <= 0:
                     running.pop(name, None)
@@ -248,10 +247,11 @@ class TelemetryWriter:
         )
         self._update_failure_alarms(result.consecutive_failures, result.recovered, latest, now=now)
         instruments = otel_instruments()
+        add, record = instruments.runs.add, instruments.duration.record
         for o in outcomes:
             attributes = {"task": o.task_name, "outcome": o.status}
-            instruments.runs.add(1, attributes)
-            instruments.duration.record(o.duration_seconds, attributes)
+            add(1, attributes)
+            record(o.duration_seconds, attributes)
         instruments.failures.update(failures)
 
     def _update_failure_alarms(

@@ -149,3 +149,44 @@ def test_member_of_matches_exactly_the_values_given(db_engine: sa.Engine) -> Non
             sa.select(task_runs.c.id).where(member_of(dialect, task_runs.c.id, []))
         ).all()
         assert none == []
+
+
+def test_a_prepared_statement_with_an_array_parameter_selects_exactly_those_rows(
+    pg_url: str,
+) -> None:
+    """``PgStatement`` (built and compiled once, run with driver values) with ``pg_any``:
+    the awkward names and the ids select exactly their rows, the statement's own literal
+    (status 'running') still applies, and an empty array selects nothing."""
+    from scheduler_core.bulk import PgStatement, array_literal, pg_any
+    from scheduler_core.db import create_db_engine
+
+    by_name = PgStatement.of(
+        sa.select(task_runs.c.task_name)
+        .where(pg_any(task_runs.c.task_name, "names"))
+        .where(task_runs.c.status == "running")
+    )
+    by_id = PgStatement.of(sa.select(task_runs.c.task_name).where(pg_any(task_runs.c.id, "ids")))
+    names = [*_AWKWARD_NAMES, *(f"plain-{i}" for i in range(20))]
+    when = datetime(2026, 11, 23, tzinfo=UTC)
+    engine = create_db_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            inserted = bulk_insert_returning(
+                conn,
+                task_runs,
+                [{**_run_row(0, when), "task_name": name} for name in names]
+                + [{**_run_row(0, when), "task_name": "done", "status": "success"}],
+                conflict=("task_name", "scheduled_for", "attempt"),
+                returning=("id", "task_name"),
+            )
+            wanted = [*_AWKWARD_NAMES, "plain-3", "done", "not stored"]
+            found = by_name.run(conn, names=array_literal(wanted)).scalars()
+            assert sorted(found) == sorted([*_AWKWARD_NAMES, "plain-3"])  # not "done"
+            ids = {name: run_id for run_id, name in inserted}
+            some = [ids["NULL"], ids["done"], 10**12]
+            assert sorted(by_id.run(conn, ids=array_literal(some)).scalars()) == ["NULL", "done"]
+            assert by_id.run(conn, ids=array_literal([])).all() == []
+    finally:
+        engine.dispose()
+    with pytest.raises(TypeError, match="all ints or all strings"):
+        array_literal([1, "two"])  # type: ignore[list-item]
