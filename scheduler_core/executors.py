@@ -417,14 +417,19 @@ class WorkerPool:
 
     def _before_running(self, now: float) -> None:
         """A worker is about to run a job: keep the rest of the pool covering the others."""
-        if not self._idle:
-            return
         timed = self._timed
-        if timed and timed[0][0] <= now:
-            self._signal(self._pop_idle())  # more starts are due: fan out (``submit``
-            # wakes a worker for each job it is given)
-        elif timed and not self._sleeping and not self._promoted:
-            self._promote(1)  # no one waits for the next start any more
+        if not timed:
+            return
+        if timed[0][0] <= now:
+            if self._idle:  # more starts are due: fan out (``submit`` wakes a worker for
+                self._signal(self._pop_idle())  # each job it is given)
+        elif not self._sleeping:
+            if not self._promoted:
+                self._promote(1)  # no one waits for the next start any more
+        elif timed[0][0] < max(w.entry[0] for w in self._sleeping if w.entry):
+            # A sleeper waits for a later start than one nobody waits for (starts added
+            # while both sleepers had later ones): it swaps.
+            self._wake_latest_sleeper()
 
     def _next(self, worker: _Worker) -> _Entry | float | None:
         """What ``worker`` does next: a job to run, a time to wait until, or None to wait

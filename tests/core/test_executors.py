@@ -97,6 +97,38 @@ def test_a_long_job_does_not_hold_back_the_next_start() -> None:
         pool.shutdown()
 
 
+def test_earlier_starts_given_while_both_workers_wait_for_later_ones_run_on_time() -> None:
+    """Two workers, both asleep on starts seconds away; two earlier starts arrive. The first
+    runs a long job; the second still starts at its time on the other worker, which gives
+    up its later start for it (and the later ones still run, at their time)."""
+    release = threading.Event()
+    second = threading.Event()
+    later: list[float] = []
+    both_later = threading.Event()
+
+    def record_later(due: float) -> None:
+        later.append(time.monotonic() - due)
+        if len(later) == 2:
+            both_later.set()
+
+    pool = WorkerPool(2, "schedctl-run")
+    try:
+        base = time.monotonic()
+        pool.submit_at(
+            [(base + 3.0, record_later, base + 3.0), (base + 3.5, record_later, base + 3.5)]
+        )
+        time.sleep(0.05)  # both workers asleep on those (nothing to inject here)
+        pool.submit_at([(base + 0.2, lambda: release.wait(10.0)), (base + 0.4, second.set)])
+        assert second.wait(2.0), "the second early start waited for a later one"
+        assert not release.is_set()
+        release.set()
+        assert both_later.wait(10.0)
+    finally:
+        release.set()
+        pool.shutdown()
+    assert all(late >= 0 for late in later), "a later start began before its time"
+
+
 def test_starts_due_at_one_instant_fan_out_over_the_pool() -> None:
     """Eight jobs due together that each wait for all eight to have begun: this passes only
     if eight workers run them at once."""
