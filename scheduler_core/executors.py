@@ -420,15 +420,18 @@ class WorkerPool:
         timed = self._timed
         if not timed:
             return
-        if timed[0][0] <= now:
-            if self._idle:  # more starts are due: fan out (``submit`` wakes a worker for
-                self._signal(self._pop_idle())  # each job it is given)
-        elif not self._sleeping:
-            if not self._promoted:
+        first = timed[0][0]
+        if first <= now and self._idle:
+            # More starts are due: fan out (``submit`` wakes a worker per job it is given).
+            self._signal(self._pop_idle())
+            return
+        if not self._sleeping:
+            if first > now and not self._promoted:
                 self._promote(1)  # no one waits for the next start any more
-        elif timed[0][0] < max(w.entry[0] for w in self._sleeping if w.entry):
+            return
+        if first < max(w.entry[0] for w in self._sleeping if w.entry):
             # A sleeper waits for a later start than one nobody waits for (starts added
-            # while both sleepers had later ones): it swaps.
+            # while the sleepers had later ones, or due now with no worker idle): it swaps.
             self._wake_latest_sleeper()
 
     def _next(self, worker: _Worker) -> _Entry | float | None:

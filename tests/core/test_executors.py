@@ -129,6 +129,29 @@ def test_earlier_starts_given_while_both_workers_wait_for_later_ones_run_on_time
     assert all(late >= 0 for late in later), "a later start began before its time"
 
 
+def test_a_start_due_with_no_worker_idle_takes_a_sleeper_waiting_for_a_later_one() -> None:
+    """Three workers: one busy, two asleep on starts seconds away. Two starts due at the
+    same instant arrive; the first runs a long job, and the second starts at once on the
+    remaining sleeper instead of waiting for that sleeper's own, later time."""
+    release = threading.Event()
+    busy = threading.Event()
+    second = threading.Event()
+    pool = WorkerPool(3, "schedctl-run")
+    try:
+        pool.submit(lambda: (busy.set(), release.wait(10.0)))
+        assert busy.wait(5.0)
+        base = time.monotonic()
+        pool.submit_at([(base + 3.0, lambda: None), (base + 3.5, lambda: None)])
+        time.sleep(0.05)  # both free workers asleep on those (nothing to inject here)
+        at = time.monotonic() + 0.2
+        pool.submit_at([(at, lambda: release.wait(10.0)), (at, second.set)])
+        assert second.wait(2.0), "a start due now waited for a sleeper's later start"
+        assert not release.is_set()
+    finally:
+        release.set()
+        pool.shutdown()
+
+
 def test_starts_due_at_one_instant_fan_out_over_the_pool() -> None:
     """Eight jobs due together that each wait for all eight to have begun: this passes only
     if eight workers run them at once."""
