@@ -417,6 +417,10 @@ class WorkerPool:
 
     def _before_running(self, now: float) -> None:
         """A worker is about to run a job: keep the rest of the pool covering the others."""
+        if self._ready and not self._idle and self._sleeping:
+            # More jobs for now and no worker idle: a sleeper gives its later start back.
+            self._wake_latest_sleeper()
+            return
         timed = self._timed
         if not timed:
             return

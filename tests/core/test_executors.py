@@ -152,6 +152,31 @@ def test_a_start_due_with_no_worker_idle_takes_a_sleeper_waiting_for_a_later_one
         pool.shutdown()
 
 
+def test_jobs_for_now_take_every_sleeper_when_no_worker_is_idle() -> None:
+    """Three workers: one busy, two asleep on starts seconds away. Two jobs for now that
+    each wait for the other to begin: this passes only if both sleepers take one."""
+    release = threading.Event()
+    busy = threading.Event()
+    barrier = threading.Barrier(2, timeout=10.0)
+    passed: list[str] = []
+    pool = WorkerPool(3, "schedctl-run")
+    try:
+        pool.submit(lambda: (busy.set(), release.wait(10.0)))
+        assert busy.wait(5.0)
+        base = time.monotonic()
+        pool.submit_at([(base + 3.0, lambda: None), (base + 3.5, lambda: None)])
+        time.sleep(0.05)  # both free workers asleep on those (nothing to inject here)
+        for _ in range(2):
+            pool.submit(lambda: (barrier.wait(), passed.append("ran")))
+        deadline = time.monotonic() + 2.5
+        while len(passed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert passed == ["ran", "ran"], "a job for now waited while a sleeper was free"
+    finally:
+        release.set()
+        pool.shutdown()
+
+
 def test_starts_due_at_one_instant_fan_out_over_the_pool() -> None:
     """Eight jobs due together that each wait for all eight to have begun: this passes only
     if eight workers run them at once."""
