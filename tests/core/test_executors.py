@@ -129,20 +129,26 @@ def test_earlier_starts_given_while_both_workers_wait_for_later_ones_run_on_time
     assert all(late >= 0 for late in later), "a later start began before its time"
 
 
+def _one_busy_two_asleep(release: threading.Event) -> WorkerPool:
+    """Three workers: one busy until ``release``, two asleep on starts seconds away."""
+    busy = threading.Event()
+    pool = WorkerPool(3, "schedctl-run")
+    pool.submit(lambda: (busy.set(), release.wait(10.0)))
+    assert busy.wait(5.0)
+    base = time.monotonic()
+    pool.submit_at([(base + 3.0, lambda: None), (base + 3.5, lambda: None)])
+    time.sleep(0.05)  # both free workers asleep on those (nothing to inject here)
+    return pool
+
+
 def test_a_start_due_with_no_worker_idle_takes_a_sleeper_waiting_for_a_later_one() -> None:
     """Three workers: one busy, two asleep on starts seconds away. Two starts due at the
     same instant arrive; the first runs a long job, and the second starts at once on the
     remaining sleeper instead of waiting for that sleeper's own, later time."""
     release = threading.Event()
-    busy = threading.Event()
     second = threading.Event()
-    pool = WorkerPool(3, "schedctl-run")
+    pool = _one_busy_two_asleep(release)
     try:
-        pool.submit(lambda: (busy.set(), release.wait(10.0)))
-        assert busy.wait(5.0)
-        base = time.monotonic()
-        pool.submit_at([(base + 3.0, lambda: None), (base + 3.5, lambda: None)])
-        time.sleep(0.05)  # both free workers asleep on those (nothing to inject here)
         at = time.monotonic() + 0.2
         pool.submit_at([(at, lambda: release.wait(10.0)), (at, second.set)])
         assert second.wait(2.0), "a start due now waited for a sleeper's later start"
@@ -156,16 +162,10 @@ def test_jobs_for_now_take_every_sleeper_when_no_worker_is_idle() -> None:
     """Three workers: one busy, two asleep on starts seconds away. Two jobs for now that
     each wait for the other to begin: this passes only if both sleepers take one."""
     release = threading.Event()
-    busy = threading.Event()
     barrier = threading.Barrier(2, timeout=10.0)
     passed: list[str] = []
-    pool = WorkerPool(3, "schedctl-run")
+    pool = _one_busy_two_asleep(release)
     try:
-        pool.submit(lambda: (busy.set(), release.wait(10.0)))
-        assert busy.wait(5.0)
-        base = time.monotonic()
-        pool.submit_at([(base + 3.0, lambda: None), (base + 3.5, lambda: None)])
-        time.sleep(0.05)  # both free workers asleep on those (nothing to inject here)
         for _ in range(2):
             pool.submit(lambda: (barrier.wait(), passed.append("ran")))
         deadline = time.monotonic() + 2.5
