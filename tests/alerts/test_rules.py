@@ -1,5 +1,6 @@
 """The shipped Prometheus rules: promtool accepts and tests them, they implement every alert of
-DESIGN.md with its labels and annotations, and no query pages once per exporter replica."""
+the catalog in docs/metrics.md with its labels and annotations, they read only metrics of its
+metric table, and no query pages once per exporter replica."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.alerts.promql_checks import raw_metric_names, unaggregated_selectors
 pytestmark = pytest.mark.prometheus
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
+CATALOG_DOC = REPO / "docs" / "metrics.md"
 RULES = REPO / "alerts" / "schedctl-rules.yml"
 TESTS_DIR = REPO / "alerts" / "tests"
 RUNBOOK = REPO / "alerts" / "runbook.md"
@@ -56,24 +57,19 @@ def _alerts() -> dict[str, list[dict[str, Any]]]:
     return alerts
 
 
-def _design() -> str:
-    path = SHARED / "DESIGN.md"
-    if not path.exists():
-        pytest.fail(f"{path} not found: the shared/ checkout must sit beside the repository")
-    return path.read_text(encoding="utf-8")
+def _catalog_rows(heading: str, prefix: str) -> list[str]:
+    """First cells of the rows of the table under ``## heading`` of docs/metrics.md that start
+    with ``prefix``."""
+    section = CATALOG_DOC.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1]
+    return re.findall(rf"^\| ({prefix}\w+) \|", section.split("\n## ", 1)[0], re.MULTILINE)
 
 
-def _design_alerts() -> list[str]:
-    section = _design().split("## Alerts", 1)[1].split("\n## ", 1)[0]
-    return sorted(set(re.findall(r"\bScheduler[A-Z]\w+", section)))
+def _catalog_alerts() -> list[str]:
+    return sorted(set(_catalog_rows("Alerts", "Scheduler")))
 
 
-def _design_metrics() -> set[str]:
-    return set(re.findall(r"^\| (scheduler_\w+)", _design(), flags=re.MULTILINE)) | {
-        name
-        for pair in re.findall(r"^\| (scheduler_\w+) / (scheduler_\w+)", _design(), re.MULTILINE)
-        for name in pair
-    }
+def _catalog_metrics() -> set[str]:
+    return set(_catalog_rows("Metrics", "scheduler_"))
 
 
 def _test_files() -> list[Path]:
@@ -101,17 +97,18 @@ def test_promtool_unit_tests_pass() -> None:
     assert result.stdout.count("SUCCESS") == len(files), result.stdout
 
 
-# --- the alerts of DESIGN.md --------------------------------------------------------------------
+# --- the alerts of docs/metrics.md --------------------------------------------------------------
 
 
-def test_design_alert_list_is_read() -> None:
-    """The alert names are parsed from DESIGN.md (guards the tests below against a vacuous list)."""
-    assert len(_design_alerts()) == 10, _design_alerts()
+def test_catalog_alert_list_is_read() -> None:
+    """The alert names are parsed from docs/metrics.md (guards the tests below against a vacuous
+    list)."""
+    assert len(_catalog_alerts()) == 10, _catalog_alerts()
 
 
-@pytest.mark.parametrize("alertname", _design_alerts() if (SHARED / "DESIGN.md").exists() else [])
-def test_design_alert_has_for_severity_and_annotations(alertname: str) -> None:
-    """Each alert named in DESIGN.md exists with `for`, a severity and all four annotations."""
+@pytest.mark.parametrize("alertname", _catalog_alerts())
+def test_catalog_alert_has_for_severity_and_annotations(alertname: str) -> None:
+    """Each alert of docs/metrics.md exists with `for`, a severity and all four annotations."""
     rules = _alerts().get(alertname)
     assert rules, f"{alertname} is not defined in {RULES.name}"
     for rule in rules:
@@ -124,10 +121,11 @@ def test_design_alert_has_for_severity_and_annotations(alertname: str) -> None:
         assert annotations["dashboard_url"].startswith("https://")
 
 
-def test_every_alert_is_in_design_and_runbook() -> None:
-    """No alert outside DESIGN.md, and each alert's runbook anchor is a heading of runbook.md."""
+def test_every_alert_is_in_catalog_and_runbook() -> None:
+    """No alert outside docs/metrics.md, and each alert's runbook anchor is a heading of
+    runbook.md."""
     headings = set(re.findall(r"^## (\w+)\s*$", RUNBOOK.read_text(encoding="utf-8"), re.MULTILINE))
-    assert set(_alerts()) == set(_design_alerts())
+    assert set(_alerts()) == set(_catalog_alerts())
     assert set(_alerts()) <= headings, set(_alerts()) - headings
 
 
@@ -160,9 +158,9 @@ def test_alert_expressions_hold_no_threshold_literals() -> None:
             assert literals <= {"0", "1"}, f"{name}: {literals}"
 
 
-def test_rules_only_read_metrics_of_the_design_contract() -> None:
-    """Every scheduler_* metric the rules read is in DESIGN.md's metric table."""
-    allowed = _design_metrics()
+def test_rules_only_read_metrics_of_the_catalog() -> None:
+    """Every scheduler_* metric the rules read is in the metric table of docs/metrics.md."""
+    allowed = _catalog_metrics()
     used = {
         re.sub(r"_(bucket|sum|count)$", "", name) if name not in allowed else name
         for rule in _rules()
@@ -231,7 +229,7 @@ def _has_paused_task(group: dict[str, Any]) -> bool:
     )
 
 
-@pytest.mark.parametrize("alertname", _design_alerts() if (SHARED / "DESIGN.md").exists() else [])
+@pytest.mark.parametrize("alertname", _catalog_alerts())
 def test_promtool_tests_cover_each_alert(alertname: str) -> None:
     """Each alert has silent cases, a firing case with labels and all annotations checked, and a
     replica case with one alert; task alerts also a paused case that stays silent."""

@@ -1,6 +1,6 @@
 """Rendering the schedctl chart with Helm's own engine (helm-python-sdk) and validating the
 objects it produces: built-in kinds with kubernetes-validate, prometheus-operator kinds with the
-CRD schemas in ../shared/crds/."""
+CRD schemas vendored in schemas/crds/."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "helm" / "schedctl"
-CRD_DIR = REPO.parent / "shared" / "crds"
+CRD_DIR = REPO / "schemas" / "crds"
 KUBE_VERSIONS = ("1.29", "1.33")
 RELEASE = "schedctl"
 NAMESPACE = "jobs"
