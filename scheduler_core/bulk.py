@@ -254,24 +254,26 @@ def bulk_insert_returning(
     conflict: Sequence[str],
     returning: Sequence[str] = (),
     update: Sequence[str] = (),
+    latest: Sequence[str] = (),
     consts: Mapping[str, Any] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Insert ``rows`` (all with the same keys), each with the column values ``consts``
     shared by all. A row that hits the unique key ``conflict`` is skipped, or, with
     ``update``, sets those columns of the existing row (an upsert; at most one row per
-    key). Returns the ``returning`` columns of the rows written (any order), with each
-    column's Python type."""
+    key); the ``latest`` columns (timestamps) keep the later of the stored and the new
+    value, so a write that arrives out of order never moves them back. Returns the
+    ``returning`` columns of the rows written (any order), with each column's Python
+    type."""
     if not rows:
         return []
     columns = list(rows[0])
     fixed = dict(consts or {})
     if conn.dialect.name == "postgresql":
         types = {c: table.c[c].type for c in columns}
-        action = (
-            "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in update)
-            if update
-            else "DO NOTHING"
-        )
+        sets = [f"{c} = EXCLUDED.{c}" for c in update]
+        # GREATEST ignores NULLs: NULL only when both are.
+        sets += [f"{c} = GREATEST(t.{c}, EXCLUDED.{c})" for c in latest]
+        action = "DO UPDATE SET " + ", ".join(sets) if sets else "DO NOTHING"
         values = [f"v.{c}" for c in columns] + [
             f"CAST(%(c_{c})s AS {_pg_type(table.c[c].type)})" for c in fixed
         ]
@@ -292,11 +294,15 @@ def bulk_insert_returning(
     from sqlalchemy.dialects import sqlite
 
     base = sqlite.insert(table)
+    sets: dict[str, Any] = {c: base.excluded[c] for c in update}
+    for c in latest:
+        # SQLite's two-argument max() is NULL if either is: each side falls back to the other.
+        # Its stored timestamps are fixed-width text, so they compare in time order.
+        stored, new = table.c[c], base.excluded[c]
+        sets[c] = sa.func.max(sa.func.coalesce(stored, new), sa.func.coalesce(new, stored))
     insert = (
-        base.on_conflict_do_update(
-            index_elements=list(conflict), set_={c: base.excluded[c] for c in update}
-        )
-        if update
+        base.on_conflict_do_update(index_elements=list(conflict), set_=sets)
+        if sets
         else base.on_conflict_do_nothing(index_elements=list(conflict))
     )
     full = [{**row, **fixed} for row in rows]

@@ -239,7 +239,7 @@ class Scheduler:
             until_due = (self._next_due - self.clock.now()).total_seconds()
             until_due -= self.settings.look_ahead
             wait = min(wait, max(0.0, until_due))
-        until_heartbeat = self._next_heartbeat - time.monotonic()
+        until_heartbeat = self._next_heartbeat - self._monotonic()
         return max(0.0, min(wait, until_heartbeat, self._lease_remaining() + 0.05))
 
     def _lease_remaining(self) -> float:
@@ -326,7 +326,7 @@ class Scheduler:
         if self._lease_remaining() < 0:
             self._give_up_lease()
             return 0
-        if time.monotonic() >= self._next_heartbeat:
+        if self._monotonic() >= self._next_heartbeat:
             self.heartbeat()
         if not self._defer_finalize():
             self._finalize_completions()
@@ -352,7 +352,7 @@ class Scheduler:
                 # backlog, slots freed by finished runs would otherwise keep it claiming
                 # forever, with outcomes unwritten and the lease unrenewed.
                 capacity = min(capacity, self.settings.batch_size - claimed_total)
-                if capacity <= 0 or time.monotonic() >= self._next_heartbeat:
+                if capacity <= 0 or self._monotonic() >= self._next_heartbeat:
                     break
                 now = self.clock.now()
                 limit = capacity
@@ -384,17 +384,25 @@ class Scheduler:
         """Renew the instance row, act on cancel requests, reap dead instances, check stuck."""
         began = self._monotonic()
         now = self.clock.now()
-        self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
+        # Timed by the same clock as the lease it renews (``_lease_remaining``).
+        self._next_heartbeat = began + self.settings.heartbeat_interval
         state = "draining" if self.draining else "running"
         try:
             cancel_ids = self.store.heartbeat(now=now, running_runs=len(self._running), state=state)
         except LookupError:
+            # The row was removed (an admin on another host): this process is alive and its
+            # runs are its own, so it rejoins without reaping them (unlike a restart).
+            log.warning(
+                "instance %s found its row removed; registering it again",
+                self.settings.instance_id,
+            )
             self.store.register_instance(
                 now=now,
                 lease=timedelta(seconds=self.settings.instance_lease),
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
                 version=__version__,
+                running_runs=len(self._running),
             )
             cancel_ids = []
         self._lease_renewed_at = began

@@ -439,6 +439,7 @@ class Store:
                 )
             }
             inserts: list[dict[str, Any]] = []
+            updates: list[tuple[str, dict[str, Any]]] = []
             for name, definition in wanted.items():
                 row = existing.get(name)
                 digest = definition.digest()
@@ -470,22 +471,31 @@ class Store:
                 values["due_at"] = (
                     next_run if definition.policies.enabled and not row.paused else None
                 )
-                conn.execute(schedules.update().where(schedules.c.name == name).values(**values))
+                updates.append((name, values))
                 result.updated.append(name)
+            gone = (
+                [n for n, row in existing.items() if n not in wanted and row.enabled]
+                if disable_missing
+                else []
+            )
+            if updates or gone:
+                changed = [n for n, _v in updates] + gone
+                for chunk in _chunks(sorted(changed), 900):
+                    self._lock_schedules(conn, member_of(self.dialect, schedules.c.name, chunk))
+            for name, values in updates:
+                conn.execute(schedules.update().where(schedules.c.name == name).values(**values))
             for chunk in _chunks(inserts, 500):
                 conn.execute(
                     _insert(conn, schedules).on_conflict_do_nothing(index_elements=["name"]),
                     list(chunk),
                 )
-            if disable_missing:
-                gone = [n for n, row in existing.items() if n not in wanted and row.enabled]
-                for chunk in _chunks(gone, 500):
-                    conn.execute(
-                        schedules.update()
-                        .where(schedules.c.name.in_(chunk))
-                        .values(enabled=False, due_at=None, updated_at=now)
-                    )
-                result.disabled.extend(gone)
+            for chunk in _chunks(gone, 500):
+                conn.execute(
+                    schedules.update()
+                    .where(schedules.c.name.in_(chunk))
+                    .values(enabled=False, due_at=None, updated_at=now)
+                )
+            result.disabled.extend(gone)
         return result
 
     @staticmethod
@@ -1019,6 +1029,8 @@ class Store:
             )
         by_id = {o.run_id: o for o in outcomes}
         with self.engine.begin() as conn:
+            # Lock order (every writer): schedule rows in name order, then run rows.
+            current = self._failure_state(conn, sorted({o.task_name for o in outcomes}))
             if self.is_postgres:
                 ids = array_literal(list(by_id))
                 live = set(
@@ -1034,7 +1046,7 @@ class Store:
                 live = set(conn.execute(fence).scalars().all())
             accepted = [o for o in outcomes if o.run_id in live]
             rejected = [o for o in outcomes if o.run_id not in live]
-            consecutive, retries, recovered = self._decide_failures(conn, accepted, now)
+            consecutive, retries, recovered = self._decide_failures(conn, accepted, current, now)
             self._write_finished(conn, accepted, consecutive, now)
         return FinalizeResult(
             accepted=accepted,
@@ -1044,34 +1056,45 @@ class Store:
             recovered=frozenset(recovered),
         )
 
+    def _failure_state(
+        self, conn: sa.Connection, names: Sequence[str]
+    ) -> dict[str, tuple[str, int, datetime | None]]:
+        """Per task of ``names``: (definition digest, consecutive failures, pending retry
+        time). On PostgreSQL the schedule rows are locked in name order until commit: the
+        first lock a finalize takes, as every writer takes schedule rows before run rows."""
+        current: dict[str, tuple[str, int, datetime | None]] = {}
+        if self.is_postgres:
+            rows = _PG_FAILURE_STATE.run(conn, names=array_literal(list(names)))
+            for name, digest, failures, retry_at in driver_rows(rows):
+                current[name] = (digest, failures, retry_at)
+            return current
+        # SQLite: the writer holds the whole database already
+        for chunk in _chunks(names, 900):
+            stmt = sa.select(
+                schedules.c.name,
+                schedules.c.definition_hash,
+                schedules.c.consecutive_failures,
+                schedules.c.retry_at,
+            ).where(member_of(self.dialect, schedules.c.name, chunk))
+            for name, digest, failures, retry_at in select_rows(conn, stmt):
+                current[name] = (digest, failures, retry_at)
+        return current
+
     def _decide_failures(
-        self, conn: sa.Connection, outcomes: Sequence[RunOutcome], now: datetime
+        self,
+        conn: sa.Connection,
+        outcomes: Sequence[RunOutcome],
+        current: Mapping[str, tuple[str, int, datetime | None]],
+        now: datetime,
     ) -> tuple[dict[str, int], dict[str, datetime], set[str]]:
         """Each task's consecutive failures after ``outcomes``, the retries they schedule
-        (written here) and the tasks that recovered. Locks the schedule rows until commit."""
+        (written here) and the tasks that recovered; ``current`` is ``_failure_state``."""
         if not outcomes:
             return {}, {}, set()
         per_task: dict[str, list[RunOutcome]] = defaultdict(list)
         for o in outcomes:
             per_task[o.task_name].append(o)
         names = sorted(per_task)
-        #: name -> (definition digest, consecutive failures, pending retry time)
-        current: dict[str, tuple[str, int, datetime | None]] = {}
-        if self.is_postgres:
-            # Row locks in name order: concurrent finalizers cannot deadlock.
-            rows = _PG_FAILURE_STATE.run(conn, names=array_literal(names))
-            for name, digest, failures, retry_at in driver_rows(rows):
-                current[name] = (digest, failures, retry_at)
-        else:  # SQLite: the writer holds the whole database already
-            for chunk in _chunks(names, 900):
-                stmt = sa.select(
-                    schedules.c.name,
-                    schedules.c.definition_hash,
-                    schedules.c.consecutive_failures,
-                    schedules.c.retry_at,
-                ).where(member_of(self.dialect, schedules.c.name, chunk))
-                for name, digest, failures, retry_at in select_rows(conn, stmt):
-                    current[name] = (digest, failures, retry_at)
         # The definition text only for digests this process has not parsed yet (rare).
         self._learn_definitions(conn, {digest for digest, _f, _r in current.values()})
         consecutive: dict[str, int] = {}
@@ -1179,24 +1202,40 @@ class Store:
 
     # ----------------------------------------------------------------- instances
     def register_instance(
-        self, *, now: datetime, lease: timedelta, hostname: str, pid: int, version: str
+        self,
+        *,
+        now: datetime,
+        lease: timedelta,
+        hostname: str,
+        pid: int,
+        version: str,
+        running_runs: int | None = None,
     ) -> list[int]:
-        """Upsert this instance as running; reap its own leftovers from a previous life.
+        """Upsert this instance as running.
 
-        Returns the ids of runs it found still ``running`` under its id and marked abandoned.
+        A process starting up (``running_runs`` None) reaps its own leftovers from a
+        previous life under the same id: returns the ids of runs it found still ``running``
+        and marked abandoned. A live process whose row was removed rejoins with its
+        ``running_runs``, and its runs, claims and health rows stay as they are.
         """
+        restarting = running_runs is None
+        reaped: list[int] = []
         with self.engine.begin() as conn:
-            reaped = self._abandon_where(
-                conn,
-                (task_runs.c.status == "running") & (task_runs.c.instance_id == self.instance_id),
-                now,
-                f"instance {self.instance_id} restarted while the run was in flight",
-            )
-            conn.execute(
-                schedules.update()
-                .where(schedules.c.claimed_by == self.instance_id)
-                .values(claimed_by=None, claimed_until=None)
-            )
+            if restarting:
+                reaped = self._abandon_where(
+                    conn,
+                    (task_runs.c.status == "running")
+                    & (task_runs.c.instance_id == self.instance_id),
+                    now,
+                    f"instance {self.instance_id} restarted while the run was in flight",
+                )
+                mine = self._lock_schedules(conn, schedules.c.claimed_by == self.instance_id)
+                if mine:
+                    conn.execute(
+                        schedules.update()
+                        .where(member_of(self.dialect, schedules.c.name, mine))
+                        .values(claimed_by=None, claimed_until=None)
+                    )
             values = {
                 "hostname": hostname,
                 "pid": pid,
@@ -1205,15 +1244,16 @@ class Store:
                 "lease_seconds": lease.total_seconds(),
                 "state": "running",
                 "version": version,
-                "running_runs": 0,
+                "running_runs": running_runs or 0,
             }
             stmt = _insert(conn, instances).values(instance_id=self.instance_id, **values)
             conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=values))
-            conn.execute(
-                task_health.update()
-                .where(task_health.c.instance_id == self.instance_id)
-                .values(is_running=False)
-            )
+            if restarting:
+                conn.execute(
+                    task_health.update()
+                    .where(task_health.c.instance_id == self.instance_id)
+                    .values(is_running=False)
+                )
         return reaped
 
     def heartbeat(
@@ -1304,9 +1344,22 @@ class Store:
                     )
             return reaped
 
+    def _lock_schedules(self, conn: sa.Connection, condition: sa.ColumnElement[bool]) -> list[str]:
+        """The names of the schedule rows matching ``condition``, locked in name order on
+        PostgreSQL (SQLite's writer already holds the database).
+
+        The one lock order of every writer: schedule rows (in name order), then run rows.
+        The claim takes schedule rows with SKIP LOCKED, so it never waits for one."""
+        stmt = sa.select(schedules.c.name).where(condition).order_by(schedules.c.name)
+        if self.is_postgres:
+            stmt = stmt.with_for_update()
+        return list(conn.execute(stmt).scalars())
+
     def _abandon_where(
         self, conn: sa.Connection, condition: sa.ColumnElement[bool], now: datetime, why: str
     ) -> list[int]:
+        tasks = sa.select(task_runs.c.task_name).where(condition).distinct().scalar_subquery()
+        self._lock_schedules(conn, schedules.c.name.in_(tasks))
         rows = conn.execute(
             task_runs.update()
             .where(condition)
@@ -1459,8 +1512,10 @@ class Store:
         if not reason or not reason.strip():
             raise ValueError("an emergency stop needs a --reason")
         with self.engine.begin() as conn:
+            names = self._lock_schedules(conn, sa.not_(schedules.c.paused))
             paused = conn.execute(
                 schedules.update()
+                .where(member_of(self.dialect, schedules.c.name, names) if names else sa.false())
                 .where(sa.not_(schedules.c.paused))
                 .values(
                     paused=True,

@@ -108,7 +108,8 @@ class TelemetryWriter:
         consts: dict[str, Any] | None = None,
     ) -> None:
         """Upsert per-(task, instance) health rows (each with ``consts``), updating only
-        ``columns`` on conflict."""
+        ``columns`` on conflict; ``last_started_at`` keeps the later of the stored and the
+        new start (a start noted before a later run's finish must not move it back)."""
 
         def work(conn: sa.Connection) -> bool:
             bulk_insert_returning(
@@ -117,6 +118,7 @@ class TelemetryWriter:
                 rows,
                 conflict=("task_name", "instance_id"),
                 update=columns,
+                latest=("last_started_at",),
                 consts=consts,
             )
             return True
@@ -156,7 +158,6 @@ class TelemetryWriter:
                 "enabled",
                 "schedule_type",
                 "schedule_payload",
-                "last_started_at",
                 "is_running",
                 "last_heartbeat_at",
                 "max_runtime_seconds",
@@ -188,27 +189,42 @@ class TelemetryWriter:
         *,
         now: datetime,
     ) -> None:
+        """Write the health rows of a finalize batch: each task's latest outcome, its latest
+        start and whether runs of it are still in flight here. Rejected outcomes (runs
+        another instance already marked abandoned) are no longer in flight either."""
         outcomes = result.accepted
-        if not outcomes:
-            return
         latest: dict[str, RunOutcome] = {}
+        started: dict[str, datetime] = {}
         running = self._running_per_task
         unwritten = self._unwritten_starts
         with self._lock:
-            for o in outcomes:
-                name = o.task_name
-                seen = latest.get(name)
-                if seen is None or o.finished_at >= seen.finished_at:
-                    latest[name] = o
-                left = running.get(name, 1) - 1
-                if left <= 0:
-                    running.pop(name, None)
-                else:
-                    running[name] = left
-                start = unwritten.get(name)
-                if start is not None and start[1] == o.run_id:
-                    del unwritten[name]  # its finish row says it all
+            for batch, accepted in ((outcomes, True), (result.rejected, False)):
+                for o in batch:
+                    name = o.task_name
+                    left = running.get(name, 1) - 1
+                    if left <= 0:
+                        running.pop(name, None)
+                    else:
+                        running[name] = left
+                    start = unwritten.get(name)
+                    if start is not None and start[1] == o.run_id:
+                        del unwritten[name]  # its finish row says it all
+                    if not accepted:
+                        continue
+                    seen = latest.get(name)
+                    if seen is None or o.finished_at >= seen.finished_at:
+                        latest[name] = o
+                    latest_start = started.get(name)
+                    if latest_start is None or o.started_at > latest_start:
+                        started[name] = o.started_at
             still_running = {name for name in latest if name in running}
+            idle_rejected = sorted(
+                {o.task_name for o in result.rejected} - set(latest) - set(running)
+            )
+        if idle_rejected:
+            self._mark_idle(idle_rejected, now=now)
+        if not outcomes:
+            return
         failures = result.consecutive_failures
         rows = []
         for name, o in latest.items():
@@ -219,7 +235,7 @@ class TelemetryWriter:
                     "enabled": True if d is None else d.policies.enabled,
                     "schedule_type": "" if d is None else d.schedule.kind,
                     "schedule_payload": "{}" if d is None else d.schedule_json(),
-                    "last_started_at": o.started_at,
+                    "last_started_at": started[name],
                     "last_finished_at": o.finished_at,
                     "last_duration_seconds": o.duration_seconds,
                     "last_status": o.status,
@@ -253,6 +269,21 @@ class TelemetryWriter:
             add(1, attributes)
             record(o.duration_seconds, attributes)
         instruments.failures.update(failures)
+
+    def _mark_idle(self, names: Sequence[str], *, now: datetime) -> None:
+        """This instance has no run of ``names`` in flight any more (their outcomes were
+        rejected): their health rows stop saying ``is_running``."""
+
+        def work(conn: sa.Connection) -> bool:
+            conn.execute(
+                task_health.update()
+                .where(task_health.c.instance_id == self.instance_id)
+                .where(task_health.c.task_name.in_(list(names)))
+                .values(is_running=False, updated_at=now)
+            )
+            return True
+
+        self._write("health idle", work)
 
     def _update_failure_alarms(
         self,

@@ -1,0 +1,137 @@
+"""What the health rows and alarms say equals what the run rows say: review findings of the
+"numbers you can trust" issue, each pinned by a test that failed before its fix."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from scheduler_core.models import task_health, task_runs
+from scheduler_core.store import Store
+from tests.core.conftest import run_cycle, tasks
+
+
+def health_rows(engine: sa.Engine, task: str) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(task_health)
+                .where(task_health.c.task_name == task)
+                .order_by(task_health.c.instance_id)
+            )
+        )
+
+
+def runs_of(engine: sa.Engine, task: str) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(task_runs).where(task_runs.c.task_name == task).order_by(task_runs.c.id)
+            )
+        )
+
+
+def test_a_short_runs_start_reaches_the_health_row(make_scheduler, clock, db_engine) -> None:
+    """Each run's real start is the health row's last start, also for runs that finish
+    before their start would be written on its own (their start is folded into the finish)."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "quick", "callable": "os:getpid", "every": "1h"}), now=clock.now()
+    )
+    scheduler = make_scheduler()
+    for _ in range(3):
+        clock.advance(3600)
+        assert run_cycle(scheduler) == 1
+        runs = runs_of(db_engine, "quick")
+        (health,) = health_rows(db_engine, "quick")
+        assert health.last_started_at == runs[-1].started_at
+        assert health.last_finished_at == runs[-1].finished_at
+    assert len({r.started_at for r in runs}) == 3
+
+
+def test_health_stops_saying_running_when_the_outcome_is_rejected(
+    make_scheduler, clock, db_engine
+) -> None:
+    """A run reaped as abandoned by another instance finishes here later: its outcome is
+    rejected, and this instance's health row no longer says the task is running."""
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "slow", "command": ["sleep", "0.3"], "every": "1h"}), now=clock.now()
+    )
+    scheduler = make_scheduler()
+    clock.advance(3600)
+    assert scheduler.step() == 1
+    scheduler.telemetry.write_starts(older_than=0)
+    assert [r.is_running for r in health_rows(db_engine, "slow")] == [True]
+    with db_engine.begin() as conn:  # as a survivor's reaper would
+        conn.execute(
+            task_runs.update()
+            .where(task_runs.c.task_name == "slow")
+            .values(status="abandoned", finished_at=clock.now())
+        )
+    scheduler.wait_for_completions(1)
+    scheduler.step()
+    assert scheduler.running_count == 0
+    assert [r.status for r in runs_of(db_engine, "slow")] == ["abandoned"]
+    assert [r.is_running for r in health_rows(db_engine, "slow")] == [False]
+
+
+def test_rejoining_after_the_instance_row_was_removed_keeps_live_runs(
+    make_scheduler, clock, db_engine
+) -> None:
+    """An admin on another host removed this instance's row: the next heartbeat registers
+    it again without marking its own live runs abandoned, and their outcomes are kept."""
+    from scheduler_core.models import instances
+
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks({"name": "live", "command": ["sleep", "0.5"], "every": "1h"}), now=clock.now()
+    )
+    scheduler = make_scheduler()
+    clock.advance(3600)
+    assert scheduler.step() == 1
+    with db_engine.begin() as conn:
+        conn.execute(instances.delete().where(instances.c.instance_id == "inst-a"))
+    scheduler.heartbeat()
+    with db_engine.connect() as conn:
+        assert conn.execute(
+            sa.select(instances.c.state).where(instances.c.instance_id == "inst-a")
+        ).scalar_one() == "running"
+    assert [r.status for r in runs_of(db_engine, "live")] == ["running"]
+    scheduler.wait_for_completions(1)
+    scheduler.step()
+    assert [r.status for r in runs_of(db_engine, "live")] == ["success"]
+
+
+def test_heartbeats_are_timed_by_the_injected_monotonic_clock(db_engine, clock) -> None:
+    """The engine times its heartbeats with the same monotonic clock as its lease: a test
+    (or a paused process) that moves that clock past the interval gets a heartbeat."""
+    from scheduler_core.engine import EngineSettings, Scheduler
+    from scheduler_core.models import instances
+
+    mono = [1000.0]
+    settings = EngineSettings(instance_id="inst-m", health_listen=None, heartbeat_interval=5)
+    scheduler = Scheduler(
+        engine=db_engine, settings=settings, clock=clock, monotonic=lambda: mono[0]
+    )
+    scheduler.start()
+    try:
+        scheduler.step()  # the first pass heartbeats
+
+        def beat() -> object:
+            with db_engine.connect() as conn:
+                return conn.execute(
+                    sa.select(instances.c.last_heartbeat_at).where(
+                        instances.c.instance_id == "inst-m"
+                    )
+                ).scalar_one()
+
+        first = beat()
+        clock.advance(1)
+        scheduler.step()
+        assert beat() == first  # 0 s of monotonic time passed: no heartbeat due
+        clock.advance(1)
+        mono[0] += 6
+        scheduler.step()
+        assert beat() == first + timedelta(seconds=2)
+    finally:
+        scheduler.request_stop()
+        scheduler.drain()
