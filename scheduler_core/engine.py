@@ -87,6 +87,10 @@ class EngineSettings:
     #: a tick is still claimed at least that long before it is due. After a pass that
     #: stopped at a limit (a burst, a backlog) the next follows ``min_step_interval`` later.
     caught_up_interval: float = 0.25
+    #: A due tick that overlap would skip only because of another instance's runs waits up
+    #: to this long for their outcomes (an instance writes a finished run's outcome within
+    #: ``FINALIZE_DEFER_S`` plus one pass): a run that already finished never skips a tick.
+    overlap_settle: float = 1.0
 
 
 #: A run's start is written to its health row this long after, unless it finished first.
@@ -363,6 +367,7 @@ class Scheduler:
                     thread_name=threading.current_thread().name,
                     finished_unrecorded=self._finished_unrecorded,
                     look_ahead=timedelta(seconds=self.settings.look_ahead),
+                    settle=timedelta(seconds=self.settings.overlap_settle),
                 )
                 claimed_total += claimed
                 self._launch(dispatched)

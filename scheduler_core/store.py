@@ -60,6 +60,7 @@ from scheduler_core.models import (
     task_runs,
 )
 from scheduler_core.planning import plan_ticks
+from scheduler_core.retrying import retry_conflicts
 from scheduler_core.tasks import TaskDefinition, definition_from_json
 
 __all__ = [
@@ -195,6 +196,10 @@ _COUNTER_COLUMN = {
 }
 
 _RUN_KEY = ("task_name", "scheduled_for", "attempt")
+_NOT_RUNNING = (0, 0)
+#: How soon a due tick held by ``settle`` (see ``Store.claim_and_dispatch``) is looked at
+#: again: the next pass.
+_SETTLE_RECHECK = timedelta(milliseconds=50)
 
 _EMPTY_HISTOGRAMS = {
     **DURATION_HISTOGRAM.values(HistogramCounts.empty(DURATION_BUCKETS)),
@@ -228,8 +233,14 @@ _PG_CLAIM = PgStatement.of(
     .limit(sa.bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+#: Per task: its in-flight runs, and how many of them other instances own.
+_RUNNING_COLUMNS = (
+    task_runs.c.task_name,
+    sa.func.count(),
+    sa.func.sum(sa.case((task_runs.c.instance_id == sa.bindparam("me"), 0), else_=1)),
+)
 _PG_RUNNING_COUNTS = PgStatement.of(
-    sa.select(task_runs.c.task_name, sa.func.count())
+    sa.select(*_RUNNING_COLUMNS)
     .where(task_runs.c.status == "running")
     .where(pg_any(task_runs.c.task_name, "names"))
     .group_by(task_runs.c.task_name)
@@ -587,6 +598,7 @@ class Store:
         thread_name: str | None = None,
         finished_unrecorded: Mapping[str, int] | None = None,
         look_ahead: timedelta = timedelta(0),
+        settle: timedelta = timedelta(0),
     ) -> tuple[int, list[DispatchedRun]]:
         """Claim up to ``limit`` due schedules and dispatch them; returns how many were
         claimed and the runs to execute.
@@ -601,6 +613,11 @@ class Store:
 
         ``look_ahead`` also takes what falls due within that time after ``now``; such runs
         come back with a later ``not_before`` (their tick), for the engine to start then.
+
+        ``settle``: a due tick that overlap or ``max_concurrency`` would skip only because
+        of runs other instances own is decided again shortly, until ``settle`` after its
+        time: such a run may have finished with its outcome still waiting in its owner's
+        batched finalize, and a tick is skipped only for a run still in flight.
         """
         horizon = now + look_ahead
         if not self.is_postgres or limit <= 0:
@@ -613,6 +630,7 @@ class Store:
                 thread_name=thread_name,
                 finished_unrecorded=finished_unrecorded,
                 horizon=horizon,
+                settle=settle,
             )
         with self.engine.begin() as conn:
             rows = driver_rows(_PG_CLAIM.run(conn, horizon=horizon, now=now, limit=limit))
@@ -625,6 +643,7 @@ class Store:
                 finished_unrecorded=finished_unrecorded,
                 fenced=False,
                 horizon=horizon,
+                settle=settle,
             )
         return len(claimed), self._dispatched(planned, claimed, now)
 
@@ -649,6 +668,7 @@ class Store:
         rand: random.Random | None = None,
         finished_unrecorded: Mapping[str, int] | None = None,
         horizon: datetime | None = None,
+        settle: timedelta = timedelta(0),
     ) -> list[DispatchedRun]:
         """Plan each claimed schedule's ticks, insert run/missed/skipped rows, advance it.
 
@@ -683,6 +703,7 @@ class Store:
                 finished_unrecorded=finished_unrecorded,
                 fenced=True,
                 horizon=horizon,
+                settle=settle,
             )
         return self._dispatched(planned, claimed, now)
 
@@ -696,6 +717,7 @@ class Store:
         finished_unrecorded: Mapping[str, int] | None,
         fenced: bool,
         horizon: datetime | None = None,
+        settle: timedelta = timedelta(0),
     ) -> _Planned:
         """Plan, insert and advance ``claimed`` (all ours) inside the caller's transaction.
 
@@ -708,7 +730,7 @@ class Store:
         not_before: dict[tuple[str, datetime, int], datetime] = {}
         by_name = {c.name: c for c in claimed}
         still_ours = list(by_name)
-        running_counts = self._running_counts(conn, still_ours)
+        running_counts = self._running_split(conn, still_ours)
 
         run_rows: list[dict[str, Any]] = []
         extra_rows: list[dict[str, Any]] = []  # missed / skipped: finished at once
@@ -749,19 +771,33 @@ class Store:
             # overlap=skip compares with runs already in flight: catch-up runs planned in
             # this same pass (misfire=run_all) do not skip each other. overlap=allow
             # counts every run against max_concurrency.
-            running = running_counts.get(name, 0)
+            running, others = running_counts.get(name, _NOT_RUNNING)
             if running:
                 running = max(0, running - unrecorded.get(name, 0))
             limit = 1 if overlap == "skip" else policies.max_concurrency
             blocked = running > 0 if overlap == "replace" else running >= limit
+            hold_until = None
             if blocked and any(p[3] > now for p in planned):
-                # Unchanged, and not claimable again before its first future start.
+                # Decided when due: not claimable again before its first future start.
+                hold_until = min(p[3] for p in planned if p[3] > now)
+            elif (
+                blocked
+                and overlap != "replace"
+                and running - others < limit
+                and planned
+                and now < min(p[3] for p in planned) + settle
+            ):
+                # Blocked only by other instances' runs, which may have finished with their
+                # outcome not yet written (their owner writes it within its finalize
+                # delay): decided again shortly, and skipped only if they still run then.
+                hold_until = now + _SETTLE_RECHECK
+            if hold_until is not None:
                 schedule_updates.append(
                     {
                         "b_name": name,
                         "next_run_at": item.next_run_at,
                         "fire_count": item.fire_count,
-                        "hold_until": min(p[3] for p in planned if p[3] > now),
+                        "hold_until": hold_until,
                     }
                 )
                 continue
@@ -898,20 +934,26 @@ class Store:
         return row
 
     def _running_counts(self, conn: sa.Connection, names: list[str]) -> dict[str, int]:
+        """Per task of ``names``: its runs in flight (rows ``running``) on any instance."""
+        return {name: total for name, (total, _others) in self._running_split(conn, names).items()}
+
+    def _running_split(self, conn: sa.Connection, names: list[str]) -> dict[str, tuple[int, int]]:
+        """Per task of ``names``: (runs in flight, how many of them other instances own)."""
         if not names:
             return {}
         if self.is_postgres:
-            rows = _PG_RUNNING_COUNTS.run(conn, names=array_literal(names))
-            return {name: int(count) for name, count in rows}
-        counts: dict[str, int] = {}
+            rows = _PG_RUNNING_COUNTS.run(conn, names=array_literal(names), me=self.instance_id)
+            return {name: (int(count), int(others)) for name, count, others in rows}
+        counts: dict[str, tuple[int, int]] = {}
         for chunk in _chunks(names, 900):
             stmt = (
-                sa.select(task_runs.c.task_name, sa.func.count())
+                sa.select(*_RUNNING_COLUMNS)
                 .where(task_runs.c.status == "running")
                 .where(member_of(self.dialect, task_runs.c.task_name, chunk))
                 .group_by(task_runs.c.task_name)
             )
-            counts.update({r[0]: int(r[1]) for r in conn.execute(stmt).all()})
+            rows = conn.execute(stmt, {"me": self.instance_id}).all()
+            counts.update({r[0]: (int(r[1]), int(r[2])) for r in rows})
         return counts
 
     def _apply_schedule_updates(
@@ -1421,6 +1463,7 @@ class Store:
             )
         )
 
+    @retry_conflicts()
     def pause(self, name: str, *, reason: str, by: str, now: datetime) -> None:
         """Pause a task: it is not claimed until resumed. Who, when and why are stored."""
         if not reason or not reason.strip():
@@ -1437,6 +1480,7 @@ class Store:
             )
             self._refresh_due_at(conn, [name])
 
+    @retry_conflicts()
     def resume(self, name: str, *, now: datetime, by: str = "unknown") -> None:
         """Unpause; ticks that fell during the pause are not run or counted as missed."""
         with self.engine.begin() as conn:
@@ -1457,6 +1501,7 @@ class Store:
             conn.execute(schedules.update().where(schedules.c.name == name).values(**values))
             self._refresh_due_at(conn, [name])
 
+    @retry_conflicts()
     def run_now(self, name: str, *, now: datetime, by: str = "unknown") -> None:
         """Ask for one extra run as soon as an instance polls; the schedule is unchanged."""
         with self.engine.begin() as conn:
@@ -1469,6 +1514,7 @@ class Store:
             )
             self._refresh_due_at(conn, [name])
 
+    @retry_conflicts()
     def request_cancel(
         self, run_id: int, *, reason: str, by: str = "unknown", now: datetime | None = None
     ) -> str:
@@ -1503,6 +1549,7 @@ class Store:
 
     EMERGENCY_PREFIX = "[emergency-stop] "
 
+    @retry_conflicts()
     def emergency_stop(self, *, reason: str, by: str, now: datetime) -> tuple[int, int]:
         """Pause every task and flag every running run for cancellation.
 
@@ -1542,6 +1589,7 @@ class Store:
             )
         return int(paused or 0), int(flagged or 0)
 
+    @retry_conflicts()
     def resume_all(self, *, by: str, now: datetime) -> tuple[int, int]:
         """Resume the tasks an emergency stop paused; return (resumed, still paused)."""
         with self.engine.begin() as conn:

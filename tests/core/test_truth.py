@@ -92,9 +92,12 @@ def test_rejoining_after_the_instance_row_was_removed_keeps_live_runs(
         conn.execute(instances.delete().where(instances.c.instance_id == "inst-a"))
     scheduler.heartbeat()
     with db_engine.connect() as conn:
-        assert conn.execute(
-            sa.select(instances.c.state).where(instances.c.instance_id == "inst-a")
-        ).scalar_one() == "running"
+        assert (
+            conn.execute(
+                sa.select(instances.c.state).where(instances.c.instance_id == "inst-a")
+            ).scalar_one()
+            == "running"
+        )
     assert [r.status for r in runs_of(db_engine, "live")] == ["running"]
     scheduler.wait_for_completions(1)
     scheduler.step()
@@ -135,3 +138,37 @@ def test_heartbeats_are_timed_by_the_injected_monotonic_clock(db_engine, clock) 
     finally:
         scheduler.request_stop()
         scheduler.drain()
+
+
+def test_admin_commands_retry_a_conflict_instead_of_failing(monkeypatch) -> None:
+    """A transaction aborted by a deadlock (40P01) or serialization failure (40001) runs
+    again; any other database error is raised at once."""
+    from scheduler_core.retrying import retry_conflicts
+
+    class Orig(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            super().__init__(f"sqlstate {sqlstate}")
+            self.sqlstate = sqlstate
+
+    def failing(sqlstates: list[str]):
+        calls: list[int] = []
+
+        @retry_conflicts(attempts=3, sleep=lambda _s: None)
+        def work() -> str:
+            calls.append(1)
+            if len(calls) <= len(sqlstates):
+                raise sa.exc.OperationalError("UPDATE ...", {}, Orig(sqlstates[len(calls) - 1]))
+            return "done"
+
+        return work, calls
+
+    work, calls = failing(["40P01", "40001"])
+    assert work() == "done" and len(calls) == 3
+    work, calls = failing(["40P01", "40P01", "40P01"])
+    with __import__("pytest").raises(sa.exc.OperationalError):
+        work()
+    assert len(calls) == 3
+    work, calls = failing(["23505"])
+    with __import__("pytest").raises(sa.exc.OperationalError):
+        work()
+    assert len(calls) == 1
