@@ -416,7 +416,7 @@ class Scheduler:
         reaped = self.store.reap_abandoned(now=now)
         if reaped:
             log.warning("marked %d run(s) of dead instances abandoned", len(reaped))
-        self.telemetry.check_stuck(now=now)
+        self.telemetry.check_alarms(now=now)
 
     # ------------------------------------------------------------------ execution
     def _launch(self, runs: list[DispatchedRun]) -> None:

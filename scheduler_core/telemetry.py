@@ -293,7 +293,8 @@ class TelemetryWriter:
         *,
         now: datetime,
     ) -> None:
-        to_open = [n for n, c in failures.items() if c >= self.failure_threshold]
+        # Sorted: two instances inserting the same alarms take the unique index in one order.
+        to_open = sorted(n for n, c in failures.items() if c >= self.failure_threshold)
         # Only a task that was failing can have an open alarm: a success of a healthy task
         # (the common case) writes nothing here.
         to_close = sorted(recovered)
@@ -340,6 +341,33 @@ class TelemetryWriter:
             return True
 
         self._write("alarms", _work)
+
+    def check_alarms(self, *, now: datetime) -> set[str]:
+        """The periodic alarm checks (each heartbeat): stuck runs, and ``missed`` alarms
+        whose task has succeeded since. Returns the names of stuck tasks."""
+        self._close_recovered_missed(now=now)
+        return self.check_stuck(now=now)
+
+    def _close_recovered_missed(self, *, now: datetime) -> None:
+        """Close each open ``missed`` alarm whose task succeeded after it was opened."""
+
+        def work(conn: sa.Connection) -> bool:
+            succeeded = (
+                sa.select(schedules.c.name)
+                .where(schedules.c.name == alarm_events.c.task_name)
+                .where(schedules.c.last_success_at >= alarm_events.c.opened_at)
+                .exists()
+            )
+            conn.execute(
+                alarm_events.update()
+                .where(alarm_events.c.kind == "missed")
+                .where(alarm_events.c.closed_at.is_(None))
+                .where(succeeded)
+                .values(closed_at=now)
+            )
+            return True
+
+        self._write("missed alarms", work)
 
     def check_stuck(self, *, now: datetime) -> set[str]:
         """Open a ``stuck`` alarm for each task with a run past ``max_runtime``; close cleared ones.

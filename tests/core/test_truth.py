@@ -172,3 +172,39 @@ def test_admin_commands_retry_a_conflict_instead_of_failing(monkeypatch) -> None
     with __import__("pytest").raises(sa.exc.OperationalError):
         work()
     assert len(calls) == 1
+
+
+def test_missed_ticks_open_an_alarm_that_closes_after_the_next_success(
+    make_scheduler, clock, db_engine
+) -> None:
+    """The contract's `missed` alarm kind: opened when a gap of ticks is recorded missed,
+    closed at the first heartbeat after the task succeeded again."""
+    from scheduler_core.models import alarm_events
+
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks(
+            {
+                "name": "gappy",
+                "callable": "os:getpid",
+                "every": "1m",
+                "misfire": "run_once",
+                "misfire_grace": "30s",
+            }
+        ),
+        now=clock.now(),
+    )
+
+    def alarms() -> list[tuple[str, str, bool]]:
+        with db_engine.connect() as conn:
+            return [
+                (r.task_name, r.kind, r.closed_at is None)
+                for r in conn.execute(sa.select(alarm_events).order_by(alarm_events.c.id))
+            ]
+
+    scheduler = make_scheduler()
+    clock.advance(30 * 60)  # 30 ticks fell while no instance ran: missed, then one run
+    assert run_cycle(scheduler) == 1
+    assert alarms() == [("gappy", "missed", True)]
+    scheduler.heartbeat()  # the run succeeded after the alarm opened
+    assert alarms() == [("gappy", "missed", False)]
+    assert sorted(r.status for r in runs_of(db_engine, "gappy")) == ["missed", "success"]
