@@ -104,7 +104,7 @@ class HistogramColumns:
             sa.Column(self.sum, sa.Float, nullable=False, default=0.0, server_default=zero),
         ]  # fmt: skip
 
-    def read(self, row: Mapping[str, Any]) -> HistogramCounts:
+    def read(self, row: Mapping[Any, Any]) -> HistogramCounts:
         """The histogram held by ``row`` (a mapping with at least these columns)."""
         return HistogramCounts.from_columns(
             tuple(int(row[c]) for c in self.buckets), row[self.sum], self.bounds
@@ -157,6 +157,9 @@ schedules = sa.Table(
     sa.Column("retry_at", UTCDateTime),
     sa.Column("retry_scheduled_for", UTCDateTime),
     sa.Column("retry_attempt", sa.Integer),
+    # Later pending retries (JSON), when several ticks failed before their retries ran: see
+    # scheduler_core.pending_retries. NULL in the common case of at most one.
+    sa.Column("retries_queued", sa.Text),
     sa.Column("run_now_requested_at", UTCDateTime),
     sa.Column("claimed_by", sa.String(200)),
     sa.Column("claimed_until", UTCDateTime),

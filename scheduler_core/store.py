@@ -59,6 +59,7 @@ from scheduler_core.models import (
     task_health,
     task_runs,
 )
+from scheduler_core.pending_retries import PendingRetry, Retries, decode, encode, merge, take_due
 from scheduler_core.planning import plan_ticks
 from scheduler_core.retrying import retry_conflicts
 from scheduler_core.tasks import TaskDefinition, definition_from_json
@@ -109,6 +110,8 @@ class ClaimedSchedule:
     retry_at: datetime | None
     retry_scheduled_for: datetime | None
     retry_attempt: int | None
+    #: Pending retries after ``retry_at``'s (``pending_retries``); None in the common case.
+    retries_queued: str | None
     run_now_requested_at: datetime | None
     claimed_until: datetime
     fire_count: int
@@ -197,6 +200,7 @@ _COUNTER_COLUMN = {
 
 _RUN_KEY = ("task_name", "scheduled_for", "attempt")
 _NOT_RUNNING = (0, 0)
+_NO_RETRIES = Retries(None)
 #: How soon a due tick held by ``settle`` (see ``Store.claim_and_dispatch``) is looked at
 #: again: the next pass.
 _SETTLE_RECHECK = timedelta(milliseconds=50)
@@ -215,6 +219,7 @@ _CLAIM_COLUMNS = (
     schedules.c.retry_at,
     schedules.c.retry_scheduled_for,
     schedules.c.retry_attempt,
+    schedules.c.retries_queued,
     schedules.c.run_now_requested_at,
     schedules.c.claimed_until,
     schedules.c.fire_count,
@@ -252,13 +257,18 @@ _PG_FINALIZE_FENCE = PgStatement.of(
     .where(task_runs.c.instance_id == sa.bindparam("instance"))
     .with_for_update()
 )
+#: What a finalize reads (and locks) of each schedule row: its failures and pending retries.
+_FAILURE_STATE_COLUMNS = (
+    schedules.c.name,
+    schedules.c.definition_hash,
+    schedules.c.consecutive_failures,
+    schedules.c.retry_at,
+    schedules.c.retry_scheduled_for,
+    schedules.c.retry_attempt,
+    schedules.c.retries_queued,
+)
 _PG_FAILURE_STATE = PgStatement.of(
-    sa.select(
-        schedules.c.name,
-        schedules.c.definition_hash,
-        schedules.c.consecutive_failures,
-        schedules.c.retry_at,
-    )
+    sa.select(*_FAILURE_STATE_COLUMNS)
     .where(pg_any(schedules.c.name, "names"))
     .order_by(schedules.c.name)
     .with_for_update()
@@ -275,6 +285,7 @@ def _claimed(r: Any) -> ClaimedSchedule:
         retry_at,
         retry_scheduled_for,
         retry_attempt,
+        retries_queued,
         run_now_requested_at,
         claimed_until,
         fire_count,
@@ -287,6 +298,7 @@ def _claimed(r: Any) -> ClaimedSchedule:
         retry_at=retry_at,
         retry_scheduled_for=retry_scheduled_for,
         retry_attempt=retry_attempt,
+        retries_queued=retries_queued,
         run_now_requested_at=run_now_requested_at,
         claimed_until=claimed_until,
         fire_count=fire_count,
@@ -545,7 +557,8 @@ class Store:
         """The earliest ``due_at`` of any schedule (the engine sleeps until then)."""
         with self.engine.connect() as conn:
             if self.is_postgres:
-                return _PG_NEXT_DUE.run(conn).scalar()  # type: ignore[no-any-return]
+                found: datetime | None = _PG_NEXT_DUE.run(conn).scalar()
+                return found
             value: datetime | None = conn.execute(
                 sa.select(sa.func.min(schedules.c.due_at))
             ).scalar()
@@ -736,6 +749,8 @@ class Store:
         extra_rows: list[dict[str, Any]] = []  # missed / skipped: finished at once
         schedule_updates: list[dict[str, Any]] = []
         cancel_for_replace: list[str] = []
+        #: Tasks with queued retries: what stays pending after this dispatch.
+        requeued: dict[str, Retries] = {}
         missed_totals: dict[str, int] = defaultdict(int)
         skipped_totals: dict[str, int] = defaultdict(int)
         definitions: dict[str, TaskDefinition] = {}
@@ -751,15 +766,25 @@ class Store:
             if item.run_now_requested_at is not None and item.run_now_requested_at <= now:
                 planned.append((item.run_now_requested_at, 1, "manual", now))
                 update["run_now_requested_at"] = None
+            still_pending: Retries | None = None
             if (
                 item.retry_at is not None
                 and item.retry_at <= horizon
                 and item.retry_scheduled_for is not None
                 and item.retry_attempt is not None
             ):
-                planned.append(
-                    (item.retry_scheduled_for, item.retry_attempt, "retry", item.retry_at)
-                )
+                if item.retries_queued is None:  # the common case: one pending retry
+                    planned.append(
+                        (item.retry_scheduled_for, item.retry_attempt, "retry", item.retry_at)
+                    )
+                else:
+                    first = PendingRetry(
+                        item.retry_at, item.retry_scheduled_for, item.retry_attempt
+                    )
+                    due, still_pending = take_due(
+                        Retries(first, decode(item.retries_queued)), horizon
+                    )
+                    planned.extend((r.scheduled_for, r.attempt, "retry", r.at) for r in due)
                 update.update(retry_at=None, retry_scheduled_for=None, retry_attempt=None)
             plan = plan_ticks(
                 definition, next_run_at=item.next_run_at, fire_count=item.fire_count, now=horizon
@@ -851,6 +876,8 @@ class Store:
                     }
                 )
             schedule_updates.append(update)
+            if still_pending is not None:
+                requeued[name] = still_pending
 
         if cancel_for_replace:
             conn.execute(
@@ -882,6 +909,8 @@ class Store:
         self._apply_schedule_updates(
             conn, schedule_updates, missed_totals, skipped_totals, now, fenced=fenced
         )
+        if requeued:
+            self._write_retries(conn, requeued)
         return _Planned(
             inserted=inserted,
             definitions=definitions,
@@ -967,7 +996,7 @@ class Store:
             return {}
         if self.is_postgres:
             rows = _PG_RUNNING_COUNTS.run(conn, names=array_literal(names), me=self.instance_id)
-            return {name: (int(count), int(others)) for name, count, others in rows}
+            return {name: (int(count), int(others)) for name, count, others in driver_rows(rows)}
         counts: dict[str, tuple[int, int]] = {}
         for chunk in _chunks(names, 900):
             stmt = (
@@ -976,8 +1005,8 @@ class Store:
                 .where(member_of(self.dialect, task_runs.c.task_name, chunk))
                 .group_by(task_runs.c.task_name)
             )
-            rows = conn.execute(stmt, {"me": self.instance_id}).all()
-            counts.update({r[0]: (int(r[1]), int(r[2])) for r in rows})
+            found = conn.execute(stmt, {"me": self.instance_id}).all()
+            counts.update({r[0]: (int(r[1]), int(r[2])) for r in found})
         return counts
 
     def _apply_schedule_updates(
@@ -1124,93 +1153,117 @@ class Store:
 
     def _failure_state(
         self, conn: sa.Connection, names: Sequence[str]
-    ) -> dict[str, tuple[str, int, datetime | None]]:
-        """Per task of ``names``: (definition digest, consecutive failures, pending retry
-        time). On PostgreSQL the schedule rows are locked in name order until commit: the
-        first lock a finalize takes, as every writer takes schedule rows before run rows."""
-        current: dict[str, tuple[str, int, datetime | None]] = {}
+    ) -> dict[str, tuple[str, int, Retries]]:
+        """Per task of ``names``: (definition digest, consecutive failures, pending
+        retries). On PostgreSQL the schedule rows are locked in name order until commit:
+        the first lock a finalize takes, as every writer takes schedule rows before run
+        rows."""
         if self.is_postgres:
-            rows = _PG_FAILURE_STATE.run(conn, names=array_literal(list(names)))
-            for name, digest, failures, retry_at in driver_rows(rows):
-                current[name] = (digest, failures, retry_at)
-            return current
-        # SQLite: the writer holds the whole database already
-        for chunk in _chunks(names, 900):
-            stmt = sa.select(
-                schedules.c.name,
-                schedules.c.definition_hash,
-                schedules.c.consecutive_failures,
-                schedules.c.retry_at,
-            ).where(member_of(self.dialect, schedules.c.name, chunk))
-            for name, digest, failures, retry_at in select_rows(conn, stmt):
-                current[name] = (digest, failures, retry_at)
+            rows: Iterable[Any] = driver_rows(
+                _PG_FAILURE_STATE.run(conn, names=array_literal(list(names)))
+            )
+        else:  # SQLite: the writer holds the whole database already
+            rows = (
+                row
+                for chunk in _chunks(names, 900)
+                for row in select_rows(
+                    conn,
+                    sa.select(*_FAILURE_STATE_COLUMNS).where(
+                        member_of(self.dialect, schedules.c.name, chunk)
+                    ),
+                )
+            )
+        current: dict[str, tuple[str, int, Retries]] = {}
+        for name, digest, failures, retry_at, retry_for, retry_attempt, queued in rows:
+            pending = _NO_RETRIES
+            if retry_at is not None and retry_for is not None and retry_attempt is not None:
+                pending = Retries(PendingRetry(retry_at, retry_for, retry_attempt), decode(queued))
+            current[name] = (digest, failures, pending)
         return current
+
+    def _write_retries(self, conn: sa.Connection, pending: Mapping[str, Retries]) -> None:
+        """Store each task's pending retries (the earliest in the ``retry_*`` columns) and
+        its due time."""
+        params: list[dict[str, Any]] = []
+        for name, retries in sorted(pending.items()):
+            first = retries.first
+            params.append(
+                {
+                    "b_name": name,
+                    "b_retry_at": first.at if first else None,
+                    "b_for": first.scheduled_for if first else None,
+                    "b_attempt": first.attempt if first else None,
+                    "b_queued": encode(retries.queued),
+                }
+            )
+        conn.execute(
+            schedules.update()
+            .where(schedules.c.name == sa.bindparam("b_name"))
+            .values(
+                retry_at=sa.bindparam("b_retry_at"),
+                retry_scheduled_for=sa.bindparam("b_for"),
+                retry_attempt=sa.bindparam("b_attempt"),
+                retries_queued=sa.bindparam("b_queued"),
+            ),
+            params,
+        )
+        self._refresh_due_at(conn, [p["b_name"] for p in params])
 
     def _decide_failures(
         self,
         conn: sa.Connection,
         outcomes: Sequence[RunOutcome],
-        current: Mapping[str, tuple[str, int, datetime | None]],
+        current: Mapping[str, tuple[str, int, Retries]],
         now: datetime,
     ) -> tuple[dict[str, int], dict[str, datetime], set[str]]:
         """Each task's consecutive failures after ``outcomes``, the retries they schedule
-        (written here) and the tasks that recovered; ``current`` is ``_failure_state``."""
+        (written here; every failed attempt with attempts left gets its own) and the tasks
+        that recovered; ``current`` is ``_failure_state``. Only a tick's final failure
+        counts toward ``consecutive_failures``."""
         if not outcomes:
             return {}, {}, set()
         per_task: dict[str, list[RunOutcome]] = defaultdict(list)
         for o in outcomes:
             per_task[o.task_name].append(o)
-        names = sorted(per_task)
         # The definition text only for digests this process has not parsed yet (rare).
         self._learn_definitions(conn, {digest for digest, _f, _r in current.values()})
         consecutive: dict[str, int] = {}
         recovered: set[str] = set()
         retries: dict[str, datetime] = {}
-        retry_params: list[dict[str, Any]] = []
-        for name in names:
+        pending: dict[str, Retries] = {}
+        for name in sorted(per_task):
             row = current.get(name)
             if row is None:
                 continue
-            digest, stored_failures, retry_pending = row
+            digest, stored_failures, retries_pending = row
             runs = per_task[name]
             if len(runs) > 1:
                 runs = sorted(runs, key=_finished_at)
             failures = stored_failures
+            new: list[PendingRetry] = []
             for o in runs:
                 if o.status == "success":
                     failures = 0
                 elif o.status in ("failure", "timeout"):
                     retry = self._definitions[digest].policies.retries
-                    if o.attempt <= retry.max and retry_pending is None and name not in retries:
-                        retry_at = now + timedelta(
-                            seconds=retry.delay_before(o.attempt + 1, rand=random.random())
-                        )
-                        retries[name] = retry_at
-                        retry_params.append(
-                            {
-                                "b_name": name,
-                                "b_retry_at": retry_at,
-                                "b_for": o.scheduled_for,
-                                "b_attempt": o.attempt + 1,
-                            }
+                    if o.attempt <= retry.max:
+                        delay = retry.delay_before(o.attempt + 1, rand=random.random())
+                        new.append(
+                            PendingRetry(
+                                now + timedelta(seconds=delay), o.scheduled_for, o.attempt + 1
+                            )
                         )
                     else:
                         failures += 1
+            if new:
+                merged = merge(retries_pending, new)
+                pending[name] = merged
+                retries[name] = min(r.at for r in new)
             consecutive[name] = failures
             if stored_failures > 0 and failures == 0:
                 recovered.add(name)
-        if retry_params:
-            conn.execute(
-                schedules.update()
-                .where(schedules.c.name == sa.bindparam("b_name"))
-                .values(
-                    retry_at=sa.bindparam("b_retry_at"),
-                    retry_scheduled_for=sa.bindparam("b_for"),
-                    retry_attempt=sa.bindparam("b_attempt"),
-                ),
-                retry_params,
-            )
-            self._refresh_due_at(conn, [p["b_name"] for p in retry_params])
+        if pending:
+            self._write_retries(conn, pending)
         return consecutive, retries, recovered
 
     def _write_finished(

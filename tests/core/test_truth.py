@@ -208,3 +208,57 @@ def test_missed_ticks_open_an_alarm_that_closes_after_the_next_success(
     scheduler.heartbeat()  # the run succeeded after the alarm opened
     assert alarms() == [("gappy", "missed", False)]
     assert sorted(r.status for r in runs_of(db_engine, "gappy")) == ["missed", "success"]
+
+
+def test_each_failed_tick_keeps_its_retry_while_another_is_pending(
+    make_scheduler, clock, db_engine
+) -> None:
+    """A tick that fails while an earlier tick's retry is still pending gets its own retry
+    (queued behind the first), instead of counting as a final failure with no retry."""
+    from scheduler_core.models import schedules
+
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks(
+            {
+                "name": "flaky",
+                "command": ["false"],
+                "every": "1m",
+                "retries": {"max": 1, "backoff": "fixed", "delay": "90s"},
+            }
+        ),
+        now=clock.now(),
+    )
+    t0 = clock.now()
+
+    def row() -> sa.Row:
+        with db_engine.connect() as conn:
+            return conn.execute(sa.select(schedules).where(schedules.c.name == "flaky")).one()
+
+    scheduler = make_scheduler()
+    clock.advance(60)
+    assert run_cycle(scheduler) == 1  # tick 1 fails: its retry is due at 150 s
+    clock.advance(60)
+    assert run_cycle(scheduler) == 1  # tick 2 fails while tick 1's retry is pending
+    stored = row()
+    assert stored.consecutive_failures == 0
+    assert (stored.retry_at, stored.retry_scheduled_for, stored.retry_attempt) == (
+        t0 + timedelta(seconds=150),
+        t0 + timedelta(seconds=60),
+        2,
+    )
+    assert stored.retries_queued is not None
+    clock.advance(30)
+    assert run_cycle(scheduler) == 1  # tick 1's retry
+    stored = row()
+    assert (stored.retry_at, stored.retry_scheduled_for, stored.retry_attempt) == (
+        t0 + timedelta(seconds=210),
+        t0 + timedelta(seconds=120),
+        2,
+    )
+    assert stored.retries_queued is None
+    assert stored.consecutive_failures == 1  # tick 1's final failure
+    assert [(r.scheduled_for - t0, r.attempt, r.trigger) for r in runs_of(db_engine, "flaky")] == [
+        (timedelta(seconds=60), 1, "schedule"),
+        (timedelta(seconds=120), 1, "schedule"),
+        (timedelta(seconds=60), 2, "retry"),
+    ]
