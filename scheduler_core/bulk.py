@@ -39,7 +39,7 @@ __all__ = [
     "pg_value_rows",
 ]
 
-_PG = pg.dialect()
+_PG: sa.Dialect = pg.dialect()  # type: ignore[no-untyped-call]  # psycopg2's, untyped
 
 
 def member_of(
@@ -72,7 +72,7 @@ class PgStatement:
     defaults: Mapping[str, Any]
 
     @classmethod
-    def of(cls, stmt: sa.Executable) -> PgStatement:
+    def of(cls, stmt: sa.ClauseElement) -> PgStatement:
         compiled = stmt.compile(dialect=_PG)
         return cls(sql=str(compiled), defaults=dict(compiled.params))
 
@@ -294,15 +294,15 @@ def bulk_insert_returning(
     from sqlalchemy.dialects import sqlite
 
     base = sqlite.insert(table)
-    sets: dict[str, Any] = {c: base.excluded[c] for c in update}
+    sqlite_sets: dict[str, Any] = {c: base.excluded[c] for c in update}
     for c in latest:
         # SQLite's two-argument max() is NULL if either is: each side falls back to the other.
         # Its stored timestamps are fixed-width text, so they compare in time order.
         stored, new = table.c[c], base.excluded[c]
-        sets[c] = sa.func.max(sa.func.coalesce(stored, new), sa.func.coalesce(new, stored))
+        sqlite_sets[c] = sa.func.max(sa.func.coalesce(stored, new), sa.func.coalesce(new, stored))
     insert = (
-        base.on_conflict_do_update(index_elements=list(conflict), set_=sets)
-        if sets
+        base.on_conflict_do_update(index_elements=list(conflict), set_=sqlite_sets)
+        if sqlite_sets
         else base.on_conflict_do_nothing(index_elements=list(conflict))
     )
     full = [{**row, **fixed} for row in rows]

@@ -62,9 +62,9 @@ def plan_ticks(
     cutoff = now - timedelta(seconds=policies.misfire_grace)
     if next_run_at >= cutoff and definition.end is None and definition.max_runs is None:
         # The common case, once per run: one tick, on time (what the rest computes for it).
-        tick = schedule.next_after(next_run_at)
-        if tick is None or tick > now:
-            return TickPlan(runs=[PlannedRun(scheduled_for=next_run_at)], next_run_at=tick)
+        following = schedule.next_after(next_run_at)
+        if following is None or following > now:
+            return TickPlan(runs=[PlannedRun(scheduled_for=next_run_at)], next_run_at=following)
 
     late_count = 0
     late_newest: datetime | None = None

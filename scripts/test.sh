@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 echo "== ruff" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "== mypy --strict" >&2
+.venv/bin/mypy
 echo "== helm assets in sync with alerts/ and dashboards/" >&2
 .venv/bin/python helm/sync_assets.py --check
 echo "== pytest" >&2
