@@ -37,7 +37,8 @@ _REGISTRY: dict[str, Callable[..., Any]] = {}
 
 
 def registered_callables() -> Mapping[str, Callable[..., Any]]:
-    """Callables registered in this process with ``@schedctl.task`` or ``register_callable``."""
+    """Callables registered in this process with ``register_callable`` (a ``@task``
+    decorator that registers a function with its schedule is the runtime-schedules issue's)."""
     return dict(_REGISTRY)
 
 
