@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 #: ``migrations/versions`` (``tests/test_migrations.py`` checks that it is Alembic's head).
 #: A constant, so that checking the schema needs no Alembic: the scheduler and the exporter
 #: never import it, nor Mako and Pygments with it (~11 MB of resident memory each).
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 #: Where Alembic stamps the revision (its default table, in the default schema).
 _VERSION_TABLE = "alembic_version"
 
@@ -115,9 +115,17 @@ def create_db_engine(
     of being created. ``statement_timeout`` bounds every PostgreSQL statement. ``pre_ping``
     tests each pooled connection before use (a round trip per transaction); the scheduler
     turns it off because its loop already retries after a dropped connection.
+
+    PostgreSQL settings are sent once per connection, as startup ``options``; with
+    ``?pool_mode=transaction`` in the URL (behind PgBouncer in transaction pooling mode,
+    which refuses startup options and hands each transaction whichever server session is
+    free) they are set at the start of each transaction instead, in one statement, and no
+    statement is prepared on the server. ``engine.url`` stays the URL as given.
     """
     parsed = normalize_url(url)
     if parsed.drivername.startswith("sqlite"):
+        if POOL_MODE_OPTION in parsed.query:
+            raise ValueError(f"database URL option {POOL_MODE_OPTION} is for PostgreSQL only")
         engine = sa.create_engine(parsed, echo=echo, connect_args={"timeout": 30})
         database = parsed.database
         if read_only and database and database != ":memory:" and not database.startswith("file:"):
@@ -135,31 +143,172 @@ def create_db_engine(
         else:
             sa.event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    # A process paused inside a transaction (SIGSTOP, a debugger) must not hold row locks
-    # that stop other instances' reaper forever; no statement waits on a lock forever.
-    # PostgreSQL applies repeated ``-c`` settings in order, so the URL's own ``options``
-    # come after these defaults: what the operator wrote wins.
-    options = ["-c idle_in_transaction_session_timeout=10000 -c lock_timeout=10000"]
-    if statement_timeout is not None:
-        options.append(f"-c statement_timeout={max(1, int(statement_timeout * 1000))}")
-    options.append(str(parsed.query.get("options", "") or ""))
-    if read_only:  # a guarantee, not a default: nothing in the URL turns it off
-        options.append("-c default_transaction_read_only=on")
-    # Rows read without SQLAlchemy's conversion (``select_rows``) carry the session's time
-    # zone: UTC, whatever the server's or the URL's setting (schedctl always sends offsets).
-    options.append("-c TimeZone=UTC")
-    joined = " ".join(o for o in options if o)
-    if joined:
-        parsed = parsed.update_query_dict({"options": joined})
-    return sa.create_engine(
+    pool_mode = _pool_mode(parsed)
+    # The engine keeps the URL as given, for the messages that print it: the settings go
+    # to the driver through ``connect_args`` (merged over the URL's query by SQLAlchemy, so
+    # the URL's own ``options`` are replaced by the combined string, not sent twice).
+    connect_args: dict[str, Any] = {"connect_timeout": 10, "application_name": "schedctl"}
+    if pool_mode == "transaction":
+        settings = _transaction_settings(parsed, read_only, statement_timeout)
+        # No server-side prepared statements: psycopg prepares a query after 5 executions,
+        # by name, on the server session it has at that moment; behind a transaction pooler
+        # later transactions run on other sessions, which other clients share.
+        connect_args["prepare_threshold"] = None
+    else:
+        connect_args["options"] = _startup_options(parsed, read_only, statement_timeout)
+    engine = sa.create_engine(
         parsed,
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 10, "application_name": "schedctl"},
+        connect_args=connect_args,
     )
+    if pool_mode is not None:
+        # ``pool_mode`` is ours, not libpq's (psycopg would refuse the keyword); in
+        # transaction mode the URL's ``options`` are applied per transaction instead, since
+        # a transaction pooler refuses startup options.
+        dropped = ("pool_mode", "options") if pool_mode == "transaction" else ("pool_mode",)
+        sa.event.listen(engine, "do_connect", _drop_connect_params(dropped))
+    if pool_mode == "transaction":
+        sa.event.listen(engine, "begin", _apply_per_transaction(settings))
+    return engine
+
+
+#: The URL query option saying how connections reach PostgreSQL (see README, "PgBouncer").
+POOL_MODE_OPTION = "pool_mode"
+_POOL_MODES = ("session", "transaction")
+
+
+def _pool_mode(url: URL) -> str | None:
+    """The URL's ``pool_mode`` (None when absent): ``session`` (the default: settings are
+    sent once per connection, as startup options) or ``transaction`` (a transaction pooler
+    such as PgBouncer's ``pool_mode = transaction``: settings are applied per transaction)."""
+    value = url.query.get(POOL_MODE_OPTION)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in _POOL_MODES:
+        raise ValueError(
+            f"database URL option {POOL_MODE_OPTION}={value!r} is not supported; "
+            f"use {POOL_MODE_OPTION}=transaction behind PgBouncer in transaction pooling mode"
+        )
+    return value
+
+
+# A process paused inside a transaction (SIGSTOP, a debugger) must not hold row locks that
+# stop other instances' reaper forever; no statement waits on a lock forever. The URL's own
+# ``options`` come after these defaults: what the operator wrote wins.
+def _default_settings(statement_timeout: float | None) -> list[tuple[str, str]]:
+    settings = [("idle_in_transaction_session_timeout", "10000"), ("lock_timeout", "10000")]
+    if statement_timeout is not None:
+        settings.append(("statement_timeout", str(max(1, int(statement_timeout * 1000)))))
+    return settings
+
+
+# Applied after the URL's ``options``. Read-only is a guarantee, not a default: nothing in
+# the URL turns it off. Rows read without SQLAlchemy's conversion (``select_rows``) carry
+# the session's time zone: UTC, whatever the server's or the URL's setting (schedctl always
+# sends offsets).
+def _forced_settings(read_only: bool) -> list[tuple[str, str]]:
+    settings = [("default_transaction_read_only", "on")] if read_only else []
+    settings.append(("TimeZone", "UTC"))
+    return settings
+
+
+def _startup_options(url: URL, read_only: bool, statement_timeout: float | None) -> str:
+    """The libpq ``options`` every session starts with (PostgreSQL applies repeated ``-c``
+    settings in order, so a later one wins)."""
+    parts = [" ".join(f"-c {n}={v}" for n, v in _default_settings(statement_timeout))]
+    parts.append(str(url.query.get("options", "") or ""))
+    parts.extend(f"-c {n}={v}" for n, v in _forced_settings(read_only))
+    return " ".join(p for p in parts if p)
+
+
+def _transaction_settings(
+    url: URL, read_only: bool, statement_timeout: float | None
+) -> list[tuple[str, str]]:
+    """The same settings as ``(name, value)`` pairs to set in each transaction, one per name
+    (the last one given wins, as with startup options)."""
+    user_options = url.query.get("options", "") or ""
+    if not isinstance(user_options, str):
+        raise ValueError("database URL option 'options' is given more than once")
+    forced = _forced_settings(read_only)
+    if read_only:  # default_transaction_read_only set inside a transaction is for later ones
+        forced.append(("transaction_read_only", "on"))
+    merged: dict[str, tuple[str, str]] = {}
+    for name, value in [
+        *_default_settings(statement_timeout),
+        *_parse_options(user_options),
+        *forced,
+    ]:
+        merged.pop(name.lower(), None)
+        merged[name.lower()] = (name, value)
+    return list(merged.values())
+
+
+def _parse_options(options: str) -> list[tuple[str, str]]:
+    """The ``-c name=value`` / ``--name=value`` settings of a libpq ``options`` string
+    (whitespace separates arguments unless escaped with a backslash, as libpq reads it)."""
+    words: list[str] = []
+    current: list[str] | None = None
+    chars = iter(options)
+    for char in chars:
+        if char.isspace():
+            if current is not None:
+                words.append("".join(current))
+            current = None
+            continue
+        current = current if current is not None else []
+        current.append(next(chars, "") if char == "\\" else char)
+    if current is not None:
+        words.append("".join(current))
+    settings = []
+    args = iter(words)
+    for word in args:
+        if word == "-c":
+            setting = next(args, "")
+        elif word.startswith(("-c", "--")):
+            setting = word[2:]
+        else:
+            raise ValueError(_options_error(word))
+        name, sep, value = setting.partition("=")
+        name = name.replace("-", "_")  # as the server reads names on its command line
+        if not sep or not name or not all(c.isalnum() or c in "_." for c in name):
+            raise ValueError(_options_error(f"{word} {setting}" if word == "-c" else word))
+        settings.append((name, value))
+    return settings
+
+
+def _options_error(word: str) -> str:
+    return (
+        f"database URL option 'options': {word!r} cannot be applied with "
+        f"{POOL_MODE_OPTION}=transaction; only '-c name=value' settings can (they are set "
+        "at the start of each transaction, since a transaction pooler refuses startup options)"
+    )
+
+
+def _drop_connect_params(names: tuple[str, ...]) -> Any:
+    def drop(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        for name in names:
+            cparams.pop(name, None)
+
+    return drop
+
+
+def _apply_per_transaction(settings: list[tuple[str, str]]) -> Any:
+    """A ``begin`` listener applying ``settings`` transaction-locally, in one statement.
+
+    ``begin`` fires for ``engine.begin()`` and for a connection's autobegin alike, before the
+    transaction's first statement: psycopg sends BEGIN just ahead of this one. The values
+    are bound parameters (the URL's ``options`` may hold anything)."""
+    sql = "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings)
+    params = tuple(item for pair in settings for item in pair)
+
+    def apply(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(sql, params)
+
+    return apply
 
 
 def _alembic_config(connection: sa.Connection) -> Config:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what schedctl's demo and tests need on a fresh Debian/Ubuntu machine:
-# Debian packages (Prometheus, Alertmanager, PostgreSQL binaries) when missing, and a
+# Debian packages (Prometheus, Alertmanager, PostgreSQL binaries, PgBouncer) when missing, and a
 # virtualenv in .venv with schedctl and its test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,8 @@ if [[ "$want_system" == "all" ]]; then
     command -v promtool >/dev/null 2>&1 || need+=(prometheus)
     command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+    # Debian installs it in /usr/sbin, not on every user's PATH (the tests look there too).
+    command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || need+=(pgbouncer)
     if ((${#need[@]})); then
         echo "bootstrap: installing Debian packages: ${need[*]}" >&2
         sudo_cmd=()
