@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 
+from scheduler_core.alarms import open_alarms
 from scheduler_core.bulk import (
     PgStatement,
     array_literal,
@@ -905,7 +906,10 @@ class Store:
         )
         bulk_insert_returning(conn, task_runs, extra_rows, conflict=_RUN_KEY)
         if missed_totals:
-            self._open_missed_alarms(conn, missed_totals, now)
+            # Closed once the task succeeds again (``TelemetryWriter.check_alarms``).
+            open_alarms(
+                conn, "missed", {n: {"missed_runs": c} for n, c in missed_totals.items()}, now=now
+            )
         self._apply_schedule_updates(
             conn, schedule_updates, missed_totals, skipped_totals, now, fenced=fenced
         )
@@ -916,28 +920,6 @@ class Store:
             definitions=definitions,
             updates=schedule_updates,
             not_before=not_before,
-        )
-
-    @staticmethod
-    def _open_missed_alarms(conn: sa.Connection, missed: Mapping[str, int], now: datetime) -> None:
-        """A ``missed`` alarm per task whose ticks were just recorded missed (one open alarm
-        per task and kind: an open one stays as it is). It closes once the task succeeds
-        again (``TelemetryWriter.check_alarms``)."""
-        conn.execute(
-            _insert(conn, alarm_events).on_conflict_do_nothing(
-                index_elements=["task_name", "kind"],
-                index_where=alarm_events.c.closed_at.is_(None),
-            ),
-            [
-                {
-                    "task_name": name,
-                    "kind": "missed",
-                    "opened_at": now,
-                    "closed_at": None,
-                    "details": json.dumps({"missed_runs": count}),
-                }
-                for name, count in sorted(missed.items())
-            ],
         )
 
     @staticmethod

@@ -7,7 +7,6 @@ transaction with a statement timeout, errors are swallowed and logged at most on
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,11 +16,12 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from scheduler_core.alarms import open_alarms
 from scheduler_core.bulk import bulk_insert_returning
 from scheduler_core.errors import error_reason
 from scheduler_core.models import alarm_events, schedules, task_health, task_runs
 from scheduler_core.otel import otel_instruments, tracer
-from scheduler_core.store import DispatchedRun, FinalizeResult, RunOutcome, _insert, truncate_text
+from scheduler_core.store import DispatchedRun, FinalizeResult, RunOutcome, truncate_text
 
 __all__ = ["RateLimitedLogger", "TelemetryWriter", "otel_instruments", "tracer"]
 
@@ -293,8 +293,7 @@ class TelemetryWriter:
         *,
         now: datetime,
     ) -> None:
-        # Sorted: two instances inserting the same alarms take the unique index in one order.
-        to_open = sorted(n for n, c in failures.items() if c >= self.failure_threshold)
+        to_open = [n for n, c in failures.items() if c >= self.failure_threshold]
         # Only a task that was failing can have an open alarm: a success of a healthy task
         # (the common case) writes nothing here.
         to_close = sorted(recovered)
@@ -302,34 +301,21 @@ class TelemetryWriter:
             return
 
         def _work(conn: sa.Connection) -> bool:
-            if to_open:
-                stmt = _insert(conn, alarm_events).on_conflict_do_nothing(
-                    index_elements=["task_name", "kind"],
-                    index_where=alarm_events.c.closed_at.is_(None),
-                )
-                conn.execute(
-                    stmt,
-                    [
-                        {
-                            "task_name": n,
-                            "kind": "consecutive_failures",
-                            "opened_at": now,
-                            "closed_at": None,
-                            "details": json.dumps(
-                                {
-                                    "consecutive_failures": failures[n],
-                                    "threshold": self.failure_threshold,
-                                    "last_error": truncate_text(
-                                        latest[n].error_message, LAST_ERROR_LIMIT
-                                    )
-                                    if n in latest
-                                    else None,
-                                }
-                            ),
-                        }
-                        for n in to_open
-                    ],
-                )
+            open_alarms(
+                conn,
+                "consecutive_failures",
+                {
+                    n: {
+                        "consecutive_failures": failures[n],
+                        "threshold": self.failure_threshold,
+                        "last_error": truncate_text(latest[n].error_message, LAST_ERROR_LIMIT)
+                        if n in latest
+                        else None,
+                    }
+                    for n in to_open
+                },
+                now=now,
+            )
             if to_close:
                 conn.execute(
                     alarm_events.update()
@@ -398,24 +384,7 @@ class TelemetryWriter:
                 .where(alarm_events.c.closed_at.is_(None))
             ).all()
             already = {r.task_name for r in open_rows}
-            new = sorted(stuck - already)
-            if new:
-                conn.execute(
-                    _insert(conn, alarm_events).on_conflict_do_nothing(
-                        index_elements=["task_name", "kind"],
-                        index_where=alarm_events.c.closed_at.is_(None),
-                    ),
-                    [
-                        {
-                            "task_name": n,
-                            "kind": "stuck",
-                            "opened_at": now,
-                            "closed_at": None,
-                            "details": None,
-                        }
-                        for n in new
-                    ],
-                )
+            open_alarms(conn, "stuck", dict.fromkeys(stuck - already), now=now)
             cleared = sorted(already - stuck)
             if cleared:
                 conn.execute(
