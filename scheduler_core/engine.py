@@ -135,6 +135,11 @@ class Scheduler:
         self._running: dict[int, RunHandle] = {}
         self._running_lock = threading.Lock()
         self._wake = threading.Event()
+        #: Set when an outcome should be written now (``_next_tick_is_near``): it ends the
+        #: pause between passes and skips the finalize's deferral.
+        self._hurry = threading.Event()
+        #: ``expected_interval`` per schedule object (a cron expression computes it).
+        self._intervals: dict[int, float | None] = {}
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._next_heartbeat = 0.0
@@ -188,6 +193,7 @@ class Scheduler:
         """Begin draining (safe to call from a signal handler)."""
         self.draining = True
         self._stop.set()
+        self._hurry.set()
         self._wake.set()
 
     def run(self) -> None:
@@ -216,7 +222,7 @@ class Scheduler:
                     continue
                 # Let finishing runs accumulate: at hundreds of runs a second one finalize per
                 # completion would cost a transaction per run.
-                self._stop.wait(self._pause(began, time.monotonic()))
+                self._hurry.wait(self._pause(began, time.monotonic()))
                 self._wake.wait(self._sleep_seconds())
                 self._wake.clear()
         finally:
@@ -332,7 +338,10 @@ class Scheduler:
             return 0
         if self._monotonic() >= self._next_heartbeat:
             self.heartbeat()
-        if not self._defer_finalize():
+        hurry = self._hurry.is_set()
+        if hurry:
+            self._hurry.clear()
+        if hurry or not self._defer_finalize():
             self._finalize_completions()
         self._enforce_deadlines()
         if self.draining:
@@ -579,6 +588,7 @@ class Scheduler:
                 )
             span.set_attribute("schedctl.outcome", result.status)
             span.end()
+        finished_at = self.clock.now()
         self._completions.put(
             RunOutcome(
                 run_id=run.run_id,
@@ -587,7 +597,7 @@ class Scheduler:
                 scheduled_for=run.scheduled_for,
                 attempt=run.attempt,
                 started_at=handle.started_at,
-                finished_at=self.clock.now(),
+                finished_at=finished_at,
                 error_message=result.error_message,
                 error_traceback=result.error_traceback,
                 exit_code=result.exit_code,
@@ -596,8 +606,27 @@ class Scheduler:
                 trace_id=trace_id,
             )
         )
+        if self._next_tick_is_near(run, finished_at):
+            self._hurry.set()
         if not self._wake.is_set():  # the loop collects at its next pass anyway
             self._wake.set()
+
+    def _next_tick_is_near(self, run: DispatchedRun, finished_at: datetime) -> bool:
+        """The run's task is due again within the look-ahead and one pass: another instance
+        may already hold that tick, and decides its overlap from this run's row, so the
+        outcome is written at once instead of with the next batch."""
+        schedule = run.definition.schedule
+        # By id: the store keeps every parsed definition (and its schedule) for the
+        # process's life, so an id is never reused for another schedule.
+        try:
+            interval = self._intervals[id(schedule)]
+        except KeyError:
+            interval = self._intervals[id(schedule)] = schedule.expected_interval
+        if interval is None:
+            return False
+        settings = self.settings
+        margin = settings.look_ahead + settings.caught_up_interval
+        return (finished_at - run.scheduled_for).total_seconds() + margin >= interval
 
     def _record_without_worker(self, handle: RunHandle, status: str, message: str) -> None:
         """Finish a run from the loop thread (timeout of a sync callable, cancel, drain)."""

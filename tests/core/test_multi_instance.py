@@ -71,6 +71,26 @@ def stop_all(procs: list[subprocess.Popen[str]]) -> str:
     return "\n".join(output)
 
 
+def run_instances(
+    config: Path, url: str, ids: list[str], seconds: float, *extra: str
+) -> tuple[list[sa.Row], str]:
+    """Run ``ids`` as scheduler processes for ``seconds``, stop them (each must exit 0),
+    and return every run row and what the processes printed."""
+    procs = start_instances(config, url, ids, *extra)
+    try:
+        time.sleep(seconds)
+    finally:
+        output = stop_all(procs)
+    assert all(p.returncode == 0 for p in procs), output
+    engine = create_db_engine(url)
+    try:
+        rows = fetch_runs(engine)
+    finally:
+        engine.dispose()
+    assert rows, output
+    return rows, output
+
+
 def fetch_runs(engine: sa.Engine) -> list[sa.Row]:
     with engine.connect() as conn:
         return list(conn.execute(sa.select(task_runs).order_by(task_runs.c.id)))
@@ -91,16 +111,8 @@ def test_three_instances_run_every_tick_exactly_once(pg_url: str, tmp_path: Path
             f"  - {{name: job-{i:02d}, callable: 'os:getpid', every: 1s}}\n" for i in range(20)
         )
     )
-    procs = start_instances(config, pg_url, ["node-a", "node-b", "node-c"])
-    time.sleep(30)  # the scenario itself is 30 s of real scheduling
-    output = stop_all(procs)
-    assert all(p.returncode == 0 for p in procs), output
-    engine = create_db_engine(pg_url)
-    try:
-        rows = fetch_runs(engine)
-    finally:
-        engine.dispose()
-    assert rows, output
+    # The scenario itself is 30 s of real scheduling.
+    rows, output = run_instances(config, pg_url, ["node-a", "node-b", "node-c"], 30)
     statuses = {r.status for r in rows}
     assert statuses <= {"success"}, f"unexpected statuses {statuses}\n{output}"
     per_task: dict[str, list] = defaultdict(list)

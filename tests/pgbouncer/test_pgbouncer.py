@@ -25,7 +25,7 @@ from scheduler_core.db import create_db_engine, head_revision
 from scheduler_core.models import instances, schedules
 from scheduler_core.store import Store
 from tests.core.test_cli import schedctl
-from tests.core.test_multi_instance import assert_contiguous, fetch_runs, start_instances, stop_all
+from tests.core.test_multi_instance import assert_contiguous, run_instances
 from tests.support.pgbouncer import PgBouncer
 from tests.support.pgserver import PostgresServer
 from tests.support.prometheus import free_port, http_get, wait_until
@@ -252,14 +252,10 @@ def test_three_instances_through_the_bouncer_run_every_tick_exactly_once(
     config = tmp_path / "tasks.yaml"
     lines = [f"  - {{name: job-{i:02d}, callable: 'os:getpid', every: 1s}}\n" for i in range(20)]
     config.write_text("tasks:\n" + "".join(lines))
-    procs = start_instances(config, bouncer_url, ["node-a", "node-b", "node-c"])
-    time.sleep(20)
-    output = stop_all(procs)
-    assert all(p.returncode == 0 for p in procs), output
+    rows, output = run_instances(config, bouncer_url, ["node-a", "node-b", "node-c"], 20)
     assert not [text for text in BROKEN_BY_POOLING if text in output], output
     engine = create_db_engine(bouncer_url)
     try:
-        rows = fetch_runs(engine)
         with engine.connect() as conn:
             states = dict(conn.execute(sa.select(instances.c.instance_id, instances.c.state)).all())
     finally:
