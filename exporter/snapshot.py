@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -23,6 +23,15 @@ from scheduler_core import models
 from scheduler_core.db import select_rows
 from scheduler_core.histograms import HistogramCounts
 from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, HistogramColumns
+from scheduler_core.states import (
+    BADGES,
+    LATE_GRACE_SECONDS,
+    Badge,
+    badge_of,
+    is_failing,
+    is_late,
+    is_stuck,
+)
 
 __all__ = [
     "ALARM_KINDS",
@@ -41,11 +50,6 @@ __all__ = [
 OUTCOMES: tuple[str, ...] = tuple(models.TERMINAL_STATUSES)
 #: Alarm kinds that get a ``scheduler_alarm_open`` series for every task, open or not.
 ALARM_KINDS: tuple[str, ...] = tuple(models.ALARM_KINDS)
-
-Badge = Literal["disabled", "paused", "stuck", "running", "failing", "late", "ok"]
-#: Every badge, in precedence order: the first that applies wins.
-BADGES: tuple[Badge, ...] = ("disabled", "paused", "stuck", "running", "failing", "late", "ok")
-_FAILED_STATUSES = frozenset({"failure", "timeout"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -133,21 +137,15 @@ def derive_badge(
     last_status: str | None,
     late: bool,
 ) -> Badge:
-    """The one status badge of a task, by precedence disabled > paused > stuck > running >
-    failing > late > ok."""
-    if not enabled:
-        return "disabled"
-    if paused:
-        return "paused"
-    if stuck:
-        return "stuck"
-    if running > 0:
-        return "running"
-    if consecutive_failures > 0 and last_status in _FAILED_STATUSES:
-        return "failing"
-    if late:
-        return "late"
-    return "ok"
+    """The badge of a task from its flags: :func:`scheduler_core.states.badge_of`."""
+    return badge_of(
+        enabled=enabled,
+        paused=paused,
+        stuck=stuck,
+        running=running,
+        failing=is_failing(consecutive_failures=consecutive_failures, last_status=last_status),
+        late=late,
+    )
 
 
 @dataclass(slots=True)
@@ -160,11 +158,10 @@ class _Health:
     last_duration_seconds: float | None = None
     last_error_message: str | None = None
     last_heartbeat_at: datetime | None = None
-    max_runtime_seconds: float | None = None
 
     def fold(self, row: tuple[Any, ...]) -> None:
         """Fold one row of ``_HEALTH_COLUMNS`` (without the task name) into this one."""
-        started, finished, status, duration, error, heartbeat, max_runtime = row
+        started, finished, status, duration, error, heartbeat = row
         if started is not None and (self.last_started_at is None or started > self.last_started_at):
             self.last_started_at = started
         if finished is not None and (
@@ -179,8 +176,6 @@ class _Health:
             self.last_heartbeat_at is None or heartbeat > self.last_heartbeat_at
         ):
             self.last_heartbeat_at = heartbeat
-        if max_runtime is not None:
-            self.max_runtime_seconds = max_runtime
 
 
 class _Packed(sa.sql.expression.ColumnElement[str]):
@@ -191,7 +186,8 @@ class _Packed(sa.sql.expression.ColumnElement[str]):
 
     type = sa.String()
     inherit_cache = True
-    _traverse_internals: ClassVar[Any] = [("parts", InternalTraversal.dp_clauseelement_list)]
+    # Not ClassVar: SQLAlchemy declares it as an instance attribute (HasTraverseInternals).
+    _traverse_internals = [("parts", InternalTraversal.dp_clauseelement_list)]  # noqa: RUF012
 
     def __init__(self, columns: HistogramColumns) -> None:
         self.parts = [models.schedules.c[c] for c in (*columns.buckets, columns.sum)]
@@ -226,7 +222,7 @@ _SCHEDULE_COLUMNS = (
 _H = models.task_health.c
 _HEALTH_COLUMNS = (
     _H.task_name, _H.last_started_at, _H.last_finished_at, _H.last_status,
-    _H.last_duration_seconds, _H.last_error_message, _H.last_heartbeat_at, _H.max_runtime_seconds,
+    _H.last_duration_seconds, _H.last_error_message, _H.last_heartbeat_at,
 )  # fmt: skip
 _R = models.task_runs.c
 _I = models.instances.c
@@ -234,7 +230,7 @@ _A = models.alarm_events.c
 
 
 def read_snapshot(
-    bind: sa.Engine | sa.Connection, now: datetime, *, late_grace: float = 300.0
+    bind: sa.Engine | sa.Connection, now: datetime, *, late_grace: float = LATE_GRACE_SECONDS
 ) -> Snapshot:
     """Read every task and instance with five SELECTs and derive badges as of ``now``."""
     return SnapshotReader(late_grace=late_grace).read(bind, now)
@@ -249,7 +245,7 @@ class SnapshotReader:
     arrive instead of being materialised. Not thread-safe: one reader per refresh loop.
     """
 
-    def __init__(self, *, late_grace: float = 300.0) -> None:
+    def __init__(self, *, late_grace: float = LATE_GRACE_SECONDS) -> None:
         self._late_grace = late_grace
         self._previous: dict[str, TaskSnapshot] = {}
         self._histograms: dict[_HistogramKey, HistogramCounts] = {}
@@ -367,22 +363,23 @@ def _task(
     (
         name, schedule_type, schedule_expr, timezone, action_kind, enabled, paused,
         pause_reason, next_run_at, consecutive_failures, last_success_at, last_failure_at,
-        row_max_runtime, expected_interval, *counts, missed, duration_packed, delay_packed,
+        max_runtime, expected_interval, *counts, missed, duration_packed, delay_packed,
     ) = row  # fmt: skip
     enabled, paused = bool(enabled), bool(paused)
     consecutive_failures = int(consecutive_failures or 0)
-    max_runtime = row_max_runtime if row_max_runtime is not None else h.max_runtime_seconds
-    stuck = max_runtime is not None and any(
-        started is not None and (now - started).total_seconds() > max_runtime for started in starts
-    )
-    late = (
-        enabled
-        and not paused
-        and not starts
-        and next_run_at is not None
-        and (now - next_run_at).total_seconds() > late_grace
-    )
+    # max_runtime is the synced definition's (the schedule row), as the stuck alarm
+    # (telemetry.check_stuck) and ``schedctl tasks list`` read it; a health row's copy may be
+    # an older definition's, of whichever instance wrote it.
     running = len(starts)
+    stuck = is_stuck(now=now, running_starts=starts, max_runtime_seconds=max_runtime)
+    late = is_late(
+        now=now,
+        enabled=enabled,
+        paused=paused,
+        running=running,
+        next_run_at=next_run_at,
+        late_grace_seconds=late_grace,
+    )
     return TaskSnapshot(
         name=name,
         schedule_type=sys.intern(schedule_type),
@@ -412,13 +409,14 @@ def _task(
         duration=shared.histogram(duration_packed, 0),
         start_delay=shared.histogram(delay_packed, 1),
         open_alarms=open_alarms,
-        badge=derive_badge(
+        badge=badge_of(
             enabled=enabled,
             paused=paused,
             stuck=stuck,
             running=running,
-            consecutive_failures=consecutive_failures,
-            last_status=h.last_status,
+            failing=is_failing(
+                consecutive_failures=consecutive_failures, last_status=h.last_status
+            ),
             late=late,
         ),
     )
