@@ -336,30 +336,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_tasks_list(args: argparse.Namespace) -> int:
     engine = _engine(args, read_only=True)
+    now = datetime.now(UTC)
     try:
-        tasks = Store(engine).list_tasks()
+        tasks = Store(engine).list_tasks(now=now)
     finally:
         engine.dispose()
     if args.json:
         _print_json(tasks)
         return 0
-    now = datetime.now(UTC)
     rows = []
     for t in tasks:
-        state = (
-            "paused"
-            if t["paused"]
-            else "disabled"
-            if not t["enabled"]
-            else "running"
-            if t["running"]
-            else (t["last_status"] or "never run")
-        )
+        # The badge of /api/v1/status (scheduler_core.states), with the reason of a pause.
+        reason = t["pause_reason"] if t["badge"] == "paused" else None
         rows.append(
             [
                 t["name"],
                 t["schedule"],
-                state + (f" ({t['pause_reason']})" if t["paused"] and t["pause_reason"] else ""),
+                t["badge"] + (f" ({reason})" if reason else ""),
                 _fmt_time(t["next_run_at"], now=now),
                 _fmt_time(t["last_started_at"], now=now),
                 format_duration(t["last_duration_seconds"]),

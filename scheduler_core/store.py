@@ -1711,9 +1711,26 @@ class Store:
         return out
 
     # ----------------------------------------------------------------- queries
-    def list_tasks(self) -> list[dict[str, Any]]:
-        """Every task with its schedule, next run, last run and failure count."""
+    def list_tasks(
+        self, *, now: datetime | None = None, late_grace: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Every task with its schedule, next run, last run, failure count and status badge.
+
+        The badge is the one ``/api/v1/status`` shows: :func:`scheduler_core.states.badge` of
+        the same inputs, as of ``now`` (the wall clock by default), with the exporter's default
+        late grace unless ``late_grace`` is given. On PostgreSQL the reads are one snapshot.
+        """
+        from datetime import UTC
+
+        from scheduler_core import states
+
+        now = datetime.now(UTC) if now is None else now
+        grace = states.LATE_GRACE_SECONDS if late_grace is None else late_grace
         with self.engine.connect() as conn:
+            if self.is_postgres:
+                conn = conn.execution_options(
+                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                )
             rows = conn.execute(sa.select(schedules).order_by(schedules.c.name)).all()
             health = conn.execute(
                 sa.select(
@@ -1722,31 +1739,28 @@ class Store:
                     sa.func.max(task_health.c.last_finished_at).label("last_finished_at"),
                 ).group_by(task_health.c.task_name)
             ).all()
-            last_status = {
-                r.task_name: r
-                for r in conn.execute(
-                    sa.select(
-                        task_health.c.task_name,
-                        task_health.c.last_status,
-                        task_health.c.last_duration_seconds,
-                        task_health.c.last_finished_at,
-                        task_health.c.last_error_message,
-                    )
-                )
-                if r.last_finished_at is not None
-            }
-            running = self._running_counts(conn, [r.name for r in rows])
+            # The most recently finished row per task, across instances, whatever the order
+            # the rows come in (the exporter's fold does the same).
+            latest: dict[str, Any] = {}
+            for r in conn.execute(
+                sa.select(
+                    task_health.c.task_name,
+                    task_health.c.last_status,
+                    task_health.c.last_duration_seconds,
+                    task_health.c.last_finished_at,
+                    task_health.c.last_error_message,
+                ).where(task_health.c.last_finished_at.is_not(None))
+            ):
+                prev = latest.get(r.task_name)
+                if prev is None or r.last_finished_at > prev.last_finished_at:
+                    latest[r.task_name] = r
+            starts = self._running_starts(conn)
         health_by = {h.task_name: h for h in health}
-        # Keep the latest finished row per task across instances.
-        latest: dict[str, Any] = {}
-        for r in last_status.values():
-            prev = latest.get(r.task_name)
-            if prev is None or r.last_finished_at > prev.last_finished_at:
-                latest[r.task_name] = r
         out = []
         for r in rows:
             h = health_by.get(r.name)
             ls = latest.get(r.name)
+            running_starts = starts.get(r.name, [])
             out.append(
                 {
                     "name": r.name,
@@ -1764,13 +1778,35 @@ class Store:
                     "last_duration_seconds": ls.last_duration_seconds if ls else None,
                     "last_error_message": ls.last_error_message if ls else None,
                     "consecutive_failures": r.consecutive_failures,
-                    "running": running.get(r.name, 0),
+                    "running": len(running_starts),
+                    "badge": states.badge(
+                        now=now,
+                        enabled=bool(r.enabled),
+                        paused=bool(r.paused),
+                        running_starts=running_starts,
+                        max_runtime_seconds=r.max_runtime_seconds,
+                        next_run_at=r.next_run_at,
+                        consecutive_failures=int(r.consecutive_failures or 0),
+                        last_status=ls.last_status if ls else None,
+                        late_grace_seconds=grace,
+                    ),
                     "last_success_at": r.last_success_at,
                     "runs_total": sum(getattr(r, c) for c in _COUNTER_COLUMN.values()),
                     "missed_runs_total": r.missed_runs_total,
                 }
             )
         return out
+
+    @staticmethod
+    def _running_starts(conn: sa.Connection) -> dict[str, list[datetime | None]]:
+        """Per task: the ``started_at`` of each of its runs in flight, on any instance."""
+        starts: dict[str, list[datetime | None]] = {}
+        stmt = sa.select(task_runs.c.task_name, task_runs.c.started_at).where(
+            task_runs.c.status == "running"
+        )
+        for name, started_at in conn.execute(stmt):
+            starts.setdefault(name, []).append(started_at)
+        return starts
 
     def list_runs(
         self,
