@@ -14,16 +14,21 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from scheduler_core import states
+
 __all__ = [
     "DASHBOARD_FILES",
     "HEARTBEAT_STALE_SECONDS",
     "LATE_GRACE_SECONDS",
     "all_queries",
+    "badge_conditions",
     "build_all",
     "build_overview",
     "build_task",
+    "late_flag_expr",
     "main",
     "render",
+    "status_expr",
     "substitute",
 ]
 
@@ -41,7 +46,9 @@ TAGS = ["schedctl"]
 # Mirrors schedctl:threshold:late_grace_seconds and schedctl:threshold:heartbeat_stale_seconds
 # in alerts/schedctl-rules.yml (a test keeps them equal). The dashboards use the numbers rather
 # than the recorded series so that they also work on a Prometheus without the schedctl rules.
-LATE_GRACE_SECONDS = 300
+# The late grace is the state rule's (scheduler_core.states), written as a whole number.
+LATE_GRACE_SECONDS = int(states.LATE_GRACE_SECONDS)
+assert LATE_GRACE_SECONDS == states.LATE_GRACE_SECONDS, "the late grace must be whole seconds"
 HEARTBEAT_STALE_SECONDS = 120
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -59,31 +66,63 @@ STATUS_COLORS = {
 }
 
 
+def _selector(selector: str, *matchers: str) -> str:
+    """``selector`` (``""`` or ``{...}``) with ``matchers`` added."""
+    inner = [selector[1:-1]] if selector else []
+    parts = [part for part in (*inner, *matchers) if part]
+    return "{" + ", ".join(parts) + "}" if parts else ""
+
+
+def badge_conditions(selector: str = "") -> dict[states.Badge, str]:
+    """Per badge, the PromQL that is true of a task on its own (one series per task, labels
+    ``task`` only), before precedence: the state rule of scheduler_core.states in PromQL.
+
+    ``late`` here is only "overdue by more than the grace"; disabled, paused and running tasks
+    are excluded by precedence (and stuck implies running), exactly as states.is_late's own
+    guards are redundant under states.BADGES. ``ok`` matches every task.
+    """
+    s = selector
+    failed = _selector(s, f'status=~"{"|".join(sorted(states.FAILED_STATUSES))}"')
+    conditions: dict[states.Badge, str] = {
+        "disabled": f"max by (task) (scheduler_task_enabled{s}) == 0",
+        "paused": f"max by (task) (scheduler_task_paused{s}) > 0",
+        "stuck": f"max by (task) (scheduler_task_stuck{s}) > 0",
+        "running": f"max by (task) (scheduler_task_running{s}) > 0",
+        "failing": (
+            f"(max by (task) (scheduler_task_consecutive_failures{s}) > 0)"
+            f" and on (task) (max by (task) (scheduler_task_last_status{failed}) == 1)"
+        ),
+        "late": (
+            f"time() - (max by (task) (scheduler_task_next_run_timestamp_seconds{s}) > 0)"
+            f" > {LATE_GRACE_SECONDS}"
+        ),
+        "ok": f"max by (task) (scheduler_task_info{s})",
+    }
+    assert tuple(conditions) == states.BADGES, "one condition per badge, in precedence order"
+    return conditions
+
+
 def status_expr(selector: str = "") -> str:
     """PromQL giving each task one series whose `state` label is its status badge.
 
-    The precedence (first match wins) is the exporter's (exporter/snapshot.py BADGES):
-    disabled, paused, stuck, running, failing, late, ok.
+    One condition per badge (:func:`badge_conditions`), first match wins, in the precedence of
+    scheduler_core.states.BADGES: disabled, paused, stuck, running, failing, late, ok. Every
+    raw series is aggregated ``max by (task)``, so exporter replicas give one series per task.
     """
-    s = selector
+    conditions = badge_conditions(selector)
+    return "\n  or on (task)\n".join(
+        f'label_replace({conditions[badge]}, "state", "{badge}", "", "")' for badge in states.BADGES
+    )
 
-    def branch(expr: str, state: str) -> str:
-        return f'label_replace({expr}, "state", "{state}", "", "")'
 
-    branches = [
-        branch(f"max by (task) (scheduler_task_enabled{s}) == 0", "disabled"),
-        branch(f"max by (task) (scheduler_task_paused{s}) == 1", "paused"),
-        branch(f"max by (task) (scheduler_task_stuck{s}) == 1", "stuck"),
-        branch(f"max by (task) (scheduler_task_running{s}) == 1", "running"),
-        branch(f"max by (task) (scheduler_task_consecutive_failures{s}) > 0", "failing"),
-        branch(
-            f"time() - (max by (task) (scheduler_task_next_run_timestamp_seconds{s}) > 0)"
-            f" > {LATE_GRACE_SECONDS}",
-            "late",
-        ),
-        branch(f"max by (task) (scheduler_task_info{s})", "ok"),
-    ]
-    return "\n  or on (task)\n".join(branches)
+def late_flag_expr(selector: str = "") -> str:
+    """PromQL for the tasks whose ``late`` flag is set (states.is_late): overdue by more than
+    the grace while enabled, not paused and not running, whatever their badge."""
+    conditions = badge_conditions(selector)
+    excluded = "".join(
+        f"\n  unless on (task) ({conditions[badge]})" for badge in ("disabled", "paused", "running")
+    )
+    return f"{conditions['late']}{excluded}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,8 +432,8 @@ def build_overview() -> Json:
     panels.append(
         count_stat(
             "Failing tasks",
-            "Tasks whose last run failed or timed out (consecutive failures > 0).",
-            "count(max by (task) (scheduler_task_consecutive_failures) > 0) or vector(0)",
+            "Tasks whose last run failed or timed out, with consecutive failures > 0.",
+            f"count(\n  {badge_conditions()['failing']}\n) or vector(0)",
             "red",
         )
     )
@@ -402,19 +441,16 @@ def build_overview() -> Json:
         count_stat(
             "Stuck tasks",
             "Tasks with a run older than their max_runtime.",
-            "count(max by (task) (scheduler_task_stuck) == 1) or vector(0)",
+            f"count({badge_conditions()['stuck']}) or vector(0)",
             "dark-red",
         )
     )
     panels.append(
         count_stat(
             "Late tasks",
-            f"Tasks due more than {LATE_GRACE_SECONDS} s ago that are neither running nor paused.",
-            f"count(\n  time() - (max by (task) (scheduler_task_next_run_timestamp_seconds) > 0)"
-            f" > {LATE_GRACE_SECONDS}\n"
-            "  unless on (task) (max by (task) (scheduler_task_running) == 1)\n"
-            "  unless on (task) (max by (task) (scheduler_task_paused) == 1)\n"
-            ") or vector(0)",
+            f"Tasks due more than {LATE_GRACE_SECONDS} s ago that are enabled and neither"
+            " running nor paused.",
+            f"count(\n  {late_flag_expr()}\n) or vector(0)",
             "orange",
         )
     )
@@ -422,7 +458,7 @@ def build_overview() -> Json:
         count_stat(
             "Paused tasks",
             "Tasks paused with `schedctl pause TASK --reason`; they do not run and do not page.",
-            "count(max by (task) (scheduler_task_paused) == 1) or vector(0)",
+            f"count({badge_conditions()['paused']}) or vector(0)",
             "purple",
         )
     )
