@@ -3,7 +3,9 @@
 The collector and the JSON status API only ever look at a :class:`Snapshot`; only
 :func:`read_snapshot` talks to the database. Five SELECTs per refresh, whatever the number of
 tasks: schedules, per-instance health rows, in-flight runs (via the ``(status, instance_id)``
-index; history is never scanned), instances and open alarms.
+index; history is never scanned), instances and open alarms, in one transaction that reads one
+moment of the database (see :meth:`SnapshotReader.read`). Badges come from the one state rule,
+:mod:`scheduler_core.states`.
 """
 
 from __future__ import annotations
@@ -251,8 +253,16 @@ class SnapshotReader:
         self._histograms: dict[_HistogramKey, HistogramCounts] = {}
 
     def read(self, bind: sa.Engine | sa.Connection, now: datetime) -> Snapshot:
+        """Read one snapshot. From an engine, the statements read one moment of the database:
+        on PostgreSQL a ``REPEATABLE READ`` read-only transaction (psycopg sends it with the
+        ``BEGIN``, so it holds behind a transaction pooler too), on SQLite the reader engine's
+        deferred ``BEGIN`` (one WAL snapshot). A connection given is read as its caller set it."""
         if isinstance(bind, sa.Engine):
             with bind.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execution_options(
+                        isolation_level="REPEATABLE READ", postgresql_readonly=True
+                    )
                 return self.read(conn, now)
         conn = bind
         health: dict[str, _Health] = {}
