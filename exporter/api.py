@@ -15,6 +15,7 @@ from exporter.errors import ApiError
 from exporter.refresh import RefreshState
 from exporter.snapshot import BADGES, InstanceSnapshot, Snapshot, TaskSnapshot
 from scheduler_core import models
+from scheduler_core.cli import SINCE_FORMS, parse_since
 
 __all__ = ["RunsQuery", "fetch_runs", "parse_runs_query", "status_document"]
 
@@ -129,8 +130,14 @@ def _int(params: MultiMapping[str], name: str, low: int, high: int | None) -> in
     return value
 
 
-def parse_runs_query(task: str, params: MultiMapping[str]) -> RunsQuery:
-    """Validate the query string; raise ApiError(400) naming the first bad parameter."""
+def parse_runs_query(
+    task: str, params: MultiMapping[str], *, now: datetime | None = None
+) -> RunsQuery:
+    """Validate the query string; raise ApiError(400) naming the first bad parameter.
+
+    ``since`` is what ``schedctl runs --since`` takes (one parser, scheduler_core.cli
+    ``parse_since``): a duration back from ``now`` (the wall clock by default) or an ISO time.
+    """
     for name in params:
         if name not in _RUNS_PARAMETERS:
             raise _bad(name, f"is not known; use one of {', '.join(_RUNS_PARAMETERS)}")
@@ -150,14 +157,9 @@ def parse_runs_query(task: str, params: MultiMapping[str]) -> RunsQuery:
     raw_since = params.get("since")
     if raw_since is not None:
         try:
-            since = datetime.fromisoformat(raw_since)
+            since = parse_since(raw_since, now=datetime.now(UTC) if now is None else now)
         except ValueError:
-            raise _bad(
-                "since",
-                f"must be an ISO-8601 time like 2026-03-01T12:00:00Z, got {_shown(raw_since)}",
-            ) from None
-        # A time without an offset is read as UTC, like every time schedctl stores.
-        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+            raise _bad("since", f"must be {SINCE_FORMS}, got {_shown(raw_since)}") from None
     instance_id = params.get("instance_id")
     if instance_id is not None and not instance_id:
         raise _bad("instance_id", "must not be empty")
@@ -189,7 +191,9 @@ def fetch_runs(engine: sa.Engine, query: RunsQuery) -> dict[str, Any] | None:
     if query.instance_id is not None:
         stmt = stmt.where(_R.instance_id == query.instance_id)
     if query.since is not None:
-        stmt = stmt.where(sa.func.coalesce(_R.started_at, _R.scheduled_for) >= query.since)
+        # As Store.list_runs (schedctl runs --since): when the run started, or for a row that
+        # never started (missed, skipped) when it was recorded.
+        stmt = stmt.where(sa.func.coalesce(_R.started_at, _R.finished_at) >= query.since)
     if query.before_id is not None:
         stmt = stmt.where(_R.id < query.before_id)
     # One extra row tells whether another page exists.

@@ -123,19 +123,32 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, default=_json_default, indent=2, ensure_ascii=False))
 
 
-def _parse_since(value: str) -> datetime:
-    """An ISO time or a duration back from now (``1h``, ``2d``)."""
+#: What a ``since`` may be, for messages: ``schedctl runs --since`` and the exporter's
+#: ``/api/v1/tasks/{name}/runs?since=`` both parse it with :func:`parse_since`.
+SINCE_FORMS = "a duration back from now like 1h or 2d, or an ISO time like 2026-03-01T12:00:00Z"
+
+
+def parse_since(value: str, *, now: datetime) -> datetime:
+    """``value`` as an aware UTC time: a duration back from ``now`` (``90m``, ``2d``, plain
+    seconds) or an ISO-8601 time (one without an offset is UTC, like every time schedctl
+    stores). Raises ValueError when it is neither."""
     try:
-        return datetime.now(UTC) - parse_duration(value)
+        return now - parse_duration(value)
     except ValueError:
         pass
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid --since {value!r}: use a duration like 1h or 2d, or an ISO time"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        raise ValueError(f"expected {SINCE_FORMS}, got {value!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _parse_since(value: str) -> datetime:
+    """``--since``: :func:`parse_since` as of the wall clock."""
+    try:
+        return parse_since(value, now=datetime.now(UTC))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --since {value!r}: use {SINCE_FORMS}") from None
 
 
 def _positive_int(value: str) -> int:

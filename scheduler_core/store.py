@@ -1818,7 +1818,13 @@ class Store:
         limit: int = 50,
         before_id: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Run history, newest first, keyset-paginated by ``before_id``."""
+        """Run history, newest first, keyset-paginated by ``before_id``.
+
+        ``since`` keeps the runs that started at or after it and the rows that never started
+        (missed, skipped) recorded at or after it: ``COALESCE(started_at, finished_at)``, as the
+        exporter's ``/api/v1/tasks/{name}/runs?since=``. Not ``scheduled_for``: a run of missed
+        ticks recorded a minute ago stands for its first tick, which may be days old.
+        """
         stmt = sa.select(task_runs).order_by(task_runs.c.id.desc()).limit(limit)
         if task is not None:
             stmt = stmt.where(task_runs.c.task_name == task)
