@@ -23,13 +23,14 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 
+from scheduler_core import states
 from scheduler_core.alarms import open_alarms
 from scheduler_core.bulk import (
     PgStatement,
@@ -66,6 +67,7 @@ from scheduler_core.retrying import retry_conflicts
 from scheduler_core.tasks import TaskDefinition, definition_from_json
 
 __all__ = [
+    "HEALTH_ERROR_LIMIT",
     "ClaimedSchedule",
     "DispatchedRun",
     "RunOutcome",
@@ -77,6 +79,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ERROR_MESSAGE_LIMIT = 2000
+#: A health row's ``last_error_message`` (the run row keeps ``ERROR_MESSAGE_LIMIT``).
+HEALTH_ERROR_LIMIT = 500
 _SYNC_LOCK_KEY = 0x5C4ED_5C  # arbitrary, fixed: "schedctl task sync"
 TRACEBACK_LIMIT = 8000
 
@@ -564,8 +568,6 @@ class Store:
                 sa.select(sa.func.min(schedules.c.due_at))
             ).scalar()
         if value is not None and value.tzinfo is None:
-            from datetime import UTC
-
             value = value.replace(tzinfo=UTC)
         return value
 
@@ -967,10 +969,6 @@ class Store:
         }
         row.update(extra)
         return row
-
-    def _running_counts(self, conn: sa.Connection, names: list[str]) -> dict[str, int]:
-        """Per task of ``names``: its runs in flight (rows ``running``) on any instance."""
-        return {name: total for name, (total, _others) in self._running_split(conn, names).items()}
 
     def _running_split(self, conn: sa.Connection, names: list[str]) -> dict[str, tuple[int, int]]:
         """Per task of ``names``: (runs in flight, how many of them other instances own)."""
@@ -1469,10 +1467,16 @@ class Store:
                 finished_at=now,
                 error_message=f"abandoned: {why}",
             )
-            .returning(task_runs.c.id, task_runs.c.task_name, task_runs.c.started_at)
+            .returning(
+                task_runs.c.id,
+                task_runs.c.task_name,
+                task_runs.c.started_at,
+                task_runs.c.instance_id,
+            )
         ).all()
         if not rows:
             return []
+        self._health_abandoned(conn, rows, now, f"abandoned: {why}")
         per_task: dict[str, int] = defaultdict(int)
         for r in rows:
             per_task[r.task_name] += 1
@@ -1482,7 +1486,7 @@ class Store:
             .values(runs_abandoned_total=schedules.c.runs_abandoned_total + sa.bindparam("b_n")),
             [{"b_name": n, "b_n": c} for n, c in per_task.items()],
         )
-        # Duration of an abandoned run is unknown for sure; record the time until it was reaped.
+        # How long an abandoned run ran is unknown: no duration (the reap time is no finish).
         conn.execute(
             task_runs.update()
             .where(task_runs.c.id.in_([r.id for r in rows]))
@@ -1490,6 +1494,50 @@ class Store:
             .values(duration_seconds=None)
         )
         return [r.id for r in rows]
+
+    def _health_abandoned(
+        self, conn: sa.Connection, rows: Sequence[Any], now: datetime, message: str
+    ) -> None:
+        """The abandoned runs' outcome on their instances' health rows, as a finish would
+        write it: the health rows are where the exporter reads each task's last finish and
+        status, and the dead instance will not write them any more."""
+        started: dict[tuple[str, str], datetime | None] = {}
+        for r in rows:
+            key = (r.task_name, r.instance_id)
+            starts = [t for t in (started.get(key), r.started_at) if t is not None]
+            started[key] = max(starts) if starts else None
+        bulk_insert_returning(
+            conn,
+            task_health,
+            [
+                {"task_name": task, "instance_id": instance, "last_started_at": start}
+                for (task, instance), start in sorted(started.items())
+            ],
+            conflict=("task_name", "instance_id"),
+            update=(
+                "last_finished_at",
+                "last_duration_seconds",
+                "last_status",
+                "is_running",
+                "last_error_message",
+                "updated_at",
+            ),
+            latest=("last_started_at",),
+            consts={
+                # Only a row never written before takes these (the dead instance never
+                # wrote the task's health): the exporter does not read them.
+                "enabled": True,
+                "schedule_type": "",
+                "schedule_payload": "{}",
+                "consecutive_failures": 0,
+                "last_finished_at": now,
+                "last_duration_seconds": None,
+                "last_status": "abandoned",
+                "is_running": False,
+                "last_error_message": truncate_text(message, HEALTH_ERROR_LIMIT),
+                "updated_at": now,
+            },
+        )
 
     # ----------------------------------------------------------------- controls
     def _require_task(self, conn: sa.Connection, name: str) -> Any:
@@ -1720,10 +1768,6 @@ class Store:
         the same inputs, as of ``now`` (the wall clock by default), with the exporter's default
         late grace unless ``late_grace`` is given. On PostgreSQL the reads are one snapshot.
         """
-        from datetime import UTC
-
-        from scheduler_core import states
-
         now = datetime.now(UTC) if now is None else now
         grace = states.LATE_GRACE_SECONDS if late_grace is None else late_grace
         with self.engine.connect() as conn:

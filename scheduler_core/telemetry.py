@@ -21,13 +21,18 @@ from scheduler_core.bulk import bulk_insert_returning
 from scheduler_core.errors import error_reason
 from scheduler_core.models import alarm_events, schedules, task_health, task_runs
 from scheduler_core.otel import otel_instruments, tracer
-from scheduler_core.store import DispatchedRun, FinalizeResult, RunOutcome, truncate_text
+from scheduler_core.store import (
+    HEALTH_ERROR_LIMIT,
+    DispatchedRun,
+    FinalizeResult,
+    RunOutcome,
+    truncate_text,
+)
 
 __all__ = ["RateLimitedLogger", "TelemetryWriter", "otel_instruments", "tracer"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-LAST_ERROR_LIMIT = 500
 
 
 class RateLimitedLogger:
@@ -241,7 +246,7 @@ class TelemetryWriter:
                     "last_status": o.status,
                     "is_running": name in still_running,
                     "consecutive_failures": failures.get(name, 0),
-                    "last_error_message": truncate_text(o.error_message, LAST_ERROR_LIMIT),
+                    "last_error_message": truncate_text(o.error_message, HEALTH_ERROR_LIMIT),
                     "max_runtime_seconds": None if d is None else d.policies.max_runtime,
                 }
             )
@@ -308,7 +313,7 @@ class TelemetryWriter:
                     n: {
                         "consecutive_failures": failures[n],
                         "threshold": self.failure_threshold,
-                        "last_error": truncate_text(latest[n].error_message, LAST_ERROR_LIMIT)
+                        "last_error": truncate_text(latest[n].error_message, HEALTH_ERROR_LIMIT)
                         if n in latest
                         else None,
                     }
