@@ -15,7 +15,7 @@ from exporter.errors import ApiError
 from exporter.refresh import RefreshState
 from exporter.snapshot import BADGES, InstanceSnapshot, Snapshot, TaskSnapshot
 from scheduler_core import models
-from scheduler_core.cli import SINCE_FORMS, parse_since
+from scheduler_core.durations import SINCE_FORMS, parse_since
 
 __all__ = ["RunsQuery", "fetch_runs", "parse_runs_query", "status_document"]
 
@@ -135,7 +135,7 @@ def parse_runs_query(
 ) -> RunsQuery:
     """Validate the query string; raise ApiError(400) naming the first bad parameter.
 
-    ``since`` is what ``schedctl runs --since`` takes (one parser, scheduler_core.cli
+    ``since`` is what ``schedctl runs --since`` takes (one parser, scheduler_core.durations
     ``parse_since``): a duration back from ``now`` (the wall clock by default) or an ISO time.
     """
     for name in params:

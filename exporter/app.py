@@ -217,7 +217,7 @@ async def _status(request: web.Request) -> web.Response:
 
 async def _runs(request: web.Request) -> web.Response:
     app = request.app
-    query = parse_runs_query(request.match_info["name"], request.query)
+    query = parse_runs_query(request.match_info["name"], request.query, now=app[REFRESHER].clock())
     engine = app[_ENGINE]
     loop = asyncio.get_running_loop()
     try:

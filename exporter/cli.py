@@ -18,6 +18,7 @@ from exporter.settings import DEFAULT_LISTEN, ExporterSettings
 from scheduler_core.db import DEFAULT_DATABASE_URL, redact_url
 from scheduler_core.durations import parse_duration
 from scheduler_core.health import parse_listen
+from scheduler_core.states import LATE_GRACE_SECONDS
 
 __all__ = ["add_arguments", "build_parser", "main", "run", "settings_from_args"]
 
@@ -59,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--late-grace",
-        default="300s",
-        help="how overdue a tick must be to count as late (default 300s, as the alert)",
+        default=f"{LATE_GRACE_SECONDS:g}s",
+        help=f"how overdue a tick must be to count as late (default {LATE_GRACE_SECONDS:g}s, "
+        "as the alert)",
     )
 
 

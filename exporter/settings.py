@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler_core.states import LATE_GRACE_SECONDS
+
 __all__ = ["DEFAULT_LISTEN", "ExporterSettings"]
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -24,7 +26,7 @@ class ExporterSettings:
     #: A task is late once its next tick is this many seconds overdue.
     #: Same grace as the SchedulerTaskLate alert (schedctl:threshold:late_grace_seconds) and the
     #: dashboards, so the JSON badge, the dashboard and the page agree on what "late" means.
-    late_grace: float = 300.0
+    late_grace: float = LATE_GRACE_SECONDS
     #: Upper bound for one SQL statement (PostgreSQL ``statement_timeout``) and, doubled, for a
     #: whole refresh; a refresh that takes longer counts as failed.
     statement_timeout: float = 10.0

@@ -34,7 +34,7 @@ from scheduler_core.db import (
     redact_url,
     upgrade_schema,
 )
-from scheduler_core.durations import format_duration, parse_duration
+from scheduler_core.durations import SINCE_FORMS, format_duration, parse_duration, parse_since
 from scheduler_core.errors import (
     ConfigError,
     DatabaseUnavailableError,
@@ -121,26 +121,6 @@ def _json_default(value: object) -> str:
 
 def _print_json(data: object) -> None:
     print(json.dumps(data, default=_json_default, indent=2, ensure_ascii=False))
-
-
-#: What a ``since`` may be, for messages: ``schedctl runs --since`` and the exporter's
-#: ``/api/v1/tasks/{name}/runs?since=`` both parse it with :func:`parse_since`.
-SINCE_FORMS = "a duration back from now like 1h or 2d, or an ISO time like 2026-03-01T12:00:00Z"
-
-
-def parse_since(value: str, *, now: datetime) -> datetime:
-    """``value`` as an aware UTC time: a duration back from ``now`` (``90m``, ``2d``, plain
-    seconds) or an ISO-8601 time (one without an offset is UTC, like every time schedctl
-    stores). Raises ValueError when it is neither."""
-    try:
-        return now - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"expected {SINCE_FORMS}, got {value!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _parse_since(value: str) -> datetime:

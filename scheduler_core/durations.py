@@ -1,12 +1,13 @@
-"""Parse human durations: ``500ms``, ``30s``, ``5m``, ``1h``, ``2d`` or plain seconds."""
+"""Parse human durations: ``500ms``, ``30s``, ``5m``, ``1h``, ``2d`` or plain seconds; and
+"since" times, a duration back from now or an ISO time."""
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["SINCE_FORMS", "format_duration", "parse_duration", "parse_since"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -55,3 +56,23 @@ def format_duration(seconds: float | None) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+#: What a ``since`` may be, for messages: ``schedctl runs --since`` and the exporter's
+#: ``/api/v1/tasks/{name}/runs?since=`` both parse it with :func:`parse_since`.
+SINCE_FORMS = "a duration back from now like 1h or 2d, or an ISO time like 2026-03-01T12:00:00Z"
+
+
+def parse_since(value: str, *, now: datetime) -> datetime:
+    """``value`` as an aware UTC time: a duration back from ``now`` (``90m``, ``2d``, plain
+    seconds) or an ISO-8601 time (one without an offset is UTC, like every time schedctl
+    stores). Raises ValueError when it is neither."""
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"expected {SINCE_FORMS}, got {value!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

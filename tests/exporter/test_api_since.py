@@ -13,8 +13,9 @@ from multidict import MultiDict
 from exporter.api import parse_runs_query
 from exporter.errors import ApiError
 from scheduler_core import models
-from scheduler_core.cli import build_parser, parse_since
+from scheduler_core.cli import build_parser
 from scheduler_core.db import create_db_engine
+from scheduler_core.durations import parse_since
 from scheduler_core.store import Store
 from tests.exporter.factories import NOW, insert, run_row, schedule_row
 from tests.exporter.test_app import api_calls
@@ -63,8 +64,10 @@ def test_bad_since_over_http(seeded_sqlite, clock) -> None:
 def test_api_and_cli_keep_the_same_runs_since(sqlite_url, clock, capsys) -> None:
     """Relative to the wall clock: runs started 3 h and 30 min ago, one running for 1 min, a
     skipped tick recorded 4 h ago, and a run of missed ticks recorded 5 min ago whose first tick
-    is 2 days old. ``since=2h`` keeps the 30 min run, the running one and the missed row."""
+    is 2 days old. ``since=2h`` keeps the 30 min run, the running one and the missed row.
+    The exporter reads durations from its own (injected) clock, here set to the wall clock."""
     now = datetime.now(UTC)
+    clock.now = now
     writer = create_db_engine(sqlite_url)
     try:
         insert(writer, models.schedules, [schedule_row("job", now=now)])
