@@ -328,6 +328,10 @@ def test_every_query_parses_as_promql(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+#: A series with a label of its own, as "name|label=value, " (see the series list below).
+FAILED_LAST_STATUS = 'scheduler_task_last_status|status="failure", '
+
+
 @pytest.mark.prometheus
 def test_status_badge_gives_each_task_one_state(tmp_path: Path) -> None:
     """The status badge query yields one series per task, first match wins in the exporter's
@@ -338,7 +342,11 @@ def test_status_badge_gives_each_task_one_state(tmp_path: Path) -> None:
     # task -> (gauges that differ from a healthy, idle task due in the future, badge, value)
     tasks: dict[str, tuple[dict[str, str], str, float]] = {
         "ok": ({}, "ok", 1),
-        "failing": ({"scheduler_task_consecutive_failures": "2"}, "failing", 2),
+        "failing": (
+            {"scheduler_task_consecutive_failures": "2", FAILED_LAST_STATUS: "1"},
+            "failing",
+            2,
+        ),
         "paused": (
             {"scheduler_task_paused": "1", "scheduler_task_consecutive_failures": "2"},
             "paused",
@@ -352,6 +360,7 @@ def test_status_badge_gives_each_task_one_state(tmp_path: Path) -> None:
         "failing-and-late": (
             {
                 "scheduler_task_consecutive_failures": "1",
+                FAILED_LAST_STATUS: "1",
                 "scheduler_task_next_run_timestamp_seconds": "60",
             },
             "failing",
@@ -369,7 +378,8 @@ def test_status_badge_gives_each_task_one_state(tmp_path: Path) -> None:
     }
     series = [
         {
-            "series": f'{metric}{{task="{task}", job="schedctl", instance="{ip}", pod="{pod}"}}',
+            "series": f"{metric.partition('|')[0]}{{{metric.partition('|')[2]}"
+            f'task="{task}", job="schedctl", instance="{ip}", pod="{pod}"}}',
             "values": f"{value}x10",
         }
         for task, (changes, _, _) in tasks.items()
