@@ -21,6 +21,7 @@ from scheduler_core.bulk import bulk_insert_returning
 from scheduler_core.errors import error_reason
 from scheduler_core.models import alarm_events, schedules, task_health, task_runs
 from scheduler_core.otel import otel_instruments, tracer
+from scheduler_core.states import is_stuck
 from scheduler_core.store import (
     HEALTH_ERROR_LIMIT,
     DispatchedRun,
@@ -380,8 +381,10 @@ class TelemetryWriter:
                 .group_by(task_runs.c.task_name, schedules.c.max_runtime_seconds)
             ).all()
             for r in rows:
-                oldest = r.oldest
-                if oldest is not None and (now - oldest).total_seconds() > r.max_runtime_seconds:
+                # The oldest run in flight decides: the one rule (scheduler_core.states).
+                if is_stuck(
+                    now=now, running_starts=(r.oldest,), max_runtime_seconds=r.max_runtime_seconds
+                ):
                     stuck.add(r.task_name)
             open_rows = conn.execute(
                 sa.select(alarm_events.c.task_name)
