@@ -33,7 +33,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core.config import parse_task_document
-from scheduler_core.db import create_db_engine
 from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.models import TERMINAL_STATUSES, schedules, task_runs
 from scheduler_core.store import Store
@@ -440,13 +439,6 @@ def new_scheduler(
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = create_db_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def fresh_actions() -> Iterator[None]:
     global _release
     _release = threading.Event()
@@ -459,10 +451,11 @@ def fresh_actions() -> Iterator[None]:
     _release.set()
 
 
-def test_metrics_equal_the_run_rows(engine: sa.Engine, fresh_actions: None) -> None:
+def test_metrics_equal_the_run_rows(db_engine: sa.Engine, fresh_actions: None) -> None:
     """Two instances share a mixed workload (and a third dies mid-run); with the database
     quiet, and once with a run in flight, every per-task gauge and counter of /metrics
     equals what the run rows say, and the CLI's badge equals the JSON API's."""
+    engine = db_engine
     began = time.monotonic()
     start = datetime.now(UTC).replace(microsecond=0)
     clock = JumpClock(start)
