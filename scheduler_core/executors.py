@@ -153,7 +153,6 @@ def run_command(
     timeout: float | None,
     grace: float,
     poll: float = 0.05,
-    on_start: Callable[[int], None] | None = None,
 ) -> ActionResult:
     """Run a command; stop it (SIGTERM, then SIGKILL after ``grace``) on timeout or cancel."""
     with tempfile.TemporaryFile() as output:
@@ -172,8 +171,6 @@ def run_command(
                 status="failure", error_message=f"cannot start {action.argv[0]!r}: {exc}"
             )
         handle.pid = proc.pid
-        if on_start is not None:
-            on_start(proc.pid)
         started = time.monotonic()
         status: str | None = None
         message: str | None = None

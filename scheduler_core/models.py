@@ -45,7 +45,6 @@ RUN_STATUSES = (
 #: Statuses a finished run ends in; each has a persisted counter on the schedule row.
 TERMINAL_STATUSES = ("success", "failure", "timeout", "cancelled", "abandoned", "skipped")
 ALARM_KINDS = ("consecutive_failures", "stuck", "missed")
-INSTANCE_STATES = ("running", "draining", "stopped")
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

@@ -108,26 +108,6 @@ def _checkpoint(engine: sa.Engine) -> None:
         raw.close()
 
 
-def _with_lock_retry(engine: sa.Engine, work: Callable[[sa.Connection], int]) -> int:
-    """Run one batch; if SQLite stays locked past its busy timeout, back off and retry.
-
-    Busy schedulers can keep SQLite's single write lock for long stretches; cleanup is the
-    one that should yield, so it waits (up to about two minutes per batch) instead of failing.
-    """
-    delay = 0.05
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with engine.begin() as conn:
-                return int(work(conn) or 0)
-        except sa.exc.OperationalError as exc:
-            if "locked" not in str(exc.orig) or time.monotonic() > deadline:
-                raise
-            log.warning("cleanup: database is locked by another writer; retrying in %.2fs", delay)
-            time.sleep(delay)
-            delay = min(2.0, delay * 2)
-
-
 def _per_task_overflow(conn: sa.Connection, keep: int) -> list[tuple[str, int]]:
     """(task, lowest id to keep) for tasks with more than ``keep`` finished runs."""
     ranked = (

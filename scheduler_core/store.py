@@ -663,18 +663,6 @@ class Store:
             )
         return len(claimed), self._dispatched(planned, claimed, now)
 
-    def release_claims(self, names: Sequence[str]) -> None:
-        """Give back claims without dispatching (used when shutting down)."""
-        if not names:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(
-                schedules.update()
-                .where(schedules.c.name.in_(list(names)))
-                .where(schedules.c.claimed_by == self.instance_id)
-                .values(claimed_by=None, claimed_until=None)
-            )
-
     def dispatch_claimed(
         self,
         claimed: Sequence[ClaimedSchedule],

@@ -10,7 +10,7 @@ import hashlib
 import importlib
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -282,7 +282,3 @@ def definition_from_json(text: str, *, source: str = "<database>") -> TaskDefini
 
     data = json.loads(text)
     return parse_task_mapping(data, defaults={}, source=source, check_callables=False)
-
-
-def argv_tuple(value: Sequence[str]) -> tuple[str, ...]:
-    return tuple(str(v) for v in value)
