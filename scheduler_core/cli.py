@@ -1,5 +1,8 @@
 """The ``schedctl`` command line: the scheduler daemon, the demo and the admin commands.
 
+Why over 900 lines: parser, daemons and admin commands are still one module; splitting them
+into a package is the restructure issue's (#17) work.
+
 Configuration is read here and only here (flags, then ``SCHEDCTL_*`` variables, then
 defaults); everything below takes keyword arguments. Exit codes: 0 ok, 1 runtime or
 database error, 2 bad input (usage, config, unknown task or run), 3 the scheduler lost its

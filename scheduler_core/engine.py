@@ -1,5 +1,9 @@
 """The scheduler engine: claim due schedules, run them, record how they ended.
 
+Why over 800 lines: the loop, pacing and lease self-fencing still share this module with
+launching, executing, completing and cancelling runs; separating them is the restructure
+issue's (#17) work.
+
 One loop thread does all SQL (claim, dispatch, finalize, heartbeat, reap) in batches; a
 thread pool runs sync callables and commands; one event loop runs async callables. Workers
 report outcomes through a queue, so a burst of finishing runs becomes one finalize

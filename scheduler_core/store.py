@@ -1,5 +1,10 @@
 """All SQL the scheduler and the admin commands run, behind one class.
 
+Why one ~1,900-line module: it predates the split by concept (definitions and sync, claims
+and dispatch, finalize, instances and the reaper, controls and audit, queries) that the
+restructure issue (#17) does next; until then the lock order and the hot-path statements
+stay where one reader can see them all.
+
 Contract (every backend):
 - ``claim_due_schedules`` takes rows whose ``due_at <= now`` and whose lease is free
   (``claimed_until IS NULL OR claimed_until < now``: a lease is not reclaimable *at*
