@@ -32,7 +32,7 @@ from bench.common import (
 from bench.peers.envs import PeerUnavailableError, peer_python
 from bench.sizes import Sizes
 from scheduler_core.db import create_db_engine
-from scheduler_core.engine import EngineSettings, Scheduler
+from scheduler_core.runtime import EngineSettings, Scheduler
 
 PEERS = {
     # name: (environment, script, driver for PostgreSQL, driver for SQLite)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from scheduler_core.clock import FakeClock
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine, upgrade_schema
 from scheduler_core.models import task_runs
 from scheduler_core.retention import RetentionPolicy, run_cleanup
 from scheduler_core.store import Store
+from scheduler_core.testing import FakeClock
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

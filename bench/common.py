@@ -95,7 +95,7 @@ def cpu_seconds(pid: int) -> float:
 def thread_cpu_seconds(pid: int, *, main_role: str = "main (loop)") -> dict[str, float]:
     """CPU seconds so far of a process's threads, summed by role: its OS thread names
     (``schedctl-run_N`` workers, ``schedctl-async``, see
-    ``scheduler_core.executors.name_os_thread``) with the number dropped; the main
+    ``scheduler_core.runtime.runners.name_os_thread``) with the number dropped; the main
     thread is ``main_role`` (in ``bench.runner`` it runs the scheduler loop)."""
     out: dict[str, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):

@@ -39,8 +39,8 @@ from bench.common import (
 )
 from bench.steady import TAIL_MARGIN
 from scheduler_core.db import create_db_engine
-from scheduler_core.engine import EngineSettings, Scheduler
-from scheduler_core.executors import name_os_thread
+from scheduler_core.runtime import EngineSettings, Scheduler
+from scheduler_core.runtime.runners import name_os_thread
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from bench.common import (
     summarize_timings,
 )
 from scheduler_core.db import create_db_engine
-from scheduler_core.engine import EngineSettings, Scheduler, install_signal_handlers
+from scheduler_core.runtime import EngineSettings, Scheduler, install_signal_handlers
 
 RAW_CALLS_LIMIT = 5000
 

@@ -7,7 +7,7 @@ from exporter.database import create_reader_engine
 from exporter.refresh import Refresher, RefreshState
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
-from exporter.snapshot import Snapshot, SnapshotReader, TaskSnapshot, read_snapshot
+from scheduler_core.store.snapshot import Snapshot, SnapshotReader, TaskSnapshot, read_snapshot
 
 __all__ = [
     "REFRESHER",

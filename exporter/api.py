@@ -1,4 +1,5 @@
-"""The read-only JSON API: ``/api/v1/status`` from the snapshot, run history from SQL."""
+"""The read-only JSON API: ``/api/v1/status`` from the snapshot, run history through the
+store's run query (:mod:`scheduler_core.store.run_queries`)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from multidict import MultiMapping
 
 from exporter.errors import ApiError
 from exporter.refresh import RefreshState
-from exporter.snapshot import BADGES, InstanceSnapshot, Snapshot, TaskSnapshot
-from scheduler_core import models
 from scheduler_core.durations import SINCE_FORMS, parse_since
+from scheduler_core.models import RUN_STATUSES
+from scheduler_core.store.run_queries import read_runs_page
+from scheduler_core.store.snapshot import BADGES, InstanceSnapshot, Snapshot, TaskSnapshot
 
 __all__ = ["RunsQuery", "fetch_runs", "parse_runs_query", "status_document"]
 
@@ -149,10 +151,8 @@ def parse_runs_query(
     if before_id is not None and offset is not None:
         raise _bad("offset", "cannot be combined with 'before_id'; page with one or the other")
     status = params.get("status")
-    if status is not None and status not in models.RUN_STATUSES:
-        raise _bad(
-            "status", f"must be one of {', '.join(models.RUN_STATUSES)}, got {_shown(status)}"
-        )
+    if status is not None and status not in RUN_STATUSES:
+        raise _bad("status", f"must be one of {', '.join(RUN_STATUSES)}, got {_shown(status)}")
     since = None
     raw_since = params.get("since")
     if raw_since is not None:
@@ -174,46 +174,20 @@ def parse_runs_query(
     )
 
 
-_R = models.task_runs.c
-_RUN_COLUMNS = (
-    _R.id, _R.task_name, _R.scheduled_for, _R.attempt, _R.trigger, _R.status, _R.started_at,
-    _R.finished_at, _R.duration_seconds, _R.error_message, _R.exit_code, _R.pid, _R.instance_id,
-    _R.thread_name, _R.consecutive_failures_at_start, _R.trace_id, _R.cancel_requested,
-    _R.cancel_reason, _R.missed_count, _R.missed_first_at, _R.missed_last_at,
-)  # fmt: skip
-
-
 def fetch_runs(engine: sa.Engine, query: RunsQuery) -> dict[str, Any] | None:
     """One page of runs as the response document, or None when the task does not exist."""
-    stmt = sa.select(*_RUN_COLUMNS).where(_R.task_name == query.task)
-    if query.status is not None:
-        stmt = stmt.where(_R.status == query.status)
-    if query.instance_id is not None:
-        stmt = stmt.where(_R.instance_id == query.instance_id)
-    if query.since is not None:
-        # As Store.list_runs (schedctl runs --since): when the run started, or for a row that
-        # never started (missed, skipped) when it was recorded.
-        stmt = stmt.where(sa.func.coalesce(_R.started_at, _R.finished_at) >= query.since)
-    if query.before_id is not None:
-        stmt = stmt.where(_R.id < query.before_id)
-    # One extra row tells whether another page exists.
-    stmt = stmt.order_by(_R.id.desc()).limit(query.limit + 1)
-    if query.offset:
-        stmt = stmt.offset(query.offset)
-    with engine.connect() as conn:
-        exists = conn.execute(
-            sa.select(models.schedules.c.name).where(models.schedules.c.name == query.task)
-        ).first()
-        rows = conn.execute(stmt).all() if exists is not None else []
-        conn.rollback()
-    if exists is None:
+    page = read_runs_page(
+        engine, task=query.task, limit=query.limit, before_id=query.before_id,
+        offset=query.offset, status=query.status, since=query.since,
+        instance_id=query.instance_id,
+    )  # fmt: skip
+    if page is None:
         return None
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
+    more = page.more
     runs = [
         {key: (_iso(value) if isinstance(value, datetime) else value)
          for key, value in row._mapping.items()}
-        for row in rows
+        for row in page.rows
     ]  # fmt: skip
     for run in runs:
         run["task"] = run.pop("task_name")

@@ -15,7 +15,7 @@ from typing import Literal, cast
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go
 
 from exporter.refresh import RefreshState
-from exporter.snapshot import ALARM_KINDS, OUTCOMES, Snapshot, TaskSnapshot
+from scheduler_core.store.snapshot import ALARM_KINDS, OUTCOMES, Snapshot, TaskSnapshot
 
 #: prometheus_client's own float formatting (untyped upstream), so our output matches its.
 _go_float = cast(Callable[[float], str], _untyped_float_to_go)
@@ -179,6 +179,7 @@ def _histogram(
     return out
 
 
+# long: one flat list, family by family, of what TASK_METRICS declares (refresh hot path)
 def task_samples(task: TaskSnapshot) -> dict[str, list[Sample]]:
     """The samples of ``task`` for every family in TASK_METRICS (a family may get none)."""
     name = task.name

@@ -17,7 +17,7 @@ from exporter.database import create_reader_engine
 from exporter.settings import DEFAULT_LISTEN, ExporterSettings
 from scheduler_core.db import DEFAULT_DATABASE_URL, redact_url
 from scheduler_core.durations import parse_duration
-from scheduler_core.health import parse_listen
+from scheduler_core.liveness import parse_listen
 from scheduler_core.states import LATE_GRACE_SECONDS
 
 __all__ = ["add_arguments", "build_parser", "main", "run", "settings_from_args"]

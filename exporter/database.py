@@ -18,7 +18,7 @@ def create_reader_engine(url: str | URL, *, statement_timeout: float = 10.0) -> 
     SQLite reads run in a deferred ``BEGIN`` (one consistent WAL snapshot, no writer blocked)
     with ``query_only`` on, and a missing database file is an error instead of being created.
     """
-    # Sessions are in UTC (create_db_engine): exporter.snapshot reads driver rows.
+    # Sessions are in UTC (create_db_engine): scheduler_core.store.snapshot reads driver rows.
     return create_db_engine(
         normalize_url(url), pool_size=2, read_only=True, statement_timeout=statement_timeout
     )

@@ -24,7 +24,7 @@ from prometheus_client.utils import floatToGoString as _untyped_float_to_go
 
 from exporter.catalog import CATALOG, TASK_METRICS, MetricSpec, Sample, global_samples, task_samples
 from exporter.refresh import RefreshState
-from exporter.snapshot import TaskSnapshot
+from scheduler_core.store.snapshot import TaskSnapshot
 
 #: prometheus_client's own float formatting (untyped upstream), so our output matches its.
 _go_float = cast(Callable[[float], str], _untyped_float_to_go)

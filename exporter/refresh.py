@@ -19,9 +19,9 @@ import sqlalchemy as sa
 
 from exporter.database import describe_db_error, display_url
 from exporter.settings import ExporterSettings
-from exporter.snapshot import Snapshot, SnapshotReader
 from scheduler_core.db import check_schema
 from scheduler_core.errors import SchemaVersionError
+from scheduler_core.store.snapshot import Snapshot, SnapshotReader
 
 __all__ = ["Clock", "RefreshState", "Refresher", "utc_now"]
 

@@ -18,7 +18,7 @@ from exporter.app import REFRESHER, create_app
 from exporter.database import create_reader_engine
 from exporter.refresh import Clock, RefreshState, utc_now
 from exporter.settings import ExporterSettings
-from scheduler_core.health import parse_listen
+from scheduler_core.liveness import parse_listen
 
 __all__ = ["ExporterServer"]
 

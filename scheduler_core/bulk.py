@@ -246,6 +246,7 @@ def bulk_update(
     conn.execute(stmt, [{**row, **shared} for row in rows])
 
 
+# long: one statement built for both backends, side by side, so they stay the same
 def bulk_insert_returning(
     conn: sa.Connection,
     table: sa.Table,

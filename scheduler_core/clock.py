@@ -1,4 +1,5 @@
-"""Clocks: the system clock, a settable clock for tests, and the database-clock offset."""
+"""Clocks: the system clock and the database-clock offset (a settable clock for tests is
+``scheduler_core.testing.FakeClock``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-__all__ = ["Clock", "DatabaseClock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "DatabaseClock", "SystemClock"]
 
 
 class Clock(Protocol):
@@ -23,28 +24,6 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
-
-
-class FakeClock:
-    """A clock tests move by hand; thread-safe."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
-        self._lock = threading.Lock()
-
-    def now(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def set(self, value: datetime) -> None:
-        with self._lock:
-            self._now = value
-
-    def advance(self, seconds: float | timedelta) -> datetime:
-        delta = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
-        with self._lock:
-            self._now += delta
-            return self._now
 
 
 class DatabaseClock:

@@ -7,6 +7,7 @@ and the value, so one run of ``schedctl validate`` shows everything to fix.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from scheduler_core.tasks import (
     resolve_callable,
 )
 
-__all__ = ["load_task_file", "parse_task_document", "parse_task_mapping"]
+__all__ = ["definition_from_json", "load_task_file", "parse_task_document", "parse_task_mapping"]
 
 MAX_NAME_LENGTH = 200
 POLICY_KEYS = frozenset(
@@ -210,6 +211,7 @@ def _parse_retries(
     return RetryPolicy(**{**base.__dict__, **values}) if ok else None
 
 
+# long: both action kinds' fields in task-file order, every error collected at once
 def _parse_action(
     data: Mapping[str, Any], task: str, out: _Collector, check: bool
 ) -> Action | None:
@@ -332,6 +334,7 @@ def _parse_schedule(
         return None
 
 
+# long: one task's fields in task-file order, every error collected at once
 def parse_task_mapping(
     data: Mapping[str, Any],
     *,
@@ -374,12 +377,7 @@ def parse_task_mapping(
         not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1
     ):
         out.add(label, "max_runs", max_runs, "must be a whole number of at least 1")
-    if (
-        policies.timeout is not None
-        and policies.max_runtime is not None
-        and policies.max_runtime > policies.timeout
-    ):
-        pass  # allowed: stuck alerts after max_runtime, the kill comes at timeout
+    # max_runtime > timeout is allowed: stuck alerts after max_runtime, the kill comes at timeout.
     description = data.get("description", "")
     if not isinstance(description, str):
         out.add(label, "description", description, "must be text")
@@ -495,3 +493,8 @@ def load_task_file(path: str | Path, *, check_callables: bool = True) -> list[Ta
             ]
         ) from None
     return parse_task_document(document, source=source, check_callables=check_callables)
+
+
+def definition_from_json(text: str, *, source: str = "<database>") -> TaskDefinition:
+    """Rebuild a definition stored by ``TaskDefinition.to_json`` (without resolving callables)."""
+    return parse_task_mapping(json.loads(text), defaults={}, source=source, check_callables=False)

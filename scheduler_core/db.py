@@ -98,6 +98,7 @@ def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA query_only=ON")
 
 
+# long: every backend's connection settings in one place, in the order they apply
 def create_db_engine(
     url: str | URL,
     *,

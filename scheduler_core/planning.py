@@ -46,6 +46,7 @@ class TickPlan:
     next_run_at: datetime | None = None
 
 
+# long: the misfire rule in one pass (hot path: runs for every due schedule), branch per case
 def plan_ticks(
     definition: TaskDefinition,
     *,

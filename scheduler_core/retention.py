@@ -127,16 +127,10 @@ def _per_task_overflow(conn: sa.Connection, keep: int) -> list[tuple[str, int]]:
     return [(r.task_name, r.id) for r in rows]
 
 
-def run_cleanup(
-    engine: sa.Engine,
-    *,
-    policy: RetentionPolicy,
-    now: datetime,
-    progress: Progress | None = None,
-) -> CleanupResult:
-    """Delete runs past the retention (age and per-task cap), old closed alarms and audit rows."""
-    cutoff = now - timedelta(days=policy.days)
-    finished = task_runs.c.status != "running"
+def _analyse(
+    engine: sa.Engine, policy: RetentionPolicy, cutoff: datetime
+) -> tuple[list[tuple[str, int]], int]:
+    """Per task over its cap, the first run id to keep; and how many runs are past ``cutoff``."""
     # The analysis only reads, but on SQLite every transaction of the scheduler's engine
     # begins IMMEDIATE (takes the write lock): read on a deferred, read-only engine instead,
     # or the scan of the whole history would hold up every claim.
@@ -149,11 +143,25 @@ def run_cleanup(
             old = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(task_runs)
-                .where(finished, task_runs.c.finished_at < cutoff)
+                .where(task_runs.c.status != "running", task_runs.c.finished_at < cutoff)
             ).scalar_one()
     finally:
         if reader is not engine:
             reader.dispose()
+    return overflow, int(old)
+
+
+def run_cleanup(
+    engine: sa.Engine,
+    *,
+    policy: RetentionPolicy,
+    now: datetime,
+    progress: Progress | None = None,
+) -> CleanupResult:
+    """Delete runs past the retention (age and per-task cap), old closed alarms and audit rows."""
+    cutoff = now - timedelta(days=policy.days)
+    finished = task_runs.c.status != "running"
+    overflow, old = _analyse(engine, policy, cutoff)
     estimate = int(old) + sum(1 for _ in overflow)  # refined as batches report
     done = 0
 

@@ -274,11 +274,3 @@ class TaskDefinition:
 
 
 _EPSILON = timedelta(microseconds=1)
-
-
-def definition_from_json(text: str, *, source: str = "<database>") -> TaskDefinition:
-    """Rebuild a definition stored by ``TaskDefinition.to_json`` (without resolving callables)."""
-    from scheduler_core.config import parse_task_mapping
-
-    data = json.loads(text)
-    return parse_task_mapping(data, defaults={}, source=source, check_callables=False)

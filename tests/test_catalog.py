@@ -4,7 +4,7 @@
   serves), with the same type and label names in the same order.
 - The `## Alerts` table lists exactly the alerts of alerts/schedctl-rules.yml, with the same
   severity and `for`, and links to the alert's heading in alerts/runbook.md.
-- The `## OpenTelemetry (scheduler)` table lists exactly the instruments of scheduler_core/otel.py.
+- The `## OpenTelemetry (scheduler)` table lists exactly the instruments of scheduler_core/telemetry/otel.py.
 - The `## SQL tables` table lists exactly the tables of scheduler_core/models.py.
 
 No server or binary is needed: the files are read as they are.
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "metrics.md"
 RULES = REPO / "alerts" / "schedctl-rules.yml"
 RUNBOOK = REPO / "alerts" / "runbook.md"
-OTEL = REPO / "scheduler_core" / "otel.py"
+OTEL = REPO / "scheduler_core" / "telemetry" / "otel.py"
 
 NO_LABELS = "—"
 SEVERITIES = {"critical", "warning", "info"}
@@ -122,7 +122,7 @@ def test_alert_row_has_the_rule_severity_for_and_runbook(alertname: str) -> None
 
 
 def test_otel_table_lists_exactly_the_scheduler_instruments() -> None:
-    """The OpenTelemetry table names the instruments scheduler_core/otel.py creates."""
+    """The OpenTelemetry table names the instruments scheduler_core/telemetry/otel.py creates."""
     created = set(re.findall(r"\.create_\w+\(\s*\"([^\"]+)\"", OTEL.read_text(encoding="utf-8")))
     assert created, f"no instruments found in {OTEL}"
     assert set(_table("OpenTelemetry (scheduler)")) == created

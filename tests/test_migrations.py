@@ -97,7 +97,7 @@ def test_running_processes_never_import_alembic(tmp_path) -> None:
     engine.dispose()
     code = (
         "import sys\n"
-        "import exporter.app, exporter.cli, scheduler_core.cli, scheduler_core.engine\n"
+        "import exporter.app, exporter.cli, scheduler_core.cli, scheduler_core.runtime\n"
         "from scheduler_core.db import check_schema, create_db_engine\n"
         f"check_schema(create_db_engine({url!r}))\n"
         "print(sorted(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))\n"

@@ -5,7 +5,7 @@ next run, consecutive failures, last status) and the badge it must get:
 
 (a) ``scheduler_core.states.badge`` directly;
 (b) the exporter: the case is written as rows into a SQLite database (tests/exporter/factories),
-    read by ``exporter.snapshot.read_snapshot`` and ``Store.list_tasks`` (``schedctl tasks list``);
+    read by ``scheduler_core.store.snapshot.read_snapshot`` and ``Store.list_tasks`` (``schedctl tasks list``);
 (c) the dashboards: the samples ``exporter.catalog.task_samples`` renders from those snapshots
     (the exporter's own code, not hand-written series, two exporter replicas each) are the
     input series of a ``promtool test rules`` file whose recording rule is
@@ -31,10 +31,10 @@ import yaml
 
 from dashboards import build
 from exporter.catalog import TASK_METRICS, task_samples
-from exporter.snapshot import TaskSnapshot, read_snapshot
 from scheduler_core import models, states
 from scheduler_core.db import create_db_engine
 from scheduler_core.store import Store
+from scheduler_core.store.snapshot import TaskSnapshot, read_snapshot
 from tests.exporter.factories import health_row, insert, run_row, schedule_row
 
 NOW = datetime(1970, 1, 2, tzinfo=UTC)

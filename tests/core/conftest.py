@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from scheduler_core.clock import FakeClock
 from scheduler_core.config import parse_task_document
-from scheduler_core.engine import EngineSettings, Scheduler
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
 from scheduler_core.tasks import TaskDefinition
+from scheduler_core.testing import FakeClock, wait_for_completions
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -57,6 +57,6 @@ def make_scheduler(db_engine: sa.Engine, clock: FakeClock) -> Iterator[Callable[
 def run_cycle(scheduler: Scheduler, timeout: float = 10.0) -> int:
     """Start what is due, wait for those runs to finish, and record them."""
     started = scheduler.step()
-    scheduler.wait_for_completions(started, timeout=timeout)
+    wait_for_completions(scheduler, started, timeout=timeout)
     scheduler.step()
     return started

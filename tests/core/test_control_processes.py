@@ -14,11 +14,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from scheduler_core.clock import FakeClock
 from scheduler_core.db import create_db_engine
 from scheduler_core.models import schedules, task_runs
 from scheduler_core.retention import RetentionPolicy, run_cleanup
 from scheduler_core.store import Store
+from scheduler_core.testing import FakeClock
 from tests.core.conftest import T0, tasks
 from tests.core.test_cli import wait_for
 from tests.core.test_engine import pid_alive

@@ -162,13 +162,13 @@ def test_claim_ahead_queues_but_never_executes_more_than_max_running(
     claimed_at = clock.advance(3600)
     assert scheduler.step() == 4
     deadline = time.monotonic() + 5
-    while scheduler.busy_worker_threads() < 2 and time.monotonic() < deadline:
+    while scheduler.busy_callable_threads() < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(0.05)  # both workers are inside their callables (started at claimed_at)
     clock.advance(5)  # the two queued runs start after this
     peak = 0
     while scheduler.running_count and time.monotonic() < deadline:
-        peak = max(peak, scheduler.busy_worker_threads())
+        peak = max(peak, scheduler.busy_callable_threads())
         scheduler.step()
         time.sleep(0.01)
     assert 1 <= peak <= 2

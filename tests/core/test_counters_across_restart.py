@@ -7,8 +7,8 @@ import sqlalchemy as sa
 
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
-from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.retention import RetentionPolicy, run_cleanup
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
 from tests.core.conftest import run_cycle, tasks
 from tests.exporter.test_prometheus import _counters_and_buckets

@@ -14,6 +14,7 @@ from scheduler_core.models import schedules, task_runs
 from scheduler_core.store import Store
 from scheduler_core.tasks import TaskDefinition
 from scheduler_core.telemetry import TelemetryWriter
+from scheduler_core.testing import wait_for_completions
 from tests.core.conftest import run_cycle, tasks
 
 
@@ -37,7 +38,7 @@ def pid_alive(pid: int) -> bool:
 
 def test_failing_telemetry_never_fails_the_task(db_engine, clock, tmp_path, caplog) -> None:
     """With telemetry writes failing, each task runs once with its true outcome; one log line."""
-    from scheduler_core.engine import EngineSettings, Scheduler
+    from scheduler_core.runtime import EngineSettings, Scheduler
 
     Store(db_engine, instance_id="inst-a").sync_tasks(
         tasks(
@@ -221,7 +222,7 @@ def test_pass_that_stopped_at_its_limit_is_followed_after_the_minimum_pause(
     clock.advance(3600)
     assert scheduler.step() == 2
     assert scheduler._pause(began=100.0, now=100.01) == 0.02
-    scheduler.wait_for_completions(2)
+    wait_for_completions(scheduler, 2)
     assert scheduler.step() == 1
     assert scheduler._pause(began=100.0, now=100.05) == pytest.approx(0.2)
     # A caught-up pass that took longer than the cadence: the minimum pause still applies.
@@ -260,7 +261,7 @@ def test_look_ahead_claims_early_and_starts_on_time(make_scheduler, clock, db_en
     assert scheduler.step() == 1
     (row,) = all_runs(db_engine)
     assert row.status == "running"
-    scheduler.wait_for_completions(1, timeout=10)
+    wait_for_completions(scheduler, 1, timeout=10)
     assert called and called[0] - stepped_at >= 0.55, called[0] - stepped_at
 
 

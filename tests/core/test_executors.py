@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from scheduler_core.executors import WorkerPool
+from scheduler_core.runtime.workers import WorkerPool
 
 
 def _os_name(native_id: int) -> str:

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from scheduler_core.clock import FakeClock
-from scheduler_core.engine import Scheduler
 from scheduler_core.models import task_runs
+from scheduler_core.runtime import Scheduler
 from scheduler_core.store import Store
+from scheduler_core.testing import FakeClock, wait_for_completions
 from tests.core.conftest import T0, tasks
 from tests.core.test_multi_instance import run_instances
 
@@ -75,7 +75,7 @@ def test_tick_after_a_finished_but_unrecorded_run_is_not_skipped(
 
         clock.set(tick)
         assert a.step() == 3  # a-job@T, gate-1, gate-2: gate-1 runs after a-job, gate-2 waits
-        a.wait_for_completions(1, timeout=5)  # a-job@T finished; its row still reads running
+        wait_for_completions(a, 1, timeout=5)  # a-job@T finished; its row still reads running
         assert [r.status for r in _rows(db_engine, "a-job")] == ["running"]
 
         clock.set(tick + timedelta(seconds=0.5))

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from exporter.snapshot import read_snapshot
 from scheduler_core import models
 from scheduler_core.cli import build_parser
 from scheduler_core.db import create_db_engine
 from scheduler_core.store import Store
+from scheduler_core.store.snapshot import read_snapshot
 from tests.exporter.factories import NOW, health_row, insert, schedule_row, seed_every_state
 
 

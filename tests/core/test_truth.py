@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from scheduler_core.models import task_health, task_runs
 from scheduler_core.store import Store
+from scheduler_core.testing import wait_for_completions
 from tests.core.conftest import run_cycle, tasks
 
 
@@ -68,7 +69,7 @@ def test_health_stops_saying_running_when_the_outcome_is_rejected(
             .where(task_runs.c.task_name == "slow")
             .values(status="abandoned", finished_at=clock.now())
         )
-    scheduler.wait_for_completions(1)
+    wait_for_completions(scheduler, 1)
     scheduler.step()
     assert scheduler.running_count == 0
     assert [r.status for r in runs_of(db_engine, "slow")] == ["abandoned"]
@@ -99,7 +100,7 @@ def test_rejoining_after_the_instance_row_was_removed_keeps_live_runs(
             == "running"
         )
     assert [r.status for r in runs_of(db_engine, "live")] == ["running"]
-    scheduler.wait_for_completions(1)
+    wait_for_completions(scheduler, 1)
     scheduler.step()
     assert [r.status for r in runs_of(db_engine, "live")] == ["success"]
 
@@ -107,8 +108,8 @@ def test_rejoining_after_the_instance_row_was_removed_keeps_live_runs(
 def test_heartbeats_are_timed_by_the_injected_monotonic_clock(db_engine, clock) -> None:
     """The engine times its heartbeats with the same monotonic clock as its lease: a test
     (or a paused process) that moves that clock past the interval gets a heartbeat."""
-    from scheduler_core.engine import EngineSettings, Scheduler
     from scheduler_core.models import instances
+    from scheduler_core.runtime import EngineSettings, Scheduler
 
     mono = [1000.0]
     settings = EngineSettings(instance_id="inst-m", health_listen=None, heartbeat_interval=5)

@@ -29,8 +29,8 @@ from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine, upgrade_schema
-from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.models import TERMINAL_STATUSES, schedules
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
 from scheduler_core.tasks import TaskDefinition, register_callable
 from tests.e2e.configs import (

@@ -33,8 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core.config import parse_task_document
-from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.models import TERMINAL_STATUSES, schedules, task_runs
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
 
 pytestmark = pytest.mark.timeout(180)

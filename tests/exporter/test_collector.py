@@ -12,8 +12,8 @@ from exporter.catalog import CATALOG
 from exporter.collector import SnapshotCollector
 from exporter.exposition import CatalogRenderer
 from exporter.refresh import RefreshState
-from exporter.snapshot import OUTCOMES, read_snapshot
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS
+from scheduler_core.store.snapshot import OUTCOMES, read_snapshot
 from tests.exporter.factories import NOW, StatementCounter, delay_histogram, duration_histogram
 
 

@@ -16,9 +16,9 @@ from exporter.database import create_reader_engine
 from exporter.exposition import CatalogRenderer, MetricsCache, negotiate
 from exporter.refresh import RefreshState
 from exporter.settings import ExporterSettings
-from exporter.snapshot import Snapshot, TaskSnapshot, read_snapshot
 from scheduler_core import models
 from scheduler_core.db import create_db_engine
+from scheduler_core.store.snapshot import Snapshot, TaskSnapshot, read_snapshot
 from tests.exporter.conftest import with_client
 from tests.exporter.factories import NOW, FakeClock
 

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from exporter.database import create_reader_engine
-from exporter.snapshot import SnapshotReader, derive_badge, read_snapshot
 from scheduler_core import models
 from scheduler_core.db import create_db_engine, upgrade_schema
+from scheduler_core.store.snapshot import SnapshotReader, derive_badge, read_snapshot
 from tests.exporter.factories import NOW, Expected, StatementCounter, seed_many
 
 

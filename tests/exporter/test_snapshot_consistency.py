@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from exporter.database import create_reader_engine
-from exporter.snapshot import TaskSnapshot, read_snapshot
 from scheduler_core import models
 from scheduler_core.db import create_db_engine
+from scheduler_core.store.snapshot import TaskSnapshot, read_snapshot
 from tests.exporter.factories import NOW, health_row, insert, run_row, schedule_row
 from tests.pgbouncer.conftest import bouncer_db, bouncer_url, pg_bouncer  # noqa: F401 (fixtures)
 

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from scheduler_core.clock import FakeClock
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine
-from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.models import task_runs
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
+from scheduler_core.testing import FakeClock, wait_for_completions
 
 SCHEDCTL = [sys.executable, "-m", "scheduler_core.cli"]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -292,7 +292,7 @@ def exporter_with_odd_tasks(tmp_path_factory) -> Iterator[str]:
     )
     scheduler.start()
     scheduler.step()
-    scheduler.wait_for_completions(len(tasks))
+    wait_for_completions(scheduler, len(tasks))
     scheduler.step()
     scheduler.request_stop()
     scheduler.drain()

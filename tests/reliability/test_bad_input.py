@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_core.cli import main as schedctl_main
-from scheduler_core.clock import FakeClock
 from scheduler_core.config import POLICY_KEYS, TASK_KEYS, load_task_file, parse_task_document
 from scheduler_core.db import create_db_engine
-from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.errors import ConfigError
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
+from scheduler_core.testing import FakeClock, wait_for_completions
 from tests.reliability.conftest import NASTY, ODD_NAMES
 
 pytestmark = [pytest.mark.reliability]
@@ -224,7 +224,7 @@ def test_odd_task_names_and_error_texts_round_trip_intact(db_engine: sa.Engine) 
     scheduler.start()
     try:
         assert scheduler.step() == len(tasks)
-        scheduler.wait_for_completions(len(tasks))
+        wait_for_completions(scheduler, len(tasks))
         scheduler.step()
     finally:
         scheduler.request_stop()

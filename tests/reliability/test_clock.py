@@ -12,7 +12,7 @@ import pytest
 from scheduler_core.clock import DatabaseClock, SystemClock
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine
-from scheduler_core.engine import EngineSettings, Scheduler
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
 from tests.reliability import jobs
 from tests.reliability.conftest import account_ticks, fetch_runs

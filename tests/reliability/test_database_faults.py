@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine, upgrade_schema
-from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.models import task_runs
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
 from tests.reliability.conftest import account_ticks, fetch_runs, wait_for, write_config
 from tests.support.pgserver import PostgresServer
@@ -187,7 +187,7 @@ def test_sqlite_locked_by_another_writer_is_retried_with_backoff(
     thread = threading.Thread(target=scheduler.run, name="scheduler-under-test")
     holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
     try:
-        with caplog.at_level(logging.ERROR, logger="scheduler_core.engine"):
+        with caplog.at_level(logging.ERROR, logger="scheduler_core.runtime"):
             thread.start()
             wait_for(lambda: first_success_after(engine, datetime.now(UTC) - SECOND), timeout=15)
             holder.execute("BEGIN IMMEDIATE")

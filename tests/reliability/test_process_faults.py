@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from scheduler_core.clock import FakeClock
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine
-from scheduler_core.engine import EngineSettings, Scheduler
 from scheduler_core.models import instances, schedules, task_runs
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
+from scheduler_core.store.sync import new_schedule_row
+from scheduler_core.testing import FakeClock, wait_for_completions
 from tests.reliability.conftest import account_ticks, fetch_runs, wait_for, write_config
 
 pytestmark = [pytest.mark.reliability]
@@ -274,7 +275,7 @@ def test_crash_between_claim_and_dispatch_runs_the_tick_once_after_the_lease(
         assert live.step() == 0, "a lease is not reclaimable at claimed_until itself"
         clock.advance(0.001)
         assert live.step() == 1
-        live.wait_for_completions(1)
+        wait_for_completions(live, 1)
         live.step()
         assert ghost.dispatch_claimed(claimed, now=clock.now()) == []
     finally:
@@ -305,7 +306,7 @@ def test_restart_with_the_same_instance_id_reaps_its_leftovers_at_once(
     try:
         [reaped] = fetch_runs(db_engine)
         assert reaped.status == "abandoned" and "restarted" in reaped.error_message
-        old_life.wait_for_completions(1)
+        wait_for_completions(old_life, 1)
         old_life.step()  # the old life's completion arrives late...
         [after] = fetch_runs(db_engine)
         assert after.status == "abandoned" and after.finished_at == reaped.finished_at
@@ -330,7 +331,7 @@ def test_concurrent_first_sync_of_a_task_file_does_not_fail(pg_url: str) -> None
     try:
         with first.connect() as conn:
             # The first instance is inside its sync transaction, its INSERT not committed yet.
-            conn.execute(schedules.insert(), Store(first)._new_schedule_row(definitions[0], T0))
+            conn.execute(schedules.insert(), new_schedule_row(definitions[0], T0))
             thread = threading.Thread(target=sync_second)
             thread.start()
             wait_for(lambda: waiting_on_a_lock(first), timeout=10, interval=0.05)

@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler_core.clock import FakeClock
 from scheduler_core.config import parse_task_document
-from scheduler_core.engine import EngineSettings, Scheduler
+from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
+from scheduler_core.testing import FakeClock, wait_for_completions
 from tests.reliability.conftest import ODD_NAMES, SCHEDCTL, write_config
 from tests.support.pgserver import PostgresServer
 
@@ -106,7 +106,7 @@ def test_error_texts_are_truncated(db_engine: sa.Engine) -> None:
     scheduler.start()
     try:
         assert scheduler.step() == 2
-        scheduler.wait_for_completions(2, timeout=30)
+        wait_for_completions(scheduler, 2, timeout=30)
         scheduler.step()
     finally:
         scheduler.request_stop()
@@ -153,7 +153,7 @@ def test_command_tasks_get_only_the_configured_environment(
     scheduler.start()
     try:
         assert scheduler.step() == 1
-        scheduler.wait_for_completions(1, timeout=30)
+        wait_for_completions(scheduler, 1, timeout=30)
         scheduler.step()
     finally:
         scheduler.request_stop()

@@ -21,6 +21,13 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port_text)
 
 
+def serve_in_background(server: ThreadingHTTPServer, *, name: str) -> threading.Thread:
+    """Start ``server.serve_forever`` in a daemon thread named ``name``."""
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 class HealthServer:
     """A tiny HTTP server in a daemon thread; a taken port is logged, not fatal."""
 
@@ -72,10 +79,7 @@ class HealthServer:
             )
             return False
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="schedctl-health", daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_background(self._server, name="schedctl-health")
         return True
 
     def stop(self) -> None:

@@ -1,10 +1,11 @@
-"""An immutable picture of every task and instance, read from SQL in a fixed number of statements.
+"""The store's task-state query: every task and instance as of one moment, read-only.
 
-The collector and the JSON status API only ever look at a :class:`Snapshot`; only
-:func:`read_snapshot` talks to the database. Five SELECTs per refresh, whatever the number of
-tasks: schedules, per-instance health rows, in-flight runs (via the ``(status, instance_id)``
-index; history is never scanned), instances and open alarms, in one transaction that reads one
-moment of the database (see :meth:`SnapshotReader.read`). Badges come from the one state rule,
+One query serves every reader of task state: the exporter (its metrics and
+``/api/v1/status``) reads a :class:`Snapshot` per refresh, and ``schedctl tasks list`` can
+read the same. Five SELECTs, whatever the number of tasks: schedules, per-instance health
+rows, in-flight runs (via the ``(status, instance_id)`` index; history is never scanned),
+instances and open alarms, in one transaction that reads one moment of the database (see
+:meth:`SnapshotReader.read`). Nothing is written. Badges come from the one state rule,
 :mod:`scheduler_core.states`.
 """
 
@@ -56,7 +57,7 @@ ALARM_KINDS: tuple[str, ...] = tuple(models.ALARM_KINDS)
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskSnapshot:
-    """One task as the exporter last read it, with its derived states."""
+    """One task as last read, with its derived states."""
 
     name: str
     schedule_type: str
@@ -66,6 +67,9 @@ class TaskSnapshot:
     enabled: bool
     paused: bool
     pause_reason: str | None
+    paused_by: str | None
+    paused_at: datetime | None
+    #: As stored: also set while the task is disabled or paused.
     next_run_at: datetime | None
     last_started_at: datetime | None
     last_finished_at: datetime | None
@@ -107,7 +111,7 @@ class InstanceSnapshot:
 
 @dataclass(frozen=True, kw_only=True)
 class Snapshot:
-    """Everything the exporter serves, as read at ``taken_at``."""
+    """Every task (in name order) and instance, as read at ``taken_at``."""
 
     taken_at: datetime
     tasks: tuple[TaskSnapshot, ...]
@@ -150,30 +154,28 @@ def derive_badge(
     )
 
 
+#: The run that finished last: (finished_at, status, duration_seconds, error_message).
+_Finished = tuple[datetime | None, str | None, float | None, str | None]
+_NEVER_FINISHED: _Finished = (None, None, None, None)
+
+
 @dataclass(slots=True)
 class _Health:
     """Per-task fold of the per-instance health rows: the most recent value of each field."""
 
     last_started_at: datetime | None = None
-    last_finished_at: datetime | None = None
-    last_status: str | None = None
-    last_duration_seconds: float | None = None
-    last_error_message: str | None = None
     last_heartbeat_at: datetime | None = None
+    # Status, duration and error belong to the run that finished last, wherever it ran.
+    last_finished: _Finished = _NEVER_FINISHED
 
     def fold(self, row: tuple[Any, ...]) -> None:
         """Fold one row of ``_HEALTH_COLUMNS`` (without the task name) into this one."""
         started, finished, status, duration, error, heartbeat = row
         if started is not None and (self.last_started_at is None or started > self.last_started_at):
             self.last_started_at = started
-        if finished is not None and (
-            self.last_finished_at is None or finished > self.last_finished_at
-        ):
-            # Status, duration and error belong to the run that finished last, wherever it ran.
-            self.last_finished_at = finished
-            self.last_status = status if status in OUTCOMES else None
-            self.last_duration_seconds = duration
-            self.last_error_message = error
+        last = self.last_finished[0]
+        if finished is not None and (last is None or finished > last):
+            self.last_finished = (finished, status if status in OUTCOMES else None, duration, error)
         if heartbeat is not None and (
             self.last_heartbeat_at is None or heartbeat > self.last_heartbeat_at
         ):
@@ -216,8 +218,9 @@ def _unpacked(text: str, bounds: tuple[float, ...]) -> HistogramCounts:
 _S = models.schedules.c
 _SCHEDULE_COLUMNS = (
     _S.name, _S.schedule_type, _S.schedule_expr, _S.timezone, _S.action_kind, _S.enabled,
-    _S.paused, _S.pause_reason, _S.next_run_at, _S.consecutive_failures, _S.last_success_at,
-    _S.last_failure_at, _S.max_runtime_seconds, _S.expected_interval_seconds,
+    _S.paused, _S.pause_reason, _S.paused_by, _S.paused_at, _S.next_run_at,
+    _S.consecutive_failures, _S.last_success_at, _S.last_failure_at, _S.max_runtime_seconds,
+    _S.expected_interval_seconds,
     *(models.schedules.c[f"runs_{outcome}_total"] for outcome in OUTCOMES),
     _S.missed_runs_total, _Packed(DURATION_HISTOGRAM), _Packed(START_DELAY_HISTOGRAM),
 )  # fmt: skip
@@ -256,7 +259,8 @@ class SnapshotReader:
         """Read one snapshot. From an engine, the statements read one moment of the database:
         on PostgreSQL a ``REPEATABLE READ`` read-only transaction (psycopg sends it with the
         ``BEGIN``, so it holds behind a transaction pooler too), on SQLite the reader engine's
-        deferred ``BEGIN`` (one WAL snapshot). A connection given is read as its caller set it."""
+        deferred ``BEGIN`` (one WAL snapshot). A connection given is read as its caller set it;
+        either way the read transaction is rolled back at the end."""
         if isinstance(bind, sa.Engine):
             with bind.connect() as conn:
                 if conn.dialect.name == "postgresql":
@@ -265,31 +269,31 @@ class SnapshotReader:
                     )
                 return self.read(conn, now)
         conn = bind
-        health: dict[str, _Health] = {}
-        for name, *values in select_rows(conn, sa.select(*_HEALTH_COLUMNS)):
-            entry = health.get(name)
-            if entry is None:
-                entry = health[name] = _Health()
-            entry.fold(tuple(values))
-
-        running_by_task: dict[str, list[datetime | None]] = {}
-        running_by_instance: dict[str, int] = {}
-        for task_name, instance_id, started_at in select_rows(
-            conn,
-            sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running"),
-        ):
-            running_by_task.setdefault(task_name, []).append(started_at)
-            if instance_id is not None:
-                running_by_instance[instance_id] = running_by_instance.get(instance_id, 0) + 1
-
-        alarms: dict[str, set[str]] = {}
-        for alarm_task, kind in select_rows(
-            conn, sa.select(_A.task_name, _A.kind).where(_A.closed_at.is_(None))
-        ):
-            alarms.setdefault(alarm_task, set()).add(kind)
-
+        health = _health_by_task(conn)
+        running_by_task, running_by_instance = _running_runs(conn)
+        alarms = _open_alarms(conn)
         instance_rows = conn.execute(sa.select(models.instances).order_by(_I.instance_id)).all()
+        tasks = self._tasks(conn, now, health, running_by_task, alarms)
+        conn.rollback()  # end the read transaction; nothing was written
+        instances = tuple(_instance(row, running_by_instance) for row in instance_rows)
+        orphan_alarms = sorted((task, kind) for task, kinds in alarms.items() for kind in kinds)
+        return Snapshot(
+            taken_at=now,
+            tasks=tasks,
+            instances=instances,
+            orphan_alarms=tuple(orphan_alarms),
+            orphan_running_runs=dict(sorted(running_by_instance.items())),
+        )
 
+    def _tasks(
+        self,
+        conn: sa.Connection,
+        now: datetime,
+        health: dict[str, _Health],
+        running_by_task: Mapping[str, list[datetime | None]],
+        alarms: dict[str, set[str]],
+    ) -> tuple[TaskSnapshot, ...]:
+        """Every task in name order; pops the tasks it reads from ``health`` and ``alarms``."""
         previous, current = self._previous, {}
         shared = _Shared(self._histograms)
         empty_health = _Health()
@@ -304,31 +308,58 @@ class SnapshotReader:
                 task = old
             current[task.name] = task
             tasks.append(task)
-        conn.rollback()  # end the read transaction; nothing was written
         self._previous = current
         self._histograms = shared.histograms_used
+        return tuple(tasks)
 
-        instances = tuple(
-            InstanceSnapshot(
-                instance_id=row.instance_id,
-                hostname=row.hostname,
-                started_at=row.started_at,
-                last_heartbeat_at=row.last_heartbeat_at,
-                lease_seconds=float(row.lease_seconds),
-                state=row.state,
-                version=row.version,
-                running_runs=running_by_instance.pop(row.instance_id, 0),
-            )
-            for row in instance_rows
-        )
-        orphan_alarms = sorted((task, kind) for task, kinds in alarms.items() for kind in kinds)
-        return Snapshot(
-            taken_at=now,
-            tasks=tuple(tasks),
-            instances=instances,
-            orphan_alarms=tuple(orphan_alarms),
-            orphan_running_runs=dict(sorted(running_by_instance.items())),
-        )
+
+def _health_by_task(conn: sa.Connection) -> dict[str, _Health]:
+    health: dict[str, _Health] = {}
+    for name, *values in select_rows(conn, sa.select(*_HEALTH_COLUMNS)):
+        entry = health.get(name)
+        if entry is None:
+            entry = health[name] = _Health()
+        entry.fold(tuple(values))
+    return health
+
+
+def _running_runs(
+    conn: sa.Connection,
+) -> tuple[dict[str, list[datetime | None]], dict[str, int]]:
+    """The ``started_at`` of each run in flight per task, and their count per instance."""
+    by_task: dict[str, list[datetime | None]] = {}
+    by_instance: dict[str, int] = {}
+    for task_name, instance_id, started_at in select_rows(
+        conn,
+        sa.select(_R.task_name, _R.instance_id, _R.started_at).where(_R.status == "running"),
+    ):
+        by_task.setdefault(task_name, []).append(started_at)
+        if instance_id is not None:
+            by_instance[instance_id] = by_instance.get(instance_id, 0) + 1
+    return by_task, by_instance
+
+
+def _open_alarms(conn: sa.Connection) -> dict[str, set[str]]:
+    alarms: dict[str, set[str]] = {}
+    for alarm_task, kind in select_rows(
+        conn, sa.select(_A.task_name, _A.kind).where(_A.closed_at.is_(None))
+    ):
+        alarms.setdefault(alarm_task, set()).add(kind)
+    return alarms
+
+
+def _instance(row: Any, running_by_instance: dict[str, int]) -> InstanceSnapshot:
+    """The instance of ``row``; pops its in-flight count from ``running_by_instance``."""
+    return InstanceSnapshot(
+        instance_id=row.instance_id,
+        hostname=row.hostname,
+        started_at=row.started_at,
+        last_heartbeat_at=row.last_heartbeat_at,
+        lease_seconds=float(row.lease_seconds),
+        state=row.state,
+        version=row.version,
+        running_runs=running_by_instance.pop(row.instance_id, 0),
+    )
 
 
 _NO_ALARMS: frozenset[str] = frozenset()
@@ -361,6 +392,7 @@ class _Shared:
         return found
 
 
+# long: one flat row-to-snapshot mapping per task, on the refresh hot path (no extra calls)
 def _task(
     row: Any,
     h: _Health,
@@ -372,24 +404,21 @@ def _task(
 ) -> TaskSnapshot:
     (
         name, schedule_type, schedule_expr, timezone, action_kind, enabled, paused,
-        pause_reason, next_run_at, consecutive_failures, last_success_at, last_failure_at,
-        max_runtime, expected_interval, *counts, missed, duration_packed, delay_packed,
+        pause_reason, paused_by, paused_at, next_run_at, consecutive_failures, last_success_at,
+        last_failure_at, max_runtime, expected_interval, *counts, missed, duration_packed,
+        delay_packed,
     ) = row  # fmt: skip
     enabled, paused = bool(enabled), bool(paused)
     consecutive_failures = int(consecutive_failures or 0)
+    last_finished_at, last_status, last_duration, last_error = h.last_finished
     # max_runtime is the synced definition's (the schedule row), as the stuck alarm
     # (telemetry.check_stuck) and ``schedctl tasks list`` read it; a health row's copy may be
     # an older definition's, of whichever instance wrote it.
-    running = len(starts)
     stuck = is_stuck(now=now, running_starts=starts, max_runtime_seconds=max_runtime)
     late = is_late(
-        now=now,
-        enabled=enabled,
-        paused=paused,
-        running=running,
-        next_run_at=next_run_at,
-        late_grace_seconds=late_grace,
-    )
+        now=now, enabled=enabled, paused=paused, running=len(starts),
+        next_run_at=next_run_at, late_grace_seconds=late_grace,
+    )  # fmt: skip
     return TaskSnapshot(
         name=name,
         schedule_type=sys.intern(schedule_type),
@@ -399,19 +428,21 @@ def _task(
         enabled=enabled,
         paused=paused,
         pause_reason=pause_reason,
+        paused_by=paused_by,
+        paused_at=paused_at,
         next_run_at=next_run_at,
         last_started_at=h.last_started_at,
-        last_finished_at=h.last_finished_at,
+        last_finished_at=last_finished_at,
         last_success_at=last_success_at,
         last_failure_at=last_failure_at,
-        last_duration_seconds=h.last_duration_seconds,
-        last_status=h.last_status,
-        last_error_message=h.last_error_message,
+        last_duration_seconds=last_duration,
+        last_status=last_status,
+        last_error_message=last_error,
         last_heartbeat_at=h.last_heartbeat_at,
         consecutive_failures=consecutive_failures,
         max_runtime_seconds=max_runtime,
         expected_interval_seconds=expected_interval,
-        running=running,
+        running=len(starts),
         stuck=stuck,
         late=late,
         runs_total=shared.counters(tuple(int(c or 0) for c in counts)),
@@ -419,14 +450,13 @@ def _task(
         duration=shared.histogram(duration_packed, 0),
         start_delay=shared.histogram(delay_packed, 1),
         open_alarms=open_alarms,
-        badge=badge_of(
+        badge=derive_badge(
             enabled=enabled,
             paused=paused,
             stuck=stuck,
-            running=running,
-            failing=is_failing(
-                consecutive_failures=consecutive_failures, last_status=h.last_status
-            ),
+            running=len(starts),
+            consecutive_failures=consecutive_failures,
+            last_status=last_status,
             late=late,
         ),
     )

@@ -1,0 +1,104 @@
+"""What every ``schedctl`` command shares: configuration from flags and ``SCHEDCTL_*``
+variables, the database engine, argument types, and who is acting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from scheduler_core.db import DEFAULT_DATABASE_URL, check_schema, create_db_engine
+from scheduler_core.durations import SINCE_FORMS, parse_duration, parse_since
+from scheduler_core.liveness import parse_listen
+
+__all__ = [
+    "UsageError",
+    "actor",
+    "database_url",
+    "duration_seconds",
+    "env_default",
+    "listen_address",
+    "open_engine",
+    "positive_int",
+    "since_arg",
+    "url_password",
+]
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit 2)."""
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def database_url(args: argparse.Namespace) -> str:
+    return str(args.database_url or env_default("SCHEDCTL_DATABASE_URL") or DEFAULT_DATABASE_URL)
+
+
+def url_password(url: str) -> str | None:
+    try:
+        return make_url(url).password
+    except Exception:
+        return None
+
+
+def open_engine(
+    args: argparse.Namespace, *, check: bool = True, read_only: bool = False, pre_ping: bool = True
+) -> sa.Engine:
+    url = database_url(args)
+    try:
+        engine = create_db_engine(url, read_only=read_only, pre_ping=pre_ping)
+    except ValueError as exc:
+        raise UsageError(f"--database-url: {exc}") from None
+    if check:
+        check_schema(engine)
+    return engine
+
+
+def since_arg(value: str) -> datetime:
+    """``--since``: :func:`parse_since` as of the wall clock."""
+    try:
+        return parse_since(value, now=datetime.now(UTC))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --since {value!r}: use {SINCE_FORMS}") from None
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
+
+
+def duration_seconds(value: str) -> float:
+    try:
+        return parse_duration(value, allow_zero=True).total_seconds()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen_address(value: str) -> str:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"

@@ -1,0 +1,11 @@
+"""The running scheduler: its loop (``loop``), the lifecycle of its runs (``lifecycle``),
+how an action runs (``runners``), where runs execute (``workers``), its tuning
+(``settings``) and its signal handling (``signals``)."""
+
+from __future__ import annotations
+
+from scheduler_core.runtime.loop import Scheduler
+from scheduler_core.runtime.settings import EngineSettings, default_instance_id
+from scheduler_core.runtime.signals import install_signal_handlers
+
+__all__ = ["EngineSettings", "Scheduler", "default_instance_id", "install_signal_handlers"]

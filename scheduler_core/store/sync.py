@@ -1,0 +1,174 @@
+"""Definitions and sync: make the schedule table match a set of task definitions.
+
+A new task gets its first fire time; an edited one keeps its counters and gets a new fire
+time only if its schedule changed. Tasks no longer defined are disabled, not deleted, so
+their history and counters stay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler_core.bulk import member_of
+from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
+from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, schedules
+from scheduler_core.store.base import StoreBase, chunks, upsert
+from scheduler_core.store.records import OUTCOME_COUNTERS, SyncResult
+from scheduler_core.tasks import TaskDefinition
+
+__all__ = ["SyncPart"]
+
+_SYNC_LOCK_KEY = 0x5C4ED_5C  # arbitrary, fixed: "schedctl task sync"
+#: The definition keys whose change gives a task a new fire time.
+_SCHEDULE_KEYS = ("cron", "timezone", "every", "at", "jitter", "anchor", "start", "end")
+_EMPTY_HISTOGRAMS = {
+    **DURATION_HISTOGRAM.values(HistogramCounts.empty(DURATION_BUCKETS)),
+    **START_DELAY_HISTOGRAM.values(HistogramCounts.empty(START_DELAY_BUCKETS)),
+}
+
+
+def definition_columns(definition: TaskDefinition) -> dict[str, Any]:
+    """The schedule row's columns that come from the definition."""
+    return {
+        "definition": definition.to_json(),
+        "definition_hash": definition.digest(),
+        "schedule_type": definition.schedule.kind,
+        "schedule_expr": definition.schedule.describe()[:300],
+        "timezone": definition.timezone,
+        "action_kind": definition.action.kind,
+        "enabled": definition.policies.enabled,
+        "max_runtime_seconds": definition.policies.max_runtime,
+        "expected_interval_seconds": definition.schedule.expected_interval,
+    }
+
+
+def new_schedule_row(definition: TaskDefinition, now: datetime) -> dict[str, Any]:
+    """A new task's schedule row: first fire time, zero counters and empty histograms."""
+    first = definition.first_fire_after(now)
+    return {
+        "name": definition.name,
+        **definition_columns(definition),
+        "paused": False,
+        "next_run_at": first,
+        "due_at": first if definition.policies.enabled else None,
+        "fire_count": 0,
+        "consecutive_failures": 0,
+        **{column: 0 for column in OUTCOME_COUNTERS.values()},
+        "missed_runs_total": 0,
+        **_EMPTY_HISTOGRAMS,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def changed_values(definition: TaskDefinition, row: Any, now: datetime) -> dict[str, Any]:
+    """The columns to write for an edited task whose stored row is ``row``."""
+    old = json.loads(row.definition)
+    new = definition.to_dict()
+    values = definition_columns(definition)
+    values["updated_at"] = now
+    if any(old.get(k) != new.get(k) for k in _SCHEDULE_KEYS) or not row.enabled:
+        values["next_run_at"] = definition.first_fire_after(now)
+    next_run = values.get("next_run_at", row.next_run_at)
+    values["due_at"] = next_run if definition.policies.enabled and not row.paused else None
+    return values
+
+
+class SyncPart(StoreBase):
+    """``sync_tasks``."""
+
+    def sync_tasks(
+        self, definitions: Sequence[TaskDefinition], *, now: datetime, disable_missing: bool = True
+    ) -> SyncResult:
+        """Make the schedule table match ``definitions``; counters and history are kept."""
+        result = SyncResult()
+        wanted = {d.name: d for d in definitions}
+        # Serialise every definition once, before the transaction: with a large task file the
+        # Python work must not sit inside it (PostgreSQL cuts idle-in-transaction sessions).
+        for definition in definitions:
+            self.remember_definition(definition)
+        with self.engine.begin() as conn:
+            if self.is_postgres:
+                # Instances starting together with the same file sync one after the other;
+                # SQLite's BEGIN IMMEDIATE already serialises them. The per-row work below is
+                # in Python between statements, so this transaction may sit idle for a while.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SYNC_LOCK_KEY})
+                conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+            existing = {
+                row.name: row
+                for row in conn.execute(
+                    sa.select(
+                        schedules.c.name,
+                        schedules.c.definition,
+                        schedules.c.definition_hash,
+                        schedules.c.enabled,
+                        schedules.c.paused,
+                        schedules.c.next_run_at,
+                    )
+                )
+            }
+            inserts, updates = self._plan_sync(wanted, existing, now, result)
+            gone = (
+                [n for n, row in existing.items() if n not in wanted and row.enabled]
+                if disable_missing
+                else []
+            )
+            self._write_sync(conn, inserts, updates, gone, now)
+            result.disabled.extend(gone)
+        return result
+
+    @staticmethod
+    def _plan_sync(
+        wanted: Mapping[str, TaskDefinition],
+        existing: Mapping[str, Any],
+        now: datetime,
+        result: SyncResult,
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
+        """The rows to insert and the (name, values) to update; noted in ``result``."""
+        inserts: list[dict[str, Any]] = []
+        updates: list[tuple[str, dict[str, Any]]] = []
+        for name, definition in wanted.items():
+            row = existing.get(name)
+            if row is None:
+                inserts.append(new_schedule_row(definition, now))
+                result.created.append(name)
+            elif (
+                row.definition_hash == definition.digest()
+                and row.enabled == definition.policies.enabled
+            ):
+                result.unchanged.append(name)
+            else:
+                updates.append((name, changed_values(definition, row, now)))
+                result.updated.append(name)
+        return inserts, updates
+
+    def _write_sync(
+        self,
+        conn: sa.Connection,
+        inserts: list[dict[str, Any]],
+        updates: list[tuple[str, dict[str, Any]]],
+        gone: list[str],
+        now: datetime,
+    ) -> None:
+        if updates or gone:
+            changed = [n for n, _v in updates] + gone
+            for chunk in chunks(sorted(changed), 900):
+                self.lock_schedules(conn, member_of(self.dialect, schedules.c.name, chunk))
+        for name, values in updates:
+            conn.execute(schedules.update().where(schedules.c.name == name).values(**values))
+        for chunk in chunks(inserts, 500):
+            conn.execute(
+                upsert(conn, schedules).on_conflict_do_nothing(index_elements=["name"]),
+                list(chunk),
+            )
+        for chunk in chunks(gone, 500):
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.name.in_(chunk))
+                .values(enabled=False, due_at=None, updated_at=now)
+            )
