@@ -66,33 +66,24 @@ def run_benchmarks(
     return results
 
 
+def _git(*args: str) -> str:
+    """The stripped standard output of ``git args`` run in the repository."""
+    out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+    return out.stdout.strip()
+
+
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
+        commit = _git("rev-parse", "HEAD")
     except OSError:
         return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "scheduler_core", "bench"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout.strip()
-    return out.stdout.strip() + (" (+uncommitted changes)" if dirty else "") or None
+    dirty = _git("status", "--porcelain", "scheduler_core", "bench")
+    return commit + (" (+uncommitted changes)" if dirty else "") or None
 
 
 def _core_dirty() -> bool:
     """True when scheduler_core/ or exporter/ differ from the commit (the run is not of it)."""
-    out = subprocess.run(
-        ["git", "status", "--porcelain", "scheduler_core", "exporter"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    return bool(out.stdout.strip())
+    return bool(_git("status", "--porcelain", "scheduler_core", "exporter"))
 
 
 def main(argv: list[str] | None = None) -> int:

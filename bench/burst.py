@@ -13,6 +13,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Engine
+
 from bench import jobs
 from bench.common import (
     REPO,
@@ -41,6 +43,20 @@ PEERS = {
 }
 
 
+def _scheduler(engine: Engine, *, workers: int, telemetry: bool, prefix: str) -> Scheduler:
+    """The scheduler of one burst, with (by default) or without its telemetry."""
+    settings = EngineSettings(
+        instance_id=f"bench-{prefix}", health_listen=None, max_running=workers, drain_grace=10.0
+    )
+    return Scheduler(
+        engine=engine,
+        settings=settings,
+        telemetry=NullTelemetry(engine, instance_id=settings.instance_id)
+        if not telemetry
+        else None,
+    )
+
+
 def schedctl_burst(
     url: str,
     n: int,
@@ -54,19 +70,9 @@ def schedctl_burst(
     jobs.reset()
     lead = 1.5 + n * 0.002
     due = datetime.now(UTC) + timedelta(seconds=lead)
-    definitions = one_shot_tasks(n, due, prefix=prefix)
-    sync_s = sync(url, definitions)
+    sync_s = sync(url, one_shot_tasks(n, due, prefix=prefix))
     engine = create_db_engine(url, pool_size=5, pre_ping=False)  # as `schedctl run`
-    settings = EngineSettings(
-        instance_id=f"bench-{prefix}", health_listen=None, max_running=workers, drain_grace=10.0
-    )
-    scheduler = Scheduler(
-        engine=engine,
-        settings=settings,
-        telemetry=NullTelemetry(engine, instance_id=settings.instance_id)
-        if not telemetry
-        else None,
-    )
+    scheduler = _scheduler(engine, workers=workers, telemetry=telemetry, prefix=prefix)
     timings = instrument_store(scheduler.store)
     counter = FinishedCounter(url, prefix)
     scheduler.start()
@@ -96,16 +102,13 @@ def schedctl_burst(
         engine.dispose()
     table = read_runs(url, prefix=prefix, expected_tasks=n)
     calls = [c[0] for c in jobs.CALLS]
-    all_finished = (
-        (table.last_finished - due).total_seconds() if table.last_finished is not None else None
-    )
     return {
         "n": n,
         "telemetry": telemetry,
         "complete": complete,
         "setup_overran_due_time": overran,
         "sync_s": round(sync_s, 3),
-        "all_finished_s": _round(all_finished),
+        "all_finished_s": _round(seconds_after(table.last_finished, due)),
         "all_recorded_s": _round((recorded_at - due).total_seconds()),
         "start_delay_row": summarize_ms(table.start_delays),
         "start_delay_call": summarize_ms(calls),
@@ -215,7 +218,7 @@ def _targets(backend: str, section: dict[str, Any]) -> list[dict[str, Any]]:
     def ratio(peer: float | None) -> float | None:
         if peer is None or ours is None or ours <= 0:
             return None
-        return round(peer / ours, 2)
+        return round(peer / float(ours), 2)
 
     if backend == "postgresql":
         r3, r4 = ratio(aps3), ratio(aps4)
@@ -243,6 +246,11 @@ def _target(
         return {"target": name, "measured": None, "met": None}
     met = value > bound if strict else value >= bound
     return {"target": name, "measured": f"{measured}x", "met": met}
+
+
+def seconds_after(moment: datetime | None, due: datetime) -> float | None:
+    """Seconds from ``due`` to ``moment`` (say, the last run's end), None without a moment."""
+    return None if moment is None else (moment - due).total_seconds()
 
 
 def _round(value: float | None) -> float | None:

@@ -68,7 +68,6 @@ def _populate(url: str, n: int) -> None:
                     "enabled": True,
                     "schedule_type": "every",
                     "schedule_payload": '{"every": 60.0}',
-                    "next_run_at": now + timedelta(seconds=60),
                     "last_started_at": now - timedelta(seconds=1),
                     "last_finished_at": now,
                     "last_duration_seconds": 0.01,

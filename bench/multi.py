@@ -19,8 +19,10 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from bench.burst import seconds_after
 from bench.common import (
     REPO,
     CountQuery,
@@ -80,9 +82,7 @@ def burst_with_instances(
         for r in runners:
             r.kill()
         dbs.drop(url)
-    all_finished = (
-        (table.last_finished - due).total_seconds() if table.last_finished is not None else None
-    )
+    all_finished = seconds_after(table.last_finished, due)
     return {
         "instances": instances,
         "n": n,
@@ -140,6 +140,23 @@ def _ready(proc: subprocess.Popen[str], timeout: float) -> bool:
     return bool(readable) and proc.stdout.readline().strip() == "ready"
 
 
+def _launch(python: Path, url: str, workers: int) -> subprocess.Popen[str]:
+    """Start one APScheduler 4 scheduler process on database ``url``, its standard streams
+    piped as text: it prints ``ready``, then runs until its standard input closes."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "BENCH_DB_URL": peer_url(url, driver="asyncpg"),
+    }
+    return subprocess.Popen(
+        [str(python), str(REPO / "bench" / "peers" / "aps4_multi.py"), "--workers", str(workers)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def peer_multi(
     dbs: Databases, n: int, instances: int, *, workers: int, timeout: float = 300.0
 ) -> dict[str, Any]:
@@ -149,12 +166,7 @@ def peer_multi(
         python = peer_python("aps4")
     except PeerUnavailableError as exc:
         return {"skipped": str(exc)}
-    script = str(REPO / "bench" / "peers" / "aps4_multi.py")
     url = dbs.new("postgresql", migrated=False)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "BENCH_DB_URL": peer_url(url, driver="asyncpg"),
-    }
     # Adding schedules one at a time, then starting the processes (imports, connections).
     lead = 8.0 + n * 0.006 + instances * 2.0
     due = time.time() + lead
@@ -171,17 +183,7 @@ def peer_multi(
         )
         if "error" in setup:
             return setup
-        procs = [
-            subprocess.Popen(
-                [str(python), script, "--workers", str(workers)],
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(instances)
-        ]
+        procs = [_launch(python, url, workers) for _ in range(instances)]
         ready = all(_ready(p, 60.0) for p in procs)
         overran = time.time() > due - 0.5
         complete = ready and wait_until(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+#: The scale benchmark's two sizes of job table.
+SIZES = ("small", "large")
 
 
 def _fmt(value: Any) -> str:
@@ -114,6 +118,70 @@ def _peer_notes(peers: dict[str, Any]) -> list[str]:
     return [*notes, ""] if notes else []
 
 
+def _scale_poll(s: dict[str, Any], key: str) -> str:
+    """p50 / p99 of the timings ``key`` of a scale result."""
+    got = s.get(key) or {}
+    return f"{_fmt(got.get('p50_ms'))} / {_fmt(got.get('p99_ms'))}"
+
+
+def _scale_sized(p: dict[str, Any], size: str, figure: Any) -> str:
+    """``figure`` of a peer's result at ``size``, or why there is none."""
+    return _why_or(p.get(size, {}), figure)
+
+
+def _scale_delay(s: dict[str, Any]) -> str:
+    """A peer's p99 start delay in the window, with how many calls it made of those due."""
+    got = s.get("start_delay_call") or {}
+    if got.get("count") is None:
+        return ""
+    return (
+        f"{_fmt(got.get('p99_ms'))} ({s['runs_in_window']} of {s['expected_runs_in_window']} calls)"
+    )
+
+
+def _scale_plan(s: dict[str, Any]) -> str:
+    """Which of a peer's due queries use its due-time index."""
+    used = s.get("plans_use_due_index")
+    return "" if used is None else ", ".join(f"{k} {v}" for k, v in used.items())
+
+
+def _scale_setup(s: dict[str, Any]) -> str:
+    """How long a peer took to store its schedules, and what that set-up overran."""
+    if "setup_s" not in s:
+        return ""
+    found = s.get("empty_polls_that_found_due_work")
+    return f"{s['setup_s']} s; overran first tick {s['setup_overran_first_tick']}; " + (
+        f"polls that found due work {found}"
+    )
+
+
+def _scale_size_rows(s: dict[str, Any], peers: dict[str, Any], size: str) -> list[str]:
+    """schedctl's scale result ``s`` at ``size`` beside the peers' at the same size."""
+    return [
+        _row(
+            f"{size} ({s['stored']} stored): empty poll p50 / p99 (ms)",
+            _scale_poll(s, "empty_poll_claim"),
+            *_peer_cells(
+                peers,
+                lambda p: _scale_sized(p, size, lambda x: _scale_poll(x, "empty_poll")),
+            ),
+        ),
+        _row(
+            f"{size}: next-due query p50 / p99 (ms)",
+            _scale_poll(s, "empty_poll_next_due_at"),
+            *_peer_cells(
+                peers,
+                lambda p: _scale_sized(p, size, lambda x: _scale_poll(x, "empty_poll_next_due")),
+            ),
+        ),
+        _row(
+            f"{size}: start delay p99 (ms) in the window",
+            f"{_fmt(s['start_delay_row']['p99_ms'])} ({s['runs_in_window']} runs)",
+            *_peer_cells(peers, lambda p: _scale_sized(p, size, _scale_delay)),
+        ),
+    ]
+
+
 def _scale_peers(r: dict[str, Any]) -> list[str]:
     """schedctl (PostgreSQL) beside the peers' own empty polls at both sizes (none in older
     JSON)."""
@@ -121,36 +189,6 @@ def _scale_peers(r: dict[str, Any]) -> list[str]:
     if not peers:
         return []
     ours = r["postgresql"]
-
-    def poll(s: dict[str, Any], key: str) -> str:
-        got = s.get(key) or {}
-        return f"{_fmt(got.get('p50_ms'))} / {_fmt(got.get('p99_ms'))}"
-
-    def sized(p: dict[str, Any], size: str, figure: Any) -> str:
-        return _why_or(p.get(size, {}), figure)
-
-    def delay(s: dict[str, Any]) -> str:
-        got = s.get("start_delay_call") or {}
-        if got.get("count") is None:
-            return ""
-        return (
-            f"{_fmt(got.get('p99_ms'))} ({s['runs_in_window']} of "
-            f"{s['expected_runs_in_window']} calls)"
-        )
-
-    def plan(s: dict[str, Any]) -> str:
-        used = s.get("plans_use_due_index")
-        return "" if used is None else ", ".join(f"{k} {v}" for k, v in used.items())
-
-    def overran(s: dict[str, Any]) -> str:
-        if "setup_s" not in s:
-            return ""
-        found = s.get("empty_polls_that_found_due_work")
-        return f"{s['setup_s']} s; overran first tick {s['setup_overran_first_tick']}; " + (
-            f"polls that found due work {found}"
-        )
-
-    names = list(peers)
     rows = _peer_table(
         "Beside the peers (PostgreSQL; the same number of interval schedules on the same "
         "grids, each peer on a fresh database of the same server, stored in bulk as the "
@@ -160,30 +198,10 @@ def _scale_peers(r: dict[str, Any]) -> list[str]:
         "APScheduler 4.0.0a6 `SQLAlchemyDataStore.acquire_schedules(id, 30 s, 100)` "
         "(+ `get_next_schedule_run_time()`); schedctl's is its claim (+ next-due). "
         "Start delays: schedctl's on its run row, a peer's in the callable.",
-        names,
+        list(peers),
     )
-    for size in ("small", "large"):
-        s = ours[size]
-        rows += [
-            _row(
-                f"{size} ({s['stored']} stored): empty poll p50 / p99 (ms)",
-                poll(s, "empty_poll_claim"),
-                *_peer_cells(peers, lambda p, z=size: sized(p, z, lambda x: poll(x, "empty_poll"))),
-            ),
-            _row(
-                f"{size}: next-due query p50 / p99 (ms)",
-                poll(s, "empty_poll_next_due_at"),
-                *_peer_cells(
-                    peers,
-                    lambda p, z=size: sized(p, z, lambda x: poll(x, "empty_poll_next_due")),
-                ),
-            ),
-            _row(
-                f"{size}: start delay p99 (ms) in the window",
-                f"{_fmt(s['start_delay_row']['p99_ms'])} ({s['runs_in_window']} runs)",
-                *_peer_cells(peers, lambda p, z=size: sized(p, z, delay)),
-            ),
-        ]
+    for size in SIZES:
+        rows += _scale_size_rows(ours[size], peers, size)
     rows += [
         _row(
             "empty poll p50 ratio, large / small",
@@ -193,12 +211,12 @@ def _scale_peers(r: dict[str, Any]) -> list[str]:
         _row(
             "large: due queries use the due-time index",
             ours["large"]["plans_use_due_at_index"],
-            *_peer_cells(peers, lambda p: sized(p, "large", plan)),
+            *_peer_cells(peers, lambda p: _scale_sized(p, "large", _scale_plan)),
         ),
         _row(
             "large: storing the schedules (s)",
             ours["large"]["sync_s"],
-            *_peer_cells(peers, lambda p: sized(p, "large", overran)),
+            *_peer_cells(peers, lambda p: _scale_sized(p, "large", _scale_setup)),
         ),
         "",
         *_peer_notes(peers),
@@ -297,9 +315,19 @@ def _load(entry: dict[str, Any]) -> str:
     return f"load average before {before}, after {after}; took {entry.get('seconds')} s"
 
 
-def render(results: dict[str, Any]) -> str:
+#: (benchmark, target) pairs, gathered from the sections for the closing table.
+Targets = list[tuple[str, dict[str, Any]]]
+
+
+def _head(*columns: str) -> list[str]:
+    """A Markdown table's header row and its separator."""
+    return [_row(*columns), _row(*("---" for _ in columns))]
+
+
+def _figures(results: dict[str, Any]) -> list[str]:
+    """How, when and where the benchmarks ran."""
     m = results["machine"]
-    out = [
+    return [
         "## Figures",
         "",
         f"- Command: `{results['command']}` (sizes: {results['sizes']})",
@@ -313,214 +341,268 @@ def render(results: dict[str, Any]) -> str:
         f"- PostgreSQL: {results['postgresql_settings']}",
         "",
     ]
-    targets: list[tuple[str, dict[str, Any]]] = []
 
-    entry, r = _bench(results, "burst")
-    if r:
-        out += [
-            "### 1. Burst",
-            "",
-            f"N = {r.get('n')}, pool = {r.get('workers')}, median of {r.get('repeats')} "
-            f"interleaved runs per contender (samples in the last column). {_load(entry)}",
-            "",
-        ]
-        out += [
-            "| backend | contender | all finished (s) | start delay p50 / p99 (ms, in the callable)"
-            " | start delay p50 / p99 (ms, run row) | runs recorded"
-            " | all finished, every run (s) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for backend in ("postgresql", "sqlite"):
-            section = r.get(backend, {})
-            for who, res in section.items():
-                if who == "targets":
-                    continue
-                if "skipped" in res or "error" in res:
-                    out.append(
-                        f"| {backend} | {who} | {res.get('skipped') or res.get('error')} | | | |"
-                    )
-                    continue
-                call = res.get("start_delay_call", {})
-                row = res.get("start_delay_row")
-                recorded = (
-                    f"{res['runs']['rows']} rows, {res['runs']['duplicate_ticks']} dup"
-                    if "runs" in res
-                    else "no run history (peer keeps none)"
-                )
-                out.append(
-                    f"| {backend} | {who} | {_fmt(res.get('all_finished_s'))} | "
-                    f"{_fmt(call.get('p50_ms'))} / {_fmt(call.get('p99_ms'))} | "
-                    + (f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}" if row else "—")
-                    + f" | {recorded} | {res.get('all_finished_s_samples')} |"
-                )
-            targets += [("burst " + backend, t) for t in section.get("targets", [])]
-        out.append("")
 
-    entry, r = _bench(results, "steady")
-    if r and "error" not in r:
-        out += [
-            "### 2. Steady",
-            "",
-            f"{r['tasks']} tasks every {r['every_s']} s (grids offset: "
-            f"{r['runs_per_second']} runs/s), {r['window_s']} s measured. {_load(entry)}",
-            "",
-            "| figure | schedctl |",
-            "| --- | --- |",
-            f"| runs in window (expected) | {r['runs']['rows']} ({r['expected_runs_in_window']}) |",
-            f"| start delay p50 / p99 / max (ms, run row) | {r['start_delay_row']['p50_ms']} / "
-            f"{r['start_delay_row']['p99_ms']} / {r['start_delay_row']['max_ms']} |",
-            f"| scheduler CPU (% of one core) | {r['scheduler_cpu_percent_of_one_core']} |",
+def _burst_row(backend: str, who: str, res: dict[str, Any]) -> str:
+    """One contender's median burst on ``backend``."""
+    if "skipped" in res or "error" in res:
+        return f"| {backend} | {who} | {res.get('skipped') or res.get('error')} | | | |"
+    call = res.get("start_delay_call", {})
+    row = res.get("start_delay_row")
+    recorded = (
+        f"{res['runs']['rows']} rows, {res['runs']['duplicate_ticks']} dup"
+        if "runs" in res
+        else "no run history (peer keeps none)"
+    )
+    return (
+        f"| {backend} | {who} | {_fmt(res.get('all_finished_s'))} | "
+        f"{_fmt(call.get('p50_ms'))} / {_fmt(call.get('p99_ms'))} | "
+        + (f"{_fmt(row['p50_ms'])} / {_fmt(row['p99_ms'])}" if row else "—")
+        + f" | {recorded} | {res.get('all_finished_s_samples')} |"
+    )
+
+
+def _burst(entry: dict[str, Any], r: dict[str, Any]) -> tuple[list[str], Targets]:
+    out = [
+        "### 1. Burst",
+        "",
+        f"N = {r.get('n')}, pool = {r.get('workers')}, median of {r.get('repeats')} "
+        f"interleaved runs per contender (samples in the last column). {_load(entry)}",
+        "",
+        *_head(
+            "backend",
+            "contender",
+            "all finished (s)",
+            "start delay p50 / p99 (ms, in the callable)",
+            "start delay p50 / p99 (ms, run row)",
+            "runs recorded",
+            "all finished, every run (s)",
+        ),
+    ]
+    targets: Targets = []
+    for backend in ("postgresql", "sqlite"):
+        section = r.get(backend, {})
+        out += [_burst_row(backend, who, res) for who, res in section.items() if who != "targets"]
+        targets += [("burst " + backend, t) for t in section.get("targets", [])]
+    out.append("")
+    return out, targets
+
+
+def _steady(entry: dict[str, Any], r: dict[str, Any]) -> tuple[list[str], Targets]:
+    if "error" in r:
+        return ["### 2. Steady", "", f"error: {r['error']}", ""], []
+    delay = r["start_delay_row"]
+    by_thread = r.get("scheduler_cpu_percent_by_thread", {})
+    out = [
+        "### 2. Steady",
+        "",
+        f"{r['tasks']} tasks every {r['every_s']} s (grids offset: "
+        f"{r['runs_per_second']} runs/s), {r['window_s']} s measured. {_load(entry)}",
+        "",
+        *_head("figure", "schedctl"),
+        f"| runs in window (expected) | {r['runs']['rows']} ({r['expected_runs_in_window']}) |",
+        f"| start delay p50 / p99 / max (ms, run row) | {delay['p50_ms']} / "
+        f"{delay['p99_ms']} / {delay['max_ms']} |",
+        f"| scheduler CPU (% of one core) | {r['scheduler_cpu_percent_of_one_core']} |",
+        _row(
+            "scheduler CPU by thread (% of one core)",
+            ", ".join(f"{role} {pct}" for role, pct in by_thread.items()) or "—",
+        ),
+        f"| PostgreSQL CPU (% of one core) | {r['postgres_cpu_percent_of_one_core']} |",
+        _row(
+            "scheduler RSS / peak (MiB)",
+            f"{r['scheduler_rss_mib']} / {r['scheduler_peak_rss_mib']}",
+        ),
+        *_catch_up_row(r),
+        "",
+        *_steady_peers(r),
+    ]
+    return out, [("steady", t) for t in r.get("targets", [])]
+
+
+def _scale_row(backend: str, s: dict[str, Any]) -> str:
+    """The scale benchmark at one size on ``backend``."""
+    inrun = s.get("in_run_claim") or {}
+    empty = s["empty_poll_claim"]
+    delay = s["start_delay_row"]
+    return _row(
+        backend,
+        s["stored"],
+        f"{empty['p50_ms']} / {empty['p99_ms']}",
+        s["empty_poll_next_due_at"]["p50_ms"],
+        f"{_fmt(inrun.get('p50_ms'))} / {_fmt(inrun.get('p99_ms'))}",
+        f"{delay['p50_ms']} / {delay['p99_ms']}",
+        s["plans_use_due_at_index"],
+    )
+
+
+def _scale(entry: dict[str, Any], r: dict[str, Any]) -> tuple[list[str], Targets]:
+    backends = ("postgresql", "sqlite")
+    out = [
+        "### 3. Scale",
+        "",
+        f"~{r['due_per_second']} due per second. {_load(entry)}",
+        "",
+        *_head(
+            "backend",
+            "stored",
+            "empty poll: claim p50 / p99 (ms)",
+            "empty poll: next-due p50 (ms)",
+            "in-run claim p50 / p99 (ms)",
+            "start delay p50 / p99 (ms)",
+            "due index used",
+        ),
+        *(_scale_row(backend, r[backend][size]) for backend in backends for size in SIZES),
+        "",
+        "Due-query plans at the large size:",
+        "",
+    ]
+    for backend in backends:
+        for name, plan in r[backend]["large"]["plans"].items():
+            out += [f"{backend} `{name}`:", "", "```", *plan, "```", ""]
+    out += _scale_peers(r)
+    targets = [("scale " + b, t) for b in backends for t in r[b].get("targets", [])]
+    return out, targets
+
+
+def _multi(entry: dict[str, Any], r: dict[str, Any]) -> tuple[list[str], Targets]:
+    out = [
+        "### 4. Multi-instance (PostgreSQL)",
+        "",
+        _load(entry),
+        "",
+        *_head(
+            "instances",
+            "N",
+            "all finished (s)",
+            "throughput (runs/s)",
+            "start delay p99 (ms)",
+            "duplicates",
+            "tasks not run exactly once",
+            "runs per instance",
+        ),
+    ]
+    for s in (r["one_instance"], r["three_instances"]):
+        out.append(
             _row(
-                "scheduler CPU by thread (% of one core)",
-                ", ".join(
-                    f"{role} {pct}"
-                    for role, pct in r.get("scheduler_cpu_percent_by_thread", {}).items()
-                )
-                or "—",
-            ),
-            f"| PostgreSQL CPU (% of one core) | {r['postgres_cpu_percent_of_one_core']} |",
+                s["instances"],
+                s["n"],
+                s["all_finished_s"],
+                s["throughput_runs_per_s"],
+                s["start_delay_row"]["p99_ms"],
+                s["duplicates"],
+                s["runs"]["tasks_not_exactly_once"],
+                s["runs"]["per_instance"],
+            )
+        )
+    out += ["", *_multi_peers(r)]
+    return out, [("multi", t) for t in r.get("targets", [])]
+
+
+def _exporter_rows(r: dict[str, Any]) -> list[str]:
+    """The exporter's figures, a row each."""
+    lat = r["metrics_latency"]
+    return [
+        *_head("figure", "value"),
+        _row("tasks x instances", f"{r['tasks']} x {r['instances']}"),
+        _row(
+            "/metrics latency p50 / p99 / max (ms)",
+            f"{lat['p50_ms']} / {lat['p99_ms']} / {lat['max_ms']}",
+        ),
+        f"| payload (bytes) / series | {r['payload_bytes']} / {r['series']} |",
+        _row(
+            "exporter RSS / peak (MiB)",
+            f"{r['exporter_rss_mib']} / {r['exporter_peak_rss_mib']}",
+        ),
+        # Older JSON has neither the MB figure nor the gzip phase.
+        *(
+            [_row("exporter peak RSS (MB, 10^6 bytes)", r["exporter_peak_rss_mb"])]
+            if "exporter_peak_rss_mb" in r
+            else []
+        ),
+        *(_gzip_rows(r) if "gzip_metrics_latency" in r else []),
+        f"| SQL refresh p50 / max (ms, scheduler_exporter_refresh_duration_seconds) | "
+        f"{r['sql_refresh']['p50_ms']} / {r['sql_refresh']['max_ms']} |",
+        "",
+    ]
+
+
+def _exporter(entry: dict[str, Any], r: dict[str, Any]) -> tuple[list[str], Targets]:
+    out = ["### 5. Exporter", "", _load(entry), ""]
+    if "skipped" in r or "error" in r:
+        return [*out, f"not measured: {r.get('skipped') or r.get('error')}", ""], []
+    return [*out, *_exporter_rows(r)], [("exporter", t) for t in r.get("targets", [])]
+
+
+def _on_off(s: dict[str, Any], figure: str) -> str:
+    """``figure`` with telemetry on / off."""
+    return f"{s[f'{figure}_on']} / {s[f'{figure}_off']}"
+
+
+def _telemetry(entry: dict[str, Any], r: dict[str, Any]) -> tuple[list[str], Targets]:
+    out = [
+        "### 6. Telemetry overhead",
+        "",
+        f"Burst N = {r['n']}, median of {r['repeats']} alternated runs each. {_load(entry)}",
+        "",
+        *_head(
+            "backend",
+            "all finished on / off (s)",
+            "overhead per run, wall (ms)",
+            "CPU per run on / off (ms)",
+            "overhead per run, CPU (ms)",
+        ),
+    ]
+    for backend in ("postgresql", "sqlite"):
+        s = r[backend]
+        out.append(
             _row(
-                "scheduler RSS / peak (MiB)",
-                f"{r['scheduler_rss_mib']} / {r['scheduler_peak_rss_mib']}",
-            ),
-            *_catch_up_row(r),
-            "",
-            *_steady_peers(r),
-        ]
-        targets += [("steady", t) for t in r.get("targets", [])]
-    elif r:
-        out += ["### 2. Steady", "", f"error: {r['error']}", ""]
-
-    entry, r = _bench(results, "scale")
-    if r and "error" not in r:
-        out += [
-            "### 3. Scale",
-            "",
-            f"~{r['due_per_second']} due per second. {_load(entry)}",
-            "",
-            "| backend | stored | empty poll: claim p50 / p99 (ms) | empty poll: next-due p50 (ms)"
-            " | in-run claim p50 / p99 (ms) | start delay p50 / p99 (ms) | due index used |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for backend in ("postgresql", "sqlite"):
-            for size in ("small", "large"):
-                s = r[backend][size]
-                inrun = s.get("in_run_claim") or {}
-                empty = s["empty_poll_claim"]
-                delay = s["start_delay_row"]
-                out.append(
-                    _row(
-                        backend,
-                        s["stored"],
-                        f"{empty['p50_ms']} / {empty['p99_ms']}",
-                        s["empty_poll_next_due_at"]["p50_ms"],
-                        f"{_fmt(inrun.get('p50_ms'))} / {_fmt(inrun.get('p99_ms'))}",
-                        f"{delay['p50_ms']} / {delay['p99_ms']}",
-                        s["plans_use_due_at_index"],
-                    )
-                )
-            targets += [("scale " + backend, t) for t in r[backend].get("targets", [])]
-        out += ["", "Due-query plans at the large size:", ""]
-        for backend in ("postgresql", "sqlite"):
-            for name, plan in r[backend]["large"]["plans"].items():
-                out += [f"{backend} `{name}`:", "", "```", *plan, "```", ""]
-        out += _scale_peers(r)
-
-    entry, r = _bench(results, "multi")
-    if r and "error" not in r:
-        out += [
-            "### 4. Multi-instance (PostgreSQL)",
-            "",
-            _load(entry),
-            "",
-            "| instances | N | all finished (s) | throughput (runs/s) | start delay p99 (ms) "
-            "| duplicates | tasks not run exactly once | runs per instance |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for key in ("one_instance", "three_instances"):
-            s = r[key]
-            out.append(
-                _row(
-                    s["instances"],
-                    s["n"],
-                    s["all_finished_s"],
-                    s["throughput_runs_per_s"],
-                    s["start_delay_row"]["p99_ms"],
-                    s["duplicates"],
-                    s["runs"]["tasks_not_exactly_once"],
-                    s["runs"]["per_instance"],
-                )
+                backend,
+                _on_off(s, "all_finished_s"),
+                s["overhead_wall_ms_per_run"],
+                _on_off(s, "cpu_ms_per_run"),
+                s["overhead_cpu_ms_per_run"],
             )
-        out += ["", *_multi_peers(r)]
-        targets += [("multi", t) for t in r.get("targets", [])]
+        )
+    out.append("")
+    return out, [("telemetry", t) for t in r.get("targets", [])]
 
-    entry, r = _bench(results, "exporter")
-    if r:
-        out += ["### 5. Exporter", "", _load(entry), ""]
-        if "skipped" in r or "error" in r:
-            out += [f"not measured: {r.get('skipped') or r.get('error')}", ""]
-        else:
-            lat = r["metrics_latency"]
-            out += [
-                "| figure | value |",
-                "| --- | --- |",
-                _row("tasks x instances", f"{r['tasks']} x {r['instances']}"),
-                _row(
-                    "/metrics latency p50 / p99 / max (ms)",
-                    f"{lat['p50_ms']} / {lat['p99_ms']} / {lat['max_ms']}",
-                ),
-                f"| payload (bytes) / series | {r['payload_bytes']} / {r['series']} |",
-                _row(
-                    "exporter RSS / peak (MiB)",
-                    f"{r['exporter_rss_mib']} / {r['exporter_peak_rss_mib']}",
-                ),
-                # Older JSON has neither the MB figure nor the gzip phase.
-                *(
-                    [_row("exporter peak RSS (MB, 10^6 bytes)", r["exporter_peak_rss_mb"])]
-                    if "exporter_peak_rss_mb" in r
-                    else []
-                ),
-                *(_gzip_rows(r) if "gzip_metrics_latency" in r else []),
-                f"| SQL refresh p50 / max (ms, scheduler_exporter_refresh_duration_seconds) | "
-                f"{r['sql_refresh']['p50_ms']} / {r['sql_refresh']['max_ms']} |",
-                "",
-            ]
-            targets += [("exporter", t) for t in r.get("targets", [])]
 
-    entry, r = _bench(results, "telemetry")
-    if r and "error" not in r:
-        out += [
-            "### 6. Telemetry overhead",
-            "",
-            f"Burst N = {r['n']}, median of {r['repeats']} alternated runs each. {_load(entry)}",
-            "",
-            "| backend | all finished on / off (s) | overhead per run, wall (ms) "
-            "| CPU per run on / off (ms) | overhead per run, CPU (ms) |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for backend in ("postgresql", "sqlite"):
-            s = r[backend]
-            out.append(
-                _row(
-                    backend,
-                    f"{s['all_finished_s_on']} / {s['all_finished_s_off']}",
-                    s["overhead_wall_ms_per_run"],
-                    f"{s['cpu_ms_per_run_on']} / {s['cpu_ms_per_run_off']}",
-                    s["overhead_cpu_ms_per_run"],
-                )
-            )
-        out.append("")
-        targets += [("telemetry", t) for t in r.get("targets", [])]
+Section = Callable[[dict[str, Any], dict[str, Any]], tuple[list[str], Targets]]
 
+#: A section a benchmark, in order: the benchmark's name in the results, the function that
+#: renders its entry and result, and whether a failed run is left out rather than rendered.
+SECTIONS: tuple[tuple[str, Section, bool], ...] = (
+    ("burst", _burst, False),
+    ("steady", _steady, False),
+    ("scale", _scale, True),
+    ("multi", _multi, True),
+    ("exporter", _exporter, False),
+    ("telemetry", _telemetry, True),
+)
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown of ``results``: how they were taken, a section a benchmark, the targets."""
+    out = _figures(results)
+    targets: Targets = []
+    for name, section, errors_left_out in SECTIONS:
+        entry, r = _bench(results, name)
+        if not r or (errors_left_out and "error" in r):
+            continue
+        lines, found = section(entry, r)
+        out += lines
+        targets += found
     out += [
         "### Targets",
         "",
-        "| benchmark | target | measured | verdict |",
-        "| --- | --- | --- | --- |",
+        *_head("benchmark", "target", "measured", "verdict"),
+        *(
+            f"| {bench} | {t['target']} | {_fmt(t['measured'])} | {_met(t['met'])} |"
+            for bench, t in targets
+        ),
+        "",
     ]
-    for bench, t in targets:
-        out.append(f"| {bench} | {t['target']} | {_fmt(t['measured'])} | {_met(t['met'])} |")
-    out.append("")
     return "\n".join(out)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["FULL", "QUICK", "SMOKE", "Sizes"]
+__all__ = ["FULL", "QUICK", "SIZE_COLUMNS", "SMOKE", "Sizes"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,64 +32,36 @@ class Sizes:
     workers: int = 64
 
 
-FULL = Sizes(
-    burst_n=500,
-    burst_repeats=3,
-    steady_tasks=10_000,
-    steady_every=10.0,
-    steady_seconds=60.0,
-    steady_warmup=10.0,
-    scale_small=1_000,
-    scale_large=100_000,
-    scale_due_per_second=100.0,
-    scale_seconds=30.0,
-    scale_warmup=3.0,
-    scale_probes=200,
-    multi_n=2_000,
-    exporter_tasks=10_000,
-    exporter_requests=200,
-    telemetry_n=500,
-    telemetry_repeats=3,
-)
+#: One row a field, one column a size: FULL (the issue's sizes), QUICK (a quicker cut) and
+#: SMOKE (for the CI smoke test: every code path, tiny numbers, correctness only).
+SIZE_COLUMNS: dict[str, tuple[Any, Any, Any]] = {
+    # name: (FULL, QUICK, SMOKE)
+    "burst_n": (500, 200, 20),
+    "burst_repeats": (3, 1, 1),
+    "steady_tasks": (10_000, 1_000, 20),
+    "steady_every": (10.0, 10.0, 1.0),
+    "steady_seconds": (60.0, 20.0, 3.0),
+    "steady_warmup": (10.0, 5.0, 1.0),
+    "scale_small": (1_000, 1_000, 50),
+    "scale_large": (100_000, 10_000, 200),
+    "scale_due_per_second": (100.0, 100.0, 20.0),
+    "scale_seconds": (30.0, 10.0, 1.5),
+    "scale_warmup": (3.0, 3.0, 0.5),
+    "scale_probes": (200, 200, 10),
+    "multi_n": (2_000, 500, 60),
+    "exporter_tasks": (10_000, 1_000, 30),
+    "exporter_requests": (200, 50, 5),
+    "telemetry_n": (500, 200, 20),
+    "telemetry_repeats": (3, 2, 1),
+    "workers": (64, 64, 8),
+}
 
-QUICK = Sizes(
-    burst_n=200,
-    burst_repeats=1,
-    steady_tasks=1_000,
-    steady_every=10.0,
-    steady_seconds=20.0,
-    steady_warmup=5.0,
-    scale_small=1_000,
-    scale_large=10_000,
-    scale_due_per_second=100.0,
-    scale_seconds=10.0,
-    scale_warmup=3.0,
-    scale_probes=200,
-    multi_n=500,
-    exporter_tasks=1_000,
-    exporter_requests=50,
-    telemetry_n=200,
-    telemetry_repeats=2,
-)
 
-#: For the CI smoke test: every code path, tiny numbers, correctness only.
-SMOKE = Sizes(
-    burst_n=20,
-    burst_repeats=1,
-    steady_tasks=20,
-    steady_every=1.0,
-    steady_seconds=3.0,
-    steady_warmup=1.0,
-    scale_small=50,
-    scale_large=200,
-    scale_due_per_second=20.0,
-    scale_seconds=1.5,
-    scale_warmup=0.5,
-    scale_probes=10,
-    multi_n=60,
-    exporter_tasks=30,
-    exporter_requests=5,
-    telemetry_n=20,
-    telemetry_repeats=1,
-    workers=8,
-)
+def _column(index: int) -> Sizes:
+    """The sizes of column ``index`` of :data:`SIZE_COLUMNS`."""
+    return Sizes(**{name: values[index] for name, values in SIZE_COLUMNS.items()})
+
+
+FULL = _column(0)
+QUICK = _column(1)
+SMOKE = _column(2)

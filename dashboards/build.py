@@ -151,6 +151,40 @@ def _target(
     return target
 
 
+def _instant(
+    expr: str, ref_id: str = "A", *, legend: str | None = None, table: bool = False
+) -> Json:
+    """An instant query: the panel shows the latest value only."""
+    return _target(expr, ref_id, legend=legend, instant=True, table=table)
+
+
+def _by_task(metric: str, selector: str = "") -> str:
+    """PromQL: ``metric`` one series per task (exporter replicas deduplicated with max)."""
+    return f"max by (task) ({metric}{selector})"
+
+
+def _timestamp_ms(metric: str, selector: str = "") -> str:
+    """PromQL: a per-task epoch-seconds ``metric`` in milliseconds, absent while it is 0."""
+    return f"({_by_task(metric, selector)} > 0) * 1000"
+
+
+def _organize(
+    *, exclude: list[str], index: list[str] | None = None, rename: dict[str, str] | None = None
+) -> Json:
+    """The `organize` transformation: hide ``exclude``, order by ``index``, ``rename``."""
+    options: Json = {"excludeByName": dict.fromkeys(exclude, True)}
+    if index is not None:
+        options["indexByName"] = {name: position for position, name in enumerate(index)}
+    if rename is not None:
+        options["renameByName"] = rename
+    return {"id": "organize", "options": options}
+
+
+def _merge() -> Json:
+    """The `merge` transformation: one table of several queries' frames, joined on labels."""
+    return {"id": "merge", "options": {}}
+
+
 def _thresholds(*steps: tuple[float | None, str]) -> Json:
     return {
         "mode": "absolute",
@@ -265,15 +299,46 @@ def _panel(
 
 
 def _timeseries_panel(
-    layout: _Layout, *, bars: bool = False, color: Json | None = None, **fields: Any
+    layout: _Layout,
+    *,
+    bars: bool = False,
+    steps: bool = False,
+    color: Json | None = None,
+    **fields: Any,
 ) -> Json:
-    """A time-series panel with the dashboards' common options and legend (lines or bars)."""
+    """A half-width time-series panel with the dashboards' common options and legend (lines,
+    step lines or bars)."""
     return _panel(
         layout,
         kind="timeseries",
+        size=(12, 8),
         options=_timeseries_options(),
-        custom=_timeseries_custom(bars=True) if bars else _timeseries_custom(),
+        custom=_timeseries_custom(bars=bars, steps=steps),
         color=color or {"mode": "palette-classic"},
+        **fields,
+    )
+
+
+def _stat_panel(layout: _Layout, *, options: Json | None = None, **fields: Any) -> Json:
+    """A small stat panel (4 x 4), by default showing the last value in its threshold colour."""
+    return _panel(layout, kind="stat", size=(4, 4), options=options or _stat_options(), **fields)
+
+
+def _text_stat(layout: _Layout, *, options: Json, **fields: Any) -> Json:
+    """A stat panel showing a label or a mapped value rather than a number."""
+    return _stat_panel(layout, unit="none", options=options, **fields)
+
+
+def _table_panel(
+    layout: _Layout, *, sort_by: str, size: tuple[int, int] = (12, 8), **fields: Any
+) -> Json:
+    """A table panel sorted by column ``sort_by``, with the dashboards' common cell options."""
+    return _panel(
+        layout,
+        kind="table",
+        size=size,
+        options=_table_options(sort_by),
+        custom=_table_custom(),
         **fields,
     )
 
@@ -299,8 +364,8 @@ def _timeseries_options() -> Json:
     }
 
 
-def _timeseries_custom(*, bars: bool = False) -> Json:
-    return {
+def _timeseries_custom(*, bars: bool = False, steps: bool = False) -> Json:
+    custom: Json = {
         "drawStyle": "bars" if bars else "line",
         "lineWidth": 1,
         "fillOpacity": 80 if bars else 10,
@@ -309,6 +374,9 @@ def _timeseries_custom(*, bars: bool = False) -> Json:
         "stacking": {"mode": "normal" if bars else "none", "group": "A"},
         "axisPlacement": "auto",
     }
+    if steps:
+        custom["lineInterpolation"] = "stepAfter"
+    return custom
 
 
 def _table_options(sort_by: str) -> Json:
@@ -395,253 +463,184 @@ def _dashboard(
 # ----------------------------------------------------------------------------------------------
 # schedctl-overview
 
+#: What the overview's count of tasks with each alarming badge counts; the panel is titled
+#: after the badge and turns the badge's colour when the count is not zero.
+BADGE_COUNT_DESCRIPTIONS: dict[states.Badge, str] = {
+    "failing": "Tasks whose last run failed or timed out, with consecutive failures > 0.",
+    "stuck": "Tasks with a run older than their max_runtime.",
+    "late": f"Tasks due more than {LATE_GRACE_SECONDS} s ago that are enabled and neither"
+    " running nor paused.",
+    "paused": "Tasks paused with `schedctl pause TASK --reason`; they do not run and do not page.",
+}
 
-def build_overview() -> Json:
-    """The `schedctl-overview` dashboard: every task's state, the instances, failure rates."""
-    layout = _Layout()
-    panels: list[Json] = []
+#: PromQL: seconds since each scheduler instance's last heartbeat.
+HEARTBEAT_AGE = (
+    "time() - max by (instance_id) (scheduler_instance_last_heartbeat_timestamp_seconds)"
+)
 
-    def count_stat(title: str, description: str, expr: str, bad: str) -> Json:
-        return _panel(
-            layout,
-            kind="stat",
-            title=title,
-            description=description,
-            targets=[_target(expr, "A", instant=True)],
-            unit="short",
-            size=(4, 4),
-            options=_stat_options(),
-            thresholds=_thresholds((None, "green"), (1, bad)),
-            decimals=0,
-        )
 
-    panels.append(
-        _panel(
-            layout,
-            kind="stat",
-            title="Tasks",
-            description="Number of tasks known to the scheduler database.",
-            targets=[_target("count(max by (task) (scheduler_task_info))", "A", instant=True)],
-            unit="short",
-            size=(4, 4),
-            options=_stat_options(),
-            thresholds=_thresholds((None, "blue")),
-            decimals=0,
-        )
-    )
-    panels.append(
-        count_stat(
-            "Failing tasks",
-            "Tasks whose last run failed or timed out, with consecutive failures > 0.",
-            f"count(\n  {badge_conditions()['failing']}\n) or vector(0)",
-            "red",
-        )
-    )
-    panels.append(
-        count_stat(
-            "Stuck tasks",
-            "Tasks with a run older than their max_runtime.",
-            f"count({badge_conditions()['stuck']}) or vector(0)",
-            "dark-red",
-        )
-    )
-    panels.append(
-        count_stat(
-            "Late tasks",
-            f"Tasks due more than {LATE_GRACE_SECONDS} s ago that are enabled and neither"
-            " running nor paused.",
-            f"count(\n  {late_flag_expr()}\n) or vector(0)",
-            "orange",
-        )
-    )
-    panels.append(
-        count_stat(
-            "Paused tasks",
-            "Tasks paused with `schedctl pause TASK --reason`; they do not run and do not page.",
-            f"count({badge_conditions()['paused']}) or vector(0)",
-            "purple",
-        )
-    )
-    panels.append(
-        _panel(
-            layout,
-            kind="stat",
-            title="Live scheduler instances",
-            description=(
-                f"Scheduler instances whose heartbeat is at most {HEARTBEAT_STALE_SECONDS} s old."
-                " Zero means no task runs."
-            ),
-            targets=[
-                _target(
-                    "count(\n  time()"
-                    " - max by (instance_id) (scheduler_instance_last_heartbeat_timestamp_seconds)"
-                    f"\n  <= {HEARTBEAT_STALE_SECONDS}\n) or vector(0)",
-                    "A",
-                    instant=True,
-                )
-            ],
-            unit="short",
-            size=(4, 4),
-            options=_stat_options(),
-            thresholds=_thresholds((None, "red"), (1, "green")),
-            decimals=0,
-        )
+def _count_stat(layout: _Layout, title: str, description: str, expr: str, thresholds: Json) -> Json:
+    """A stat panel showing a whole count, coloured by ``thresholds``."""
+    return _stat_panel(
+        layout,
+        title=title,
+        description=description,
+        targets=[_instant(expr)],
+        unit="short",
+        thresholds=thresholds,
+        decimals=0,
     )
 
-    panels.append(
-        _panel(
+
+def _badge_count_expr(badge: states.Badge) -> str:
+    """PromQL counting the tasks with ``badge`` (0 rather than nothing when there is none);
+    for ``late`` the flag, whatever the badge. A condition joining series goes on its own line."""
+    condition = late_flag_expr() if badge == "late" else badge_conditions()[badge]
+    inner = f"\n  {condition}\n" if " on (task) " in condition else condition
+    return f"count({inner}) or vector(0)"
+
+
+def _overview_counts(layout: _Layout) -> list[Json]:
+    """The overview's top row: tasks, tasks by alarming badge, live scheduler instances."""
+    live = f"count(\n  {HEARTBEAT_AGE}\n  <= {HEARTBEAT_STALE_SECONDS}\n) or vector(0)"
+    return [
+        _count_stat(
             layout,
-            kind="table",
-            title="Tasks",
-            description=(
-                "One row per task: status badge, next run, last run (start), last duration and"
-                " consecutive failures. Click a row to open the schedctl-task dashboard for it."
-            ),
-            targets=[
-                _target(status_expr(), "A", instant=True, table=True),
-                _target(
-                    "(max by (task) (scheduler_task_next_run_timestamp_seconds) > 0) * 1000",
-                    "B",
-                    instant=True,
-                    table=True,
-                ),
-                _target(
-                    "(max by (task) (scheduler_task_last_start_timestamp_seconds) > 0) * 1000",
-                    "C",
-                    instant=True,
-                    table=True,
-                ),
-                _target(
-                    "max by (task) (scheduler_task_last_duration_seconds)",
-                    "D",
-                    instant=True,
-                    table=True,
-                ),
-                _target(
-                    "max by (task) (scheduler_task_consecutive_failures)",
-                    "E",
-                    instant=True,
-                    table=True,
-                ),
-            ],
-            # Only "last duration" stays numeric: timestamps become time fields and the failure
-            # count a string below, because per-column units would need scalar override values.
-            unit="s",
-            size=(24, 10),
-            options=_table_options("task"),
-            custom=_table_custom(),
-            mappings=_status_mappings(),
-            overrides=[_colored_cell_override("status")],
-            transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "convertFieldType",
-                    "options": {
-                        "fields": {},
-                        "conversions": [
-                            {"targetField": "Value #B", "destinationType": "time"},
-                            {"targetField": "Value #C", "destinationType": "time"},
-                            {"targetField": "Value #E", "destinationType": "string"},
-                        ],
-                    },
+            "Tasks",
+            "Number of tasks known to the scheduler database.",
+            "count(max by (task) (scheduler_task_info))",
+            _thresholds((None, "blue")),
+        ),
+        *(
+            _count_stat(
+                layout,
+                f"{badge.capitalize()} tasks",
+                description,
+                _badge_count_expr(badge),
+                _thresholds((None, "green"), (1, STATUS_COLORS[badge])),
+            )
+            for badge, description in BADGE_COUNT_DESCRIPTIONS.items()
+        ),
+        _count_stat(
+            layout,
+            "Live scheduler instances",
+            f"Scheduler instances whose heartbeat is at most {HEARTBEAT_STALE_SECONDS} s old."
+            " Zero means no task runs.",
+            live,
+            _thresholds((None, "red"), (1, "green")),
+        ),
+    ]
+
+
+def _overview_tasks_table(layout: _Layout) -> Json:
+    """One row per task, each linking to the task dashboard."""
+    # Column "Value #X" comes from query X; "state" is the status query's label.
+    columns = {
+        "B": ("next run", _timestamp_ms("scheduler_task_next_run_timestamp_seconds"), "time"),
+        "C": ("last run", _timestamp_ms("scheduler_task_last_start_timestamp_seconds"), "time"),
+        "D": ("last duration", _by_task("scheduler_task_last_duration_seconds"), None),
+        "E": ("consecutive failures", _by_task("scheduler_task_consecutive_failures"), "string"),
+    }
+    values = {f"Value #{ref}": column for ref, column in columns.items()}
+    return _table_panel(
+        layout,
+        sort_by="task",
+        title="Tasks",
+        description=(
+            "One row per task: status badge, next run, last run (start), last duration and"
+            " consecutive failures. Click a row to open the schedctl-task dashboard for it."
+        ),
+        targets=[
+            _instant(status_expr(), table=True),
+            *(_instant(expr, ref, table=True) for ref, (_, expr, _) in columns.items()),
+        ],
+        # Only "last duration" stays numeric: timestamps become time fields and the failure
+        # count a string below, because per-column units would need scalar override values.
+        unit="s",
+        size=(24, 10),
+        mappings=_status_mappings(),
+        overrides=[_colored_cell_override("status")],
+        transformations=[
+            _merge(),
+            {
+                "id": "convertFieldType",
+                "options": {
+                    "fields": {},
+                    "conversions": [
+                        {"targetField": field, "destinationType": kind}
+                        for field, (_, _, kind) in values.items()
+                        if kind is not None
+                    ],
                 },
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True, "Value #A": True},
-                        "indexByName": {
-                            "task": 0,
-                            "state": 1,
-                            "Value #B": 2,
-                            "Value #C": 3,
-                            "Value #D": 4,
-                            "Value #E": 5,
-                        },
-                        "renameByName": {
-                            "state": "status",
-                            "Value #B": "next run",
-                            "Value #C": "last run",
-                            "Value #D": "last duration",
-                            "Value #E": "consecutive failures",
-                        },
-                    },
-                },
-            ],
-            field_links=[
-                {
-                    **_link(
-                        "Open task ${__data.fields.task}",
-                        "/d/schedctl-task/schedctl-task?var-task=${__data.fields.task}"
-                        "&${datasource:queryparam}&${__url_time_range}",
-                        "Task dashboard",
-                    ),
-                    "targetBlank": False,
-                }
-            ],
-        )
-    )
-
-    panels.append(
-        _panel(
-            layout,
-            kind="table",
-            title="Scheduler instances",
-            description=(
-                "Every scheduler instance in the database with its version, state and the age of"
-                " its last heartbeat."
+            },
+            _organize(
+                exclude=["Time", "Value #A"],
+                index=["task", "state", *values],
+                rename={"state": "status", **{field: c[0] for field, c in values.items()}},
             ),
-            targets=[
-                _target(
-                    "max by (instance_id, version, state) (scheduler_instance_info)",
-                    "A",
-                    instant=True,
-                    table=True,
+        ],
+        field_links=[
+            {
+                **_link(
+                    "Open task ${__data.fields.task}",
+                    "/d/schedctl-task/schedctl-task?var-task=${__data.fields.task}"
+                    "&${datasource:queryparam}&${__url_time_range}",
+                    "Task dashboard",
                 ),
-                _target(
-                    "time()"
-                    " - max by (instance_id) (scheduler_instance_last_heartbeat_timestamp_seconds)",
-                    "B",
-                    instant=True,
-                    table=True,
-                ),
-            ],
-            unit="s",
-            size=(12, 8),
-            options=_table_options("instance_id"),
-            custom=_table_custom(),
-            thresholds=_thresholds((None, "green"), (HEARTBEAT_STALE_SECONDS, "red")),
-            overrides=[_colored_cell_override("heartbeat age")],
-            transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True, "Value #A": True},
-                        "indexByName": {"instance_id": 0, "version": 1, "state": 2, "Value #B": 3},
-                        "renameByName": {"Value #B": "heartbeat age"},
-                    },
-                },
-            ],
-        )
-    )
-    panels.append(
-        _timeseries_panel(
-            layout,
-            title="Running runs per instance",
-            description="Runs in progress on each scheduler instance.",
-            targets=[
-                _target(
-                    "max by (instance_id) (scheduler_instance_running_runs)",
-                    "A",
-                    legend="{{instance_id}}",
-                )
-            ],
-            unit="short",
-            size=(12, 8),
-        )
+                "targetBlank": False,
+            }
+        ],
     )
 
-    panels.append(
+
+def _overview_instances(layout: _Layout) -> list[Json]:
+    """The scheduler instances: a table with their heartbeat age, their running runs."""
+    table = _table_panel(
+        layout,
+        sort_by="instance_id",
+        title="Scheduler instances",
+        description=(
+            "Every scheduler instance in the database with its version, state and the age of"
+            " its last heartbeat."
+        ),
+        targets=[
+            _instant("max by (instance_id, version, state) (scheduler_instance_info)", table=True),
+            _instant(HEARTBEAT_AGE, "B", table=True),
+        ],
+        unit="s",
+        thresholds=_thresholds((None, "green"), (HEARTBEAT_STALE_SECONDS, "red")),
+        overrides=[_colored_cell_override("heartbeat age")],
+        transformations=[
+            _merge(),
+            _organize(
+                exclude=["Time", "Value #A"],
+                index=["instance_id", "version", "state", "Value #B"],
+                rename={"Value #B": "heartbeat age"},
+            ),
+        ],
+    )
+    running = _timeseries_panel(
+        layout,
+        title="Running runs per instance",
+        description="Runs in progress on each scheduler instance.",
+        targets=[
+            _target(
+                "max by (instance_id) (scheduler_instance_running_runs)",
+                "A",
+                legend="{{instance_id}}",
+            )
+        ],
+        unit="short",
+    )
+    return [table, running]
+
+
+def _overview_trends(layout: _Layout) -> list[Json]:
+    """Failure ratio per task and finished runs by outcome, across all tasks."""
+    rate = "rate(scheduler_task_runs_total{selector}[$__rate_interval])"
+    failed = rate.format(selector='{outcome=~"failure|timeout"}')
+    every = rate.format(selector="")
+    return [
         _timeseries_panel(
             layout,
             title="Failure ratio per task",
@@ -651,99 +650,79 @@ def build_overview() -> Json:
             ),
             targets=[
                 _target(
-                    "sum by (task) (max by (task, outcome) ("
-                    'rate(scheduler_task_runs_total{outcome=~"failure|timeout"}[$__rate_interval])'
-                    "))\n/\nsum by (task) (max by (task, outcome) ("
-                    "rate(scheduler_task_runs_total[$__rate_interval])))",
+                    f"sum by (task) (max by (task, outcome) ({failed}))\n/\n"
+                    f"sum by (task) (max by (task, outcome) ({every}))",
                     "A",
                     legend="{{task}}",
                 )
             ],
             unit="percentunit",
-            size=(12, 8),
-        )
-    )
-    panels.append(
+        ),
         _timeseries_panel(
             layout,
             title="Runs by outcome",
             description="Finished runs per minute across all tasks, by outcome.",
             targets=[
                 _target(
-                    "60 * sum by (outcome) (max by (task, outcome) ("
-                    "rate(scheduler_task_runs_total[$__rate_interval])))",
+                    f"60 * sum by (outcome) (max by (task, outcome) ({every}))",
                     "A",
                     legend="{{outcome}}",
                 )
             ],
             unit="opm",
-            size=(12, 8),
             bars=True,
-        )
+        ),
+    ]
+
+
+def _alarm_table(
+    layout: _Layout, *, title: str, description: str, expr: str, sort_by: str, no_value: str
+) -> Json:
+    """A table of what is open or firing now, one row per label set, the value hidden."""
+    return _table_panel(
+        layout,
+        sort_by=sort_by,
+        title=title,
+        description=description,
+        targets=[_instant(expr, table=True)],
+        unit="none",
+        no_value=no_value,
+        transformations=[_organize(exclude=["Time", "Value"])],
     )
 
-    panels.append(
-        _panel(
+
+def build_overview() -> Json:
+    """The `schedctl-overview` dashboard: every task's state, the instances, failure rates."""
+    layout = _Layout()
+    panels = [
+        *_overview_counts(layout),
+        _overview_tasks_table(layout),
+        *_overview_instances(layout),
+        *_overview_trends(layout),
+        _alarm_table(
             layout,
-            kind="table",
             title="Open alarms",
             description=(
                 "Alarms the scheduler has opened and not yet closed (scheduler_alarm_events):"
                 " consecutive failures, stuck or missed runs."
             ),
-            targets=[
-                _target(
-                    "max by (task, kind) (scheduler_alarm_open) == 1",
-                    "A",
-                    instant=True,
-                    table=True,
-                )
-            ],
-            unit="none",
-            size=(12, 8),
-            options=_table_options("task"),
-            custom=_table_custom(),
+            expr="max by (task, kind) (scheduler_alarm_open) == 1",
+            sort_by="task",
             no_value="No open alarms",
-            transformations=[
-                {
-                    "id": "organize",
-                    "options": {"excludeByName": {"Time": True, "Value": True}},
-                }
-            ],
-        )
-    )
-    panels.append(
-        _panel(
+        ),
+        _alarm_table(
             layout,
-            kind="table",
             title="Firing Prometheus alerts",
             description=(
                 "schedctl alerts (alerts/schedctl-rules.yml) firing in this Prometheus, with their"
                 " severity."
             ),
-            targets=[
-                _target(
-                    "max by (alertname, task, instance_id, severity) ("
-                    'ALERTS{alertname=~"Scheduler.*", alertstate="firing"})',
-                    "A",
-                    instant=True,
-                    table=True,
-                )
-            ],
-            unit="none",
-            size=(12, 8),
-            options=_table_options("alertname"),
-            custom=_table_custom(),
+            expr="max by (alertname, task, instance_id, severity) ("
+            'ALERTS{alertname=~"Scheduler.*", alertstate="firing"})',
+            sort_by="alertname",
             no_value="No schedctl alert is firing",
-            transformations=[
-                {
-                    "id": "organize",
-                    "options": {"excludeByName": {"Time": True, "Value": True}},
-                }
-            ],
-        )
-    )
-
+        ),
+    ]
     return _dashboard(
         uid=OVERVIEW_UID,
         title="schedctl / Overview",
@@ -756,181 +735,170 @@ def build_overview() -> Json:
 # ----------------------------------------------------------------------------------------------
 # schedctl-task
 
+TASK_SELECTOR = '{task="$task"}'
 
-def build_task() -> Json:
-    """The `schedctl-task` dashboard: one task's state and history, chosen by `$task`."""
-    layout = _Layout()
-    sel = '{task="$task"}'
-    runs_api = "${exporter_url}/api/v1/tasks/${task}/runs"
-    api_links = [
+
+def _runs_api_links() -> list[Json]:
+    """The panel link to the task's run history, with errors, in the exporter's JSON API."""
+    return [
         _link(
             "Recent runs and last error (JSON API)",
-            runs_api,
+            "${exporter_url}/api/v1/tasks/${task}/runs",
             "The exporter's read-only JSON API: run history with error messages",
         )
     ]
-    panels: list[Json] = []
 
-    def timestamp_stat(title: str, description: str, metric: str) -> Json:
-        return _panel(
-            layout,
-            kind="stat",
-            title=title,
-            description=description,
-            targets=[_target(f"(max by (task) ({metric}{sel}) > 0) * 1000", "A", instant=True)],
-            unit="dateTimeFromNow",
-            size=(4, 4),
-            options=_stat_options(),
-            thresholds=_thresholds((None, "text")),
-            no_value="never",
-        )
 
-    panels.append(
-        _panel(
+def _task_value_stat(
+    layout: _Layout, title: str, description: str, metric: str, **fields: Any
+) -> Json:
+    """A stat panel of the task's current value of the gauge ``metric``."""
+    return _stat_panel(
+        layout,
+        title=title,
+        description=description,
+        targets=[_instant(_by_task(metric, TASK_SELECTOR))],
+        **fields,
+    )
+
+
+def _task_state(layout: _Layout) -> list[Json]:
+    """The task's status badge, last outcome and consecutive failures."""
+    return [
+        _text_stat(
             layout,
-            kind="stat",
             title="Status",
             description=(
                 "Status badge: ok, failing, running, stuck, paused, disabled or late"
                 f" (due more than {LATE_GRACE_SECONDS} s ago)."
             ),
-            targets=[_target(status_expr(sel), "A", instant=True, table=True)],
-            unit="none",
-            size=(4, 4),
+            targets=[_instant(status_expr(TASK_SELECTOR), table=True)],
             options=_stat_options(color_mode="background", fields="/^state$/"),
             mappings=_status_mappings(),
-        )
-    )
-    panels.append(
-        _panel(
+        ),
+        _text_stat(
             layout,
-            kind="stat",
             title="Last status",
             description=(
                 "Outcome of the last finished run. The error text is not a metric label (labels"
                 " stay bounded): the panel link opens the run history with its errors."
             ),
             targets=[
-                _target(
-                    f"max by (status) (scheduler_task_last_status{sel}) == 1",
-                    "A",
-                    instant=True,
+                _instant(
+                    f"max by (status) (scheduler_task_last_status{TASK_SELECTOR}) == 1",
                     legend="{{status}}",
                 )
             ],
-            unit="none",
-            size=(4, 4),
             options=_stat_options(text_mode="name", color_mode="none"),
-            links=api_links,
-        )
-    )
-    panels.append(
-        _panel(
+            links=_runs_api_links(),
+        ),
+        _task_value_stat(
             layout,
-            kind="stat",
-            title="Consecutive failures",
-            description="Runs that failed or timed out in a row; one success resets it.",
-            targets=[
-                _target(
-                    f"max by (task) (scheduler_task_consecutive_failures{sel})", "A", instant=True
-                )
-            ],
+            "Consecutive failures",
+            "Runs that failed or timed out in a row; one success resets it.",
+            "scheduler_task_consecutive_failures",
             unit="short",
-            size=(4, 4),
-            options=_stat_options(),
             thresholds=_thresholds((None, "green"), (1, "orange"), (3, "red")),
             decimals=0,
+        ),
+    ]
+
+
+def _task_timing(layout: _Layout) -> list[Json]:
+    """When the task is due next, when it last ran and for how long."""
+
+    def timestamp_stat(title: str, description: str, metric: str) -> Json:
+        return _stat_panel(
+            layout,
+            title=title,
+            description=description,
+            targets=[_instant(_timestamp_ms(metric, TASK_SELECTOR))],
+            unit="dateTimeFromNow",
+            thresholds=_thresholds((None, "text")),
+            no_value="never",
         )
-    )
-    panels.append(
+
+    return [
         timestamp_stat(
             "Next run", "When the task is due next.", "scheduler_task_next_run_timestamp_seconds"
-        )
-    )
-    panels.append(
+        ),
         timestamp_stat(
             "Last run", "When the last run started.", "scheduler_task_last_start_timestamp_seconds"
-        )
-    )
-    panels.append(
-        _panel(
+        ),
+        _task_value_stat(
             layout,
-            kind="stat",
-            title="Last duration",
-            description="Duration of the last finished run.",
-            targets=[
-                _target(
-                    f"max by (task) (scheduler_task_last_duration_seconds{sel})", "A", instant=True
-                )
-            ],
+            "Last duration",
+            "Duration of the last finished run.",
+            "scheduler_task_last_duration_seconds",
             unit="s",
-            size=(4, 4),
-            options=_stat_options(),
             thresholds=_thresholds((None, "text")),
+        ),
+    ]
+
+
+def _quantiles(metric: str) -> list[Json]:
+    """p50 / p90 / p99 of the task's histogram ``metric`` (its ``_bucket`` series)."""
+    rate = f"rate({metric}{TASK_SELECTOR}[$__rate_interval])"
+    return [
+        _target(
+            f"histogram_quantile({q}, max by (le) ({rate}))",
+            ref,
+            legend=f"p{round(q * 100)}",
         )
+        for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
+    ]
+
+
+def _percentiles_panel(layout: _Layout, title: str, what: str, metric: str, *extra: Json) -> Json:
+    """p50 / p90 / p99 (seconds) of ``what``: the task's histogram ``metric``, and ``extra``."""
+    return _timeseries_panel(
+        layout,
+        title=title,
+        description=f"p50 / p90 / p99 of {what}",
+        targets=[*_quantiles(metric), *extra],
+        unit="s",
     )
 
-    def quantiles(metric: str) -> list[Json]:
-        return [
-            _target(
-                f"histogram_quantile({q}, max by (le) (rate({metric}{sel}[$__rate_interval])))",
-                ref,
-                legend=f"p{round(q * 100)}",
-            )
-            for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
-        ]
 
-    panels.append(
-        _timeseries_panel(
+def _task_latencies(layout: _Layout) -> list[Json]:
+    """Percentiles of the task's run durations and of its start delays."""
+    max_runtime = _by_task("scheduler_task_max_runtime_seconds", TASK_SELECTOR)
+    return [
+        _percentiles_panel(
             layout,
-            title="Run duration percentiles",
-            description=(
-                "p50 / p90 / p99 of run durations from the persisted histogram, and the task's"
-                " max_runtime (runs beyond it are stuck)."
-            ),
-            targets=[
-                *quantiles("scheduler_task_run_duration_seconds_bucket"),
-                _target(
-                    f"max by (task) (scheduler_task_max_runtime_seconds{sel})",
-                    "D",
-                    legend="max_runtime",
-                ),
-            ],
-            unit="s",
-            size=(12, 8),
-        )
-    )
-    panels.append(
-        _timeseries_panel(
+            "Run duration percentiles",
+            "run durations from the persisted histogram, and the task's max_runtime"
+            " (runs beyond it are stuck).",
+            "scheduler_task_run_duration_seconds_bucket",
+            _target(max_runtime, "D", legend="max_runtime"),
+        ),
+        _percentiles_panel(
             layout,
-            title="Start delay percentiles",
-            description=(
-                "p50 / p90 / p99 of the delay between a run's scheduled time and its start."
-            ),
-            targets=quantiles("scheduler_task_start_delay_seconds_bucket"),
-            unit="s",
-            size=(12, 8),
-        )
-    )
-    panels.append(
+            "Start delay percentiles",
+            "the delay between a run's scheduled time and its start.",
+            "scheduler_task_start_delay_seconds_bucket",
+        ),
+    ]
+
+
+def _task_runs(layout: _Layout) -> list[Json]:
+    """The task's finished runs by outcome, its missed runs, the runs in the time range."""
+    runs = f"scheduler_task_runs_total{TASK_SELECTOR}"
+    return [
         _timeseries_panel(
             layout,
             title="Runs by outcome",
             description="Finished runs per minute by outcome (success, failure, timeout, ...).",
             targets=[
                 _target(
-                    "60 * max by (outcome) ("
-                    f"rate(scheduler_task_runs_total{sel}[$__rate_interval]))",
+                    f"60 * max by (outcome) (rate({runs}[$__rate_interval]))",
                     "A",
                     legend="{{outcome}}",
                 )
             ],
             unit="opm",
-            size=(12, 8),
             bars=True,
-        )
-    )
-    panels.append(
+        ),
         _timeseries_panel(
             layout,
             title="Missed runs",
@@ -938,70 +906,55 @@ def build_task() -> Json:
             targets=[
                 _target(
                     "60 * max by (task) ("
-                    f"rate(scheduler_task_missed_runs_total{sel}[$__rate_interval]))",
+                    f"rate(scheduler_task_missed_runs_total{TASK_SELECTOR}[$__rate_interval]))",
                     "A",
                     legend="missed",
                 )
             ],
             unit="opm",
-            size=(12, 8),
             bars=True,
             color={"mode": "fixed", "fixedColor": "orange"},
-        )
-    )
-    panels.append(
-        _panel(
+        ),
+        _table_panel(
             layout,
-            kind="table",
+            sort_by="outcome",
             title="Recent runs by outcome",
             description=(
                 "Runs in the selected time range by outcome. The panel link opens the individual"
                 " runs, with error messages, in the exporter's JSON API."
             ),
             targets=[
-                _target(
-                    f"max by (outcome) (increase(scheduler_task_runs_total{sel}[$__range]))",
-                    "A",
-                    instant=True,
+                _instant(
+                    f"max by (outcome) (increase({runs}[$__range]))",
                     table=True,
                 )
             ],
             unit="short",
-            size=(12, 8),
-            options=_table_options("outcome"),
-            custom=_table_custom(),
             decimals=0,
-            links=api_links,
-            transformations=[
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True},
-                        "renameByName": {"Value": "runs"},
-                    },
-                }
-            ],
-        )
-    )
-    panels.append(
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Running",
-            description="1 while a run of the task is in progress, and whether it is stuck.",
-            targets=[
-                _target(f"max by (task) (scheduler_task_running{sel})", "A", legend="running"),
-                _target(f"max by (task) (scheduler_task_stuck{sel})", "B", legend="stuck"),
-            ],
-            unit="bool",
-            size=(12, 8),
-            options=_timeseries_options(),
-            custom={**_timeseries_custom(), "lineInterpolation": "stepAfter"},
-            color={"mode": "palette-classic"},
-        )
+            links=_runs_api_links(),
+            transformations=[_organize(exclude=["Time"], rename={"Value": "runs"})],
+        ),
+    ]
+
+
+def _task_running(layout: _Layout) -> Json:
+    """Whether a run of the task is in progress, and whether it is stuck."""
+    return _timeseries_panel(
+        layout,
+        title="Running",
+        description="1 while a run of the task is in progress, and whether it is stuck.",
+        targets=[
+            _target(_by_task("scheduler_task_running", TASK_SELECTOR), "A", legend="running"),
+            _target(_by_task("scheduler_task_stuck", TASK_SELECTOR), "B", legend="stuck"),
+        ],
+        unit="bool",
+        steps=True,
     )
 
-    task_variable: Json = {
+
+def _task_variables() -> list[Json]:
+    """The data source, the task (from the scheduler's metrics) and the exporter's URL."""
+    task: Json = {
         "name": "task",
         "label": "Task",
         "type": "query",
@@ -1016,25 +969,37 @@ def build_task() -> Json:
         "regex": "",
         "skipUrlSync": False,
     }
-    exporter_variable: Json = {
+    url = {"text": DEFAULT_EXPORTER_URL, "value": DEFAULT_EXPORTER_URL}
+    exporter: Json = {
         "name": "exporter_url",
         "label": "Exporter URL",
         "description": "Base URL of the schedctl exporter's JSON API, for the run-history links.",
         "type": "textbox",
         "query": DEFAULT_EXPORTER_URL,
-        "current": {"text": DEFAULT_EXPORTER_URL, "value": DEFAULT_EXPORTER_URL},
-        "options": [
-            {"text": DEFAULT_EXPORTER_URL, "value": DEFAULT_EXPORTER_URL, "selected": True}
-        ],
+        "current": url,
+        "options": [{**url, "selected": True}],
         "hide": 0,
         "skipUrlSync": False,
     }
+    return [_datasource_variable(), task, exporter]
+
+
+def build_task() -> Json:
+    """The `schedctl-task` dashboard: one task's state and history, chosen by `$task`."""
+    layout = _Layout()
+    panels = [
+        *_task_state(layout),
+        *_task_timing(layout),
+        *_task_latencies(layout),
+        *_task_runs(layout),
+        _task_running(layout),
+    ]
     return _dashboard(
         uid=TASK_UID,
         title="schedctl / Task",
         description="One schedctl task in depth: state, durations, start delays, outcomes, runs.",
         panels=panels,
-        variables=[_datasource_variable(), task_variable, exporter_variable],
+        variables=_task_variables(),
     )
 
 

@@ -44,113 +44,82 @@ class MetricSpec:
     help: str
 
 
-_T = ("task",)
-CATALOG: tuple[MetricSpec, ...] = (
-    MetricSpec(
-        "scheduler_task_info", "gauge", ("task", "schedule", "action_kind", "timezone"), "",
-        "Definition facts of a task (schedule, action kind, timezone); always 1.",
-    ),
-    MetricSpec(
-        "scheduler_task_enabled", "gauge", _T, "",
-        "1 when the task is enabled in its definition, 0 when disabled.",
-    ),
-    MetricSpec(
-        "scheduler_task_paused", "gauge", _T, "",
-        "1 while an operator has paused the task, 0 otherwise.",
-    ),
-    MetricSpec(
-        "scheduler_task_next_run_timestamp_seconds", "gauge", _T, "seconds",
-        "Unix time of the task's next regular tick; absent when none is scheduled.",
-    ),
-    MetricSpec(
-        "scheduler_task_last_start_timestamp_seconds", "gauge", _T, "seconds",
-        "Unix time the most recent run of the task started, on any instance.",
-    ),
-    MetricSpec(
-        "scheduler_task_last_finish_timestamp_seconds", "gauge", _T, "seconds",
-        "Unix time the most recent run of the task finished, on any instance.",
-    ),
-    MetricSpec(
-        "scheduler_task_last_success_timestamp_seconds", "gauge", _T, "seconds",
-        "Unix time the task last finished successfully.",
-    ),
-    MetricSpec(
-        "scheduler_task_last_duration_seconds", "gauge", _T, "seconds",
-        "Duration of the most recently finished run of the task.",
-    ),
-    MetricSpec(
-        "scheduler_task_last_status", "gauge", ("task", "status"), "",
-        "Outcome of the most recently finished run, one-hot: 1 on its status, else 0.",
-    ),
-    MetricSpec(
-        "scheduler_task_running", "gauge", _T, "",
-        "Runs of the task in flight right now, across all instances.",
-    ),
-    MetricSpec(
-        "scheduler_task_consecutive_failures", "gauge", _T, "",
-        "Failed or timed-out runs in a row since the last success, across all instances.",
-    ),
-    MetricSpec(
-        "scheduler_task_stuck", "gauge", _T, "",
-        "1 when a run of the task has been in flight longer than its max_runtime, else 0.",
-    ),
-    MetricSpec(
-        "scheduler_task_max_runtime_seconds", "gauge", _T, "seconds",
-        "max_runtime after which a running run counts as stuck; absent when unset.",
-    ),
-    MetricSpec(
-        "scheduler_task_expected_interval_seconds", "gauge", _T, "seconds",
-        "Expected time between two ticks of the task; absent for one-time tasks.",
-    ),
-    MetricSpec(
-        "scheduler_task_runs_total", "counter", ("task", "outcome"), "",
-        "Finished runs by outcome, persisted in SQL (survives restarts and history cleanup).",
-    ),
-    MetricSpec(
-        "scheduler_task_missed_runs_total", "counter", _T, "",
-        "Ticks that were never run (misfires), persisted in SQL.",
-    ),
-    MetricSpec(
-        "scheduler_task_run_duration_seconds", "histogram", _T, "seconds",
-        "Run durations, from histogram buckets persisted in SQL.",
-    ),
-    MetricSpec(
-        "scheduler_task_start_delay_seconds", "histogram", _T, "seconds",
-        "Actual start minus scheduled time of runs, from buckets persisted in SQL.",
-    ),
-    MetricSpec(
-        "scheduler_alarm_open", "gauge", ("task", "kind"), "",
-        "1 while the scheduler has an alarm of this kind open for the task, else 0.",
-    ),
-    MetricSpec(
-        "scheduler_instance_last_heartbeat_timestamp_seconds", "gauge", ("instance_id",),
-        "seconds", "Unix time of the scheduler instance's last lease heartbeat.",
-    ),
-    MetricSpec(
-        "scheduler_instance_running_runs", "gauge", ("instance_id",), "",
-        "Runs in flight on the scheduler instance right now.",
-    ),
-    MetricSpec(
-        "scheduler_instance_info", "gauge", ("instance_id", "version", "state"), "",
-        "A scheduler instance, its version and state (running, draining, stopped); always 1.",
-    ),
-    MetricSpec(
-        "scheduler_exporter_up", "gauge", (), "",
-        "1 when the exporter's last read of the database succeeded, 0 when it failed.",
-    ),
-    MetricSpec(
-        "scheduler_exporter_refresh_duration_seconds", "gauge", (), "seconds",
-        "How long the exporter's last read of the database took.",
-    ),
-    MetricSpec(
-        "scheduler_exporter_last_refresh_timestamp_seconds", "gauge", (), "seconds",
-        "Unix time of the exporter's last successful database read (age of the data served).",
-    ),
-    MetricSpec(
-        "scheduler_exporter_build_info", "gauge", ("version",), "",
-        "The exporter's schedctl version; always 1.",
-    ),
-)  # fmt: skip
+def _parse_catalog(table: str) -> tuple[MetricSpec, ...]:
+    """Read :data:`CATALOG`'s table: a ``name kind labels`` line (``-`` for none), its help
+    indented on the next. The unit follows from the name, as OpenMetrics requires."""
+    lines = table.strip("\n").splitlines()
+    specs = []
+    for head, help_line in zip(lines[::2], lines[1::2], strict=True):
+        name, kind, labels = head.split()
+        specs.append(
+            MetricSpec(
+                name=name,
+                kind=cast(Literal["gauge", "counter", "histogram"], kind),
+                labels=() if labels == "-" else tuple(labels.split(",")),
+                unit="seconds" if name.removesuffix("_total").endswith("_seconds") else "",
+                help=help_line.strip(),
+            )
+        )
+    return tuple(specs)
+
+
+#: Every family schedctl exports: its name and labels are a contract (docs/metrics.md).
+CATALOG: tuple[MetricSpec, ...] = _parse_catalog(
+    """
+scheduler_task_info gauge task,schedule,action_kind,timezone
+    Definition facts of a task (schedule, action kind, timezone); always 1.
+scheduler_task_enabled gauge task
+    1 when the task is enabled in its definition, 0 when disabled.
+scheduler_task_paused gauge task
+    1 while an operator has paused the task, 0 otherwise.
+scheduler_task_next_run_timestamp_seconds gauge task
+    Unix time of the task's next regular tick; absent when none is scheduled.
+scheduler_task_last_start_timestamp_seconds gauge task
+    Unix time the most recent run of the task started, on any instance.
+scheduler_task_last_finish_timestamp_seconds gauge task
+    Unix time the most recent run of the task finished, on any instance.
+scheduler_task_last_success_timestamp_seconds gauge task
+    Unix time the task last finished successfully.
+scheduler_task_last_duration_seconds gauge task
+    Duration of the most recently finished run of the task.
+scheduler_task_last_status gauge task,status
+    Outcome of the most recently finished run, one-hot: 1 on its status, else 0.
+scheduler_task_running gauge task
+    Runs of the task in flight right now, across all instances.
+scheduler_task_consecutive_failures gauge task
+    Failed or timed-out runs in a row since the last success, across all instances.
+scheduler_task_stuck gauge task
+    1 when a run of the task has been in flight longer than its max_runtime, else 0.
+scheduler_task_max_runtime_seconds gauge task
+    max_runtime after which a running run counts as stuck; absent when unset.
+scheduler_task_expected_interval_seconds gauge task
+    Expected time between two ticks of the task; absent for one-time tasks.
+scheduler_task_runs_total counter task,outcome
+    Finished runs by outcome, persisted in SQL (survives restarts and history cleanup).
+scheduler_task_missed_runs_total counter task
+    Ticks that were never run (misfires), persisted in SQL.
+scheduler_task_run_duration_seconds histogram task
+    Run durations, from histogram buckets persisted in SQL.
+scheduler_task_start_delay_seconds histogram task
+    Actual start minus scheduled time of runs, from buckets persisted in SQL.
+scheduler_alarm_open gauge task,kind
+    1 while the scheduler has an alarm of this kind open for the task, else 0.
+scheduler_instance_last_heartbeat_timestamp_seconds gauge instance_id
+    Unix time of the scheduler instance's last lease heartbeat.
+scheduler_instance_running_runs gauge instance_id
+    Runs in flight on the scheduler instance right now.
+scheduler_instance_info gauge instance_id,version,state
+    A scheduler instance, its version and state (running, draining, stopped); always 1.
+scheduler_exporter_up gauge -
+    1 when the exporter's last read of the database succeeded, 0 when it failed.
+scheduler_exporter_refresh_duration_seconds gauge -
+    How long the exporter's last read of the database took.
+scheduler_exporter_last_refresh_timestamp_seconds gauge -
+    Unix time of the exporter's last successful database read (age of the data served).
+scheduler_exporter_build_info gauge version
+    The exporter's schedctl version; always 1.
+"""
+)
 
 #: Families with one block of samples per task (the alarm family also has orphan samples).
 TASK_METRICS: tuple[str, ...] = tuple(

@@ -133,18 +133,26 @@ class Refresher:
         duration = time.perf_counter() - started
         if not self._state.up and self._state.last_attempt_at is not None:
             log.info("database %s is readable again", display_url(self._engine.url))
-        await self._publish(
-            RefreshState(
-                snapshot=snapshot,
-                up=True,
-                last_success_at=now,
-                last_attempt_at=now,
-                last_duration_seconds=duration,
-                last_error=None,
-                generation=self._state.generation + 1,
-            )
-        )
+        await self._publish(self._attempted(now, duration, snapshot=snapshot))
         return self._state
+
+    def _attempted(
+        self,
+        now: datetime,
+        duration: float,
+        *,
+        snapshot: Snapshot | None = None,
+        error: str | None = None,
+    ) -> RefreshState:
+        """The state after an attempt at ``now`` that took ``duration``: it read ``snapshot``,
+        or failed with ``error`` and keeps serving the last good snapshot."""
+        state = self._state
+        if error is None:
+            state = replace(state, snapshot=snapshot, last_success_at=now)
+        return replace(
+            state, up=error is None, last_error=error, last_attempt_at=now,
+            last_duration_seconds=duration, generation=state.generation + 1,
+        )  # fmt: skip
 
     def _read(self, now: datetime) -> Snapshot:
         if not self._schema_checked:
@@ -160,16 +168,7 @@ class Refresher:
             kept = "serving the last good snapshot" if self._state.snapshot else "no data yet"
             url = display_url(self._engine.url)
             log.warning("cannot read database %s: %s (%s)", url, reason, kept)
-        await self._publish(
-            replace(
-                self._state,
-                up=False,
-                last_attempt_at=now,
-                last_duration_seconds=duration,
-                last_error=reason,
-                generation=self._state.generation + 1,
-            )
-        )
+        await self._publish(self._attempted(now, duration, error=reason))
         return self._state
 
     async def _publish(self, state: RefreshState) -> None:

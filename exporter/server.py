@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from types import TracebackType
 
 import sqlalchemy as sa
 from aiohttp import web
@@ -136,10 +135,5 @@ class ExporterServer:
     def __enter__(self) -> ExporterServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -10,10 +10,7 @@ import difflib
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from scheduler_core.durations import parse_duration
 from scheduler_core.errors import ConfigError, ConfigIssue
@@ -37,7 +34,7 @@ from scheduler_core.tasks import (
     resolve_callable,
 )
 
-__all__ = ["definition_from_json", "load_task_file", "parse_task_document", "parse_task_mapping"]
+__all__ = ["definition_from_json", "parse_task_document", "parse_task_mapping"]
 
 MAX_NAME_LENGTH = 200
 POLICY_KEYS = frozenset(
@@ -69,6 +66,28 @@ class _Collector:
         self.issues.append(
             ConfigIssue(source=self.source, task=task, field=field, value=value, message=message)
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _whole_number(
+    data: Mapping[str, Any],
+    key: str,
+    low: int,
+    high: int,
+    task: str | None,
+    out: _Collector,
+    *,
+    prefix: str = "",
+) -> int | None:
+    """``data[key]`` when it is a whole number from ``low`` to ``high``; else None, reported."""
+    value = data[key]
+    if _is_int(value) and low <= value <= high:
+        return int(value)
+    out.add(task, prefix + key, value, f"must be a whole number from {low} to {high}")
+    return None
 
 
 def _suggest(key: str, allowed: frozenset[str]) -> str:
@@ -131,11 +150,9 @@ def _parse_policies(
     choice("overlap", OVERLAP_POLICIES)
     choice("misfire", MISFIRE_POLICIES)
     if "max_concurrency" in data:
-        raw = data["max_concurrency"]
-        if isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= 10_000:
-            values["max_concurrency"] = raw
-        else:
-            out.add(task, "max_concurrency", raw, "must be a whole number from 1 to 10000")
+        limit = _whole_number(data, "max_concurrency", 1, 10_000, task, out)
+        if limit is not None:
+            values["max_concurrency"] = limit
     if "enabled" in data:
         if isinstance(data["enabled"], bool):
             values["enabled"] = data["enabled"]
@@ -175,7 +192,7 @@ _DEFAULT_POLICIES = Policies()
 def _parse_retries(
     raw: object, base: RetryPolicy, task: str | None, out: _Collector
 ) -> RetryPolicy | None:
-    if isinstance(raw, int) and not isinstance(raw, bool):
+    if _is_int(raw):
         raw = {"max": raw}
     if not isinstance(raw, Mapping):
         out.add(
@@ -189,12 +206,8 @@ def _parse_retries(
             out.add(task, f"retries.{key}", raw[key], _suggest(str(key), RETRY_KEYS))
             ok = False
     if "max" in raw:
-        m = raw["max"]
-        if isinstance(m, int) and not isinstance(m, bool) and 0 <= m <= 100:
-            values["max"] = m
-        else:
-            out.add(task, "retries.max", m, "must be a whole number from 0 to 100")
-            ok = False
+        values["max"] = _whole_number(raw, "max", 0, 100, task, out, prefix="retries.")
+        ok = ok and values["max"] is not None  # RetryPolicy is not built when not ok
     if "backoff" in raw:
         if raw["backoff"] in BACKOFF_KINDS:
             values["backoff"] = raw["backoff"]
@@ -211,46 +224,68 @@ def _parse_retries(
     return RetryPolicy(**{**base.__dict__, **values}) if ok else None
 
 
-# long: both action kinds' fields in task-file order, every error collected at once
+def _exactly_one(
+    data: Mapping[str, Any], keys: tuple[str, ...], task: str, out: _Collector, what: str
+) -> str | None:
+    """The one key of ``keys`` that ``data`` has; else an error naming what it has."""
+    present = [k for k in keys if k in data]
+    if len(present) == 1:
+        return present[0]
+    choices = " or ".join(f"'{k}'" for k in keys).replace("' or '", "', '", len(keys) - 2)
+    out.add(
+        task, "/".join(keys), {k: data[k] for k in present} or None,
+        f"a task needs exactly one {what}: {choices}",
+    )  # fmt: skip
+    return None
+
+
+def _only_for(
+    data: Mapping[str, Any], keys: tuple[str, ...], kind: str, task: str, out: _Collector
+) -> None:
+    for key in keys:
+        if key in data:
+            out.add(task, key, data[key], f"only valid for '{kind}' tasks")
+
+
 def _parse_action(
     data: Mapping[str, Any], task: str, out: _Collector, check: bool
 ) -> Action | None:
-    present = [k for k in ("callable", "command") if k in data]
-    if len(present) != 1:
-        out.add(
-            task,
-            "callable/command",
-            {k: data[k] for k in present} or None,
-            "a task needs exactly one action: 'callable' or 'command'",
-        )
+    kind = _exactly_one(data, ("callable", "command"), task, out, "action")
+    if kind == "callable":
+        _only_for(data, ("env", "cwd", "inherit_env"), "command", task, out)
+        return _parse_callable(data, task, out, check)
+    if kind == "command":
+        _only_for(data, ("args", "kwargs"), "callable", task, out)
+        return _parse_command(data, task, out)
+    return None
+
+
+def _parse_callable(
+    data: Mapping[str, Any], task: str, out: _Collector, check: bool
+) -> CallableAction | None:
+    ref = data["callable"]
+    if not isinstance(ref, str) or not ref.strip():
+        out.add(task, "callable", ref, "must be 'package.module:function'")
         return None
-    if present[0] == "callable":
-        ref = data["callable"]
-        for key in ("env", "cwd", "inherit_env"):
-            if key in data:
-                out.add(task, key, data[key], "only valid for 'command' tasks")
-        if not isinstance(ref, str) or not ref.strip():
-            out.add(task, "callable", ref, "must be 'package.module:function'")
+    if check:
+        try:
+            resolve_callable(ref)
+        except ValueError as exc:
+            out.add(task, "callable", ref, str(exc))
             return None
-        if check:
-            try:
-                resolve_callable(ref)
-            except ValueError as exc:
-                out.add(task, "callable", ref, str(exc))
-                return None
-        args = data.get("args", [])
-        kwargs = data.get("kwargs", {})
-        if not isinstance(args, list):
-            out.add(task, "args", args, "must be a list")
-            return None
-        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-            out.add(task, "kwargs", kwargs, "must be a mapping of names to values")
-            return None
-        return CallableAction(ref=ref, args=tuple(args), kwargs=dict(kwargs))
+    args = data.get("args", [])
+    kwargs = data.get("kwargs", {})
+    if not isinstance(args, list):
+        out.add(task, "args", args, "must be a list")
+        return None
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        out.add(task, "kwargs", kwargs, "must be a mapping of names to values")
+        return None
+    return CallableAction(ref=ref, args=tuple(args), kwargs=dict(kwargs))
+
+
+def _parse_command(data: Mapping[str, Any], task: str, out: _Collector) -> CommandAction | None:
     argv = data["command"]
-    for key in ("args", "kwargs"):
-        if key in data:
-            out.add(task, key, data[key], "only valid for 'callable' tasks")
     if isinstance(argv, str):
         out.add(
             task, "command", argv, "must be a list of arguments, e.g. ['pg_dump', '--file', 'x']"
@@ -289,16 +324,9 @@ def _parse_action(
 def _parse_schedule(
     data: Mapping[str, Any], task: str, timezone: str, out: _Collector
 ) -> Schedule | None:
-    present = [k for k in ("cron", "every", "at") if k in data]
-    if len(present) != 1:
-        out.add(
-            task,
-            "cron/every/at",
-            {k: data[k] for k in present} or None,
-            "a task needs exactly one schedule: 'cron', 'every' or 'at'",
-        )
+    kind = _exactly_one(data, ("cron", "every", "at"), task, out, "schedule")
+    if kind is None:
         return None
-    kind = present[0]
     for key in ("jitter", "anchor"):
         if key in data and kind != "every":
             out.add(task, key, data[key], "only valid with 'every'")
@@ -456,43 +484,6 @@ def parse_task_document(
     if out.issues:
         raise ConfigError(out.issues)
     return definitions
-
-
-def load_task_file(path: str | Path, *, check_callables: bool = True) -> list[TaskDefinition]:
-    """Read and validate a task file; ConfigError lists every problem with file, task and field."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            [
-                ConfigIssue(
-                    source=source,
-                    task=None,
-                    field="<file>",
-                    value=source,
-                    message=f"cannot read: {exc}",
-                )
-            ]
-        ) from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            [
-                ConfigIssue(
-                    source=source,
-                    task=None,
-                    field="<yaml>",
-                    value=None,
-                    message=f"invalid YAML{where}: {problem}",
-                )
-            ]
-        ) from None
-    return parse_task_document(document, source=source, check_callables=check_callables)
 
 
 def definition_from_json(text: str, *, source: str = "<database>") -> TaskDefinition:

@@ -225,7 +225,6 @@ task_health = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("schedule_type", sa.String(10), nullable=False),
     sa.Column("schedule_payload", sa.Text, nullable=False),
-    sa.Column("next_run_at", UTCDateTime),
     sa.Column("last_started_at", UTCDateTime),
     sa.Column("last_finished_at", UTCDateTime),
     sa.Column("last_duration_seconds", sa.Float),

@@ -37,14 +37,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 __all__ = [
     "BADGES",
     "FAILED_STATUSES",
     "LATE_GRACE_SECONDS",
     "Badge",
-    "badge",
+    "TaskState",
+    "assess",
     "badge_of",
     "is_failing",
     "is_late",
@@ -136,7 +137,16 @@ def badge_of(
     return "ok"
 
 
-def badge(
+class TaskState(NamedTuple):
+    """What the rule decides for one task: the badge and the flags it rests on."""
+
+    stuck: bool
+    late: bool
+    failing: bool
+    badge: Badge
+
+
+def assess(
     *,
     now: datetime,
     enabled: bool,
@@ -147,26 +157,22 @@ def badge(
     consecutive_failures: int,
     last_status: str | None,
     late_grace_seconds: float = LATE_GRACE_SECONDS,
-) -> Badge:
-    """The one status badge of a task as of ``now``.
+) -> TaskState:
+    """The one state of a task as of ``now``: its flags and its badge.
 
     ``running_starts`` holds the ``started_at`` of each of its runs in flight, on every
     instance (its length is the running count); ``last_status`` is the status of the most
     recently finished run across instances.
     """
     starts = tuple(running_starts)
-    return badge_of(
-        enabled=enabled,
-        paused=paused,
-        stuck=is_stuck(now=now, running_starts=starts, max_runtime_seconds=max_runtime_seconds),
-        running=len(starts),
-        failing=is_failing(consecutive_failures=consecutive_failures, last_status=last_status),
-        late=is_late(
-            now=now,
-            enabled=enabled,
-            paused=paused,
-            running=len(starts),
-            next_run_at=next_run_at,
-            late_grace_seconds=late_grace_seconds,
-        ),
+    running = len(starts)
+    stuck = is_stuck(now=now, running_starts=starts, max_runtime_seconds=max_runtime_seconds)
+    late = is_late(
+        now=now, enabled=enabled, paused=paused, running=running, next_run_at=next_run_at,
+        late_grace_seconds=late_grace_seconds,
+    )  # fmt: skip
+    failing = is_failing(consecutive_failures=consecutive_failures, last_status=last_status)
+    badge = badge_of(
+        enabled=enabled, paused=paused, stuck=stuck, running=running, failing=failing, late=late
     )
+    return TaskState(stuck, late, failing, badge)

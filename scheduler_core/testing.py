@@ -1,15 +1,22 @@
-"""Helpers for tests of schedctl and of applications that embed it: a clock moved by hand
-and a bounded wait for a scheduler's runs to finish. Nothing in production imports this."""
+"""Helpers for tests of schedctl and of applications that embed it: a clock moved by hand, a
+scheduler started for a ``with`` block, and bounded waits for its runs to finish. Nothing in
+production imports this."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from scheduler_core.runtime import Scheduler
+import sqlalchemy as sa
 
-__all__ = ["FakeClock", "wait_for_completions"]
+from scheduler_core.clock import Clock
+from scheduler_core.runtime import EngineSettings, Scheduler
+
+__all__ = ["FakeClock", "run_cycle", "running_scheduler", "wait_for_completions"]
 
 
 class FakeClock:
@@ -40,3 +47,40 @@ def wait_for_completions(scheduler: Scheduler, count: int, timeout: float = 10.0
     deadline = time.monotonic() + timeout
     while scheduler.outcomes_waiting < count and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+def run_cycle(scheduler: Scheduler, timeout: float = 10.0) -> int:
+    """Start what is due, wait for those runs to finish, and record them; the runs started."""
+    started = scheduler.step()
+    wait_for_completions(scheduler, started, timeout=timeout)
+    scheduler.step()
+    return started
+
+
+@contextmanager
+def running_scheduler(
+    engine: sa.Engine,
+    clock: Clock | None = None,
+    *,
+    instance_id: str = "test",
+    drain_grace: float = 2.0,
+    **settings: Any,
+) -> Iterator[Scheduler]:
+    """A started scheduler on ``engine`` (no health server), stopped and drained on exit.
+
+    ``settings`` are further :class:`EngineSettings` fields; without ``clock`` the scheduler
+    reads the database's.
+    """
+    scheduler = Scheduler(
+        engine=engine,
+        settings=EngineSettings(
+            instance_id=instance_id, health_listen=None, drain_grace=drain_grace, **settings
+        ),
+        clock=clock,
+    )
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.request_stop()
+        scheduler.drain()

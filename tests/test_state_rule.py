@@ -3,7 +3,7 @@
 Each case is a task's inputs (enabled, paused, runs in flight and their ages, max_runtime,
 next run, consecutive failures, last status) and the badge it must get:
 
-(a) ``scheduler_core.states.badge`` directly;
+(a) ``scheduler_core.states.assess`` directly;
 (b) the exporter: the case is written as rows into a SQLite database (tests/exporter/factories),
     read by ``scheduler_core.store.snapshot.read_snapshot`` and ``Store.list_tasks`` (``schedctl tasks list``);
 (c) the dashboards: the samples ``exporter.catalog.task_samples`` renders from those snapshots
@@ -129,7 +129,7 @@ def test_cases_cover_every_badge() -> None:
 def test_rule(case: Case) -> None:
     """(a) The rule itself."""
     assert (
-        states.badge(
+        states.assess(
             now=NOW,
             enabled=case.enabled,
             paused=case.paused,
@@ -138,7 +138,7 @@ def test_rule(case: Case) -> None:
             next_run_at=case.next_run_at,
             consecutive_failures=case.consecutive_failures,
             last_status=case.last_status,
-        )
+        ).badge
         == case.expected
     )
 

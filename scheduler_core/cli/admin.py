@@ -8,15 +8,16 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from scheduler_core.cli.common import UsageError, actor, open_engine
 from scheduler_core.cli.output import fmt_time, print_json, table
 from scheduler_core.clock import DatabaseClock
-from scheduler_core.config import load_task_file
 from scheduler_core.db import current_revision, head_revision, redact_url, upgrade_schema
 from scheduler_core.durations import format_duration
 from scheduler_core.retention import RetentionPolicy, run_cleanup
 from scheduler_core.store import Store
+from scheduler_core.task_files import load_task_file
 
 __all__ = [
     "cmd_audit",
@@ -65,13 +66,26 @@ def cmd_db_current(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tasks_list(args: argparse.Namespace) -> int:
+T = TypeVar("T")
+
+_TASKS_HEADERS = ["TASK", "SCHEDULE", "STATUS", "NEXT RUN", "LAST RUN", "LAST DURATION", "FAILURES"]
+_RUNS_HEADERS = [
+    "ID", "TASK", "STATUS", "SCHEDULED", "STARTED", "DURATION", "TRY", "INSTANCE", "DETAIL",
+]  # fmt: skip
+
+
+def read_store(args: argparse.Namespace, query: Callable[[Store], T]) -> T:
+    """``query`` on a read-only store for the command's database, then let the engine go."""
     engine = open_engine(args, read_only=True)
-    now = datetime.now(UTC)
     try:
-        tasks = Store(engine).list_tasks(now=now)
+        return query(Store(engine))
     finally:
         engine.dispose()
+
+
+def cmd_tasks_list(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    tasks = read_store(args, lambda store: store.list_tasks(now=now))
     if args.json:
         print_json(tasks)
         return 0
@@ -79,39 +93,23 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
     for t in tasks:
         # The badge of /api/v1/status (scheduler_core.states), with the reason of a pause.
         reason = t["pause_reason"] if t["badge"] == "paused" else None
-        rows.append(
-            [
-                t["name"],
-                t["schedule"],
-                t["badge"] + (f" ({reason})" if reason else ""),
-                fmt_time(t["next_run_at"], now=now),
-                fmt_time(t["last_started_at"], now=now),
-                format_duration(t["last_duration_seconds"]),
-                str(t["consecutive_failures"]),
-            ]
-        )
-    print(
-        table(
-            rows,
-            ["TASK", "SCHEDULE", "STATUS", "NEXT RUN", "LAST RUN", "LAST DURATION", "FAILURES"],
-        )
-    )
+        rows.append([
+            t["name"], t["schedule"], t["badge"] + (f" ({reason})" if reason else ""),
+            fmt_time(t["next_run_at"], now=now), fmt_time(t["last_started_at"], now=now),
+            format_duration(t["last_duration_seconds"]), str(t["consecutive_failures"]),
+        ])  # fmt: skip
+    print(table(rows, _TASKS_HEADERS))
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    engine = open_engine(args, read_only=True)
-    try:
-        runs = Store(engine).list_runs(
-            task=args.task,
-            status=args.status,
-            since=args.since,
-            instance_id=args.instance,
-            limit=args.limit,
-            before_id=args.before_id,
-        )
-    finally:
-        engine.dispose()
+    filters = {"task": args.task, "status": args.status, "since": args.since}
+    runs = read_store(
+        args,
+        lambda store: store.list_runs(
+            **filters, instance_id=args.instance, limit=args.limit, before_id=args.before_id
+        ),
+    )
     if args.json:
         print_json(runs)
         return 0
@@ -121,35 +119,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if r["status"] == "missed" and r["missed_count"]:
             first, last = fmt_time(r["missed_first_at"]), fmt_time(r["missed_last_at"])
             detail = f"{r['missed_count']} tick(s) {first} .. {last}"
-        rows.append(
-            [
-                str(r["id"]),
-                r["task_name"],
-                r["status"],
-                fmt_time(r["scheduled_for"]),
-                fmt_time(r["started_at"]),
-                format_duration(r["duration_seconds"]),
-                str(r["attempt"]),
-                r["instance_id"] or "-",
-                detail,
-            ]
-        )
-    print(
-        table(
-            rows,
-            [
-                "ID",
-                "TASK",
-                "STATUS",
-                "SCHEDULED",
-                "STARTED",
-                "DURATION",
-                "TRY",
-                "INSTANCE",
-                "DETAIL",
-            ],
-        )
-    )
+        rows.append([
+            str(r["id"]), r["task_name"], r["status"], fmt_time(r["scheduled_for"]),
+            fmt_time(r["started_at"]), format_duration(r["duration_seconds"]), str(r["attempt"]),
+            r["instance_id"] or "-", detail,
+        ])  # fmt: skip
+    print(table(rows, _RUNS_HEADERS))
     if len(runs) == args.limit:
         print(f"\nmore: schedctl runs --before-id {runs[-1]['id']} (plus the same filters)")
     return 0
@@ -218,11 +193,7 @@ def cmd_emergency_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    engine = open_engine(args, read_only=True)
-    try:
-        stats = Store(engine).stats(args.task)
-    finally:
-        engine.dispose()
+    stats = read_store(args, lambda store: store.stats(args.task))
     if args.json:
         print_json(stats)
         return 0
@@ -248,11 +219,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    engine = open_engine(args, read_only=True)
-    try:
-        events = Store(engine).audit_log(task=args.task, limit=args.limit)
-    finally:
-        engine.dispose()
+    events = read_store(args, lambda store: store.audit_log(task=args.task, limit=args.limit))
     if args.json:
         print_json(events)
         return 0

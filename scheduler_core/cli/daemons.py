@@ -18,9 +18,10 @@ import sqlalchemy as sa
 
 from scheduler_core.cli.common import UsageError, database_url, open_engine
 from scheduler_core.clock import DatabaseClock
-from scheduler_core.config import load_task_file, parse_task_mapping
+from scheduler_core.config import parse_task_mapping
 from scheduler_core.db import redact_url, upgrade_schema
 from scheduler_core.retention import RetentionPolicy, register_cleanup_task
+from scheduler_core.task_files import load_task_file
 from scheduler_core.tasks import TaskDefinition
 
 __all__ = ["cmd_demo", "cmd_exporter", "cmd_scheduler"]
@@ -43,17 +44,15 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         raise UsageError(
             f"--look-ahead ({args.look_ahead:g}s) must be shorter than --lease ({args.lease:g}s)"
         )
+    #: The options named as the settings they set.
+    same = ("poll_interval", "max_running", "heartbeat_interval", "drain_grace", "look_ahead")
     return EngineSettings(
         instance_id=args.instance_id or default_instance_id(),
-        poll_interval=args.poll_interval,
-        max_running=args.max_running,
-        heartbeat_interval=args.heartbeat_interval,
         instance_lease=args.lease,
         claim_lease=args.lease,
-        drain_grace=args.drain_grace,
-        look_ahead=args.look_ahead,
         failure_alarm_threshold=args.failure_threshold,
         health_listen=None if args.health_listen in ("", "off") else args.health_listen,
+        **{name: getattr(args, name) for name in same},
     )
 
 

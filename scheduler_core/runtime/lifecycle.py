@@ -95,18 +95,7 @@ class RunLifecycle:
         if not runs:
             return
         # The timeout clock starts when a worker picks a run up (see _mark_started).
-        handles = [
-            RunHandle(
-                run_id=run.run_id,
-                task_name=run.task_name,
-                definition=run.definition,
-                deadline=None,
-                scheduled_for=run.scheduled_for,
-                attempt=run.attempt,
-                started_at=run.started_at,
-            )
-            for run in runs
-        ]
+        handles = [RunHandle.for_run(run) for run in runs]
         with self._running_lock:
             for handle in handles:
                 self._running[handle.run_id] = handle
@@ -244,14 +233,10 @@ class RunLifecycle:
             span.end()
         finished_at = self.clock.now()
         self._completions.put(
-            RunOutcome(
-                run_id=run.run_id,
-                task_name=run.task_name,
-                status=result.status,
-                scheduled_for=run.scheduled_for,
-                attempt=run.attempt,
-                started_at=handle.started_at,
-                finished_at=finished_at,
+            RunOutcome.of(
+                handle,
+                result.status,
+                finished_at,
                 error_message=result.error_message,
                 error_traceback=result.error_traceback,
                 exit_code=result.exit_code,
@@ -287,17 +272,7 @@ class RunLifecycle:
         if not handle.claim_finish():
             return
         self._completions.put(
-            RunOutcome(
-                run_id=handle.run_id,
-                task_name=handle.task_name,
-                status=status,
-                scheduled_for=handle.scheduled_for,
-                attempt=handle.attempt,
-                started_at=handle.started_at,
-                finished_at=self.clock.now(),
-                error_message=message,
-                pid=handle.pid,
-            )
+            RunOutcome.of(handle, status, self.clock.now(), error_message=message, pid=handle.pid)
         )
 
     def cancel_local(self, run_id: int, reason: str) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from scheduler_core.store.records import DispatchedRun
 from scheduler_core.tasks import CallableAction, CommandAction, TaskDefinition
 
 __all__ = [
@@ -67,6 +68,15 @@ class RunHandle:
     started: bool = False
     finished: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def for_run(cls, run: DispatchedRun) -> RunHandle:
+        """A handle for ``run``, its timeout clock not started (a worker starts it)."""
+        return cls(
+            run_id=run.run_id, task_name=run.task_name, definition=run.definition,
+            deadline=None, scheduled_for=run.scheduled_for, attempt=run.attempt,
+            started_at=run.started_at,
+        )  # fmt: skip
 
     def claim_finish(self) -> bool:
         """True for the first caller only: the worker and the watchdog race to finish a run."""

@@ -46,7 +46,7 @@ def _task_document(
         "last_error_message": ls.last_error_message if ls else None,
         "consecutive_failures": r.consecutive_failures,
         "running": len(running_starts),
-        "badge": states.badge(
+        "badge": states.assess(
             now=now,
             enabled=bool(r.enabled),
             paused=bool(r.paused),
@@ -56,7 +56,7 @@ def _task_document(
             consecutive_failures=int(r.consecutive_failures or 0),
             last_status=ls.last_status if ls else None,
             late_grace_seconds=grace,
-        ),
+        ).badge,
         "last_success_at": r.last_success_at,
         "runs_total": sum(getattr(r, c) for c in OUTCOME_COUNTERS.values()),
         "missed_runs_total": r.missed_runs_total,
@@ -147,7 +147,7 @@ class QueriesPart(StoreBase):
     ) -> list[dict[str, Any]]:
         """Every task with its schedule, next run, last run, failure count and status badge.
 
-        The badge is the one ``/api/v1/status`` shows: :func:`scheduler_core.states.badge` of
+        The badge is the one ``/api/v1/status`` shows: :func:`scheduler_core.states.assess` of
         the same inputs, as of ``now`` (the wall clock by default), with the exporter's default
         late grace unless ``late_grace`` is given. On PostgreSQL the reads are one snapshot.
         """

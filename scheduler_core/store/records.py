@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from scheduler_core.tasks import TaskDefinition
 
@@ -16,6 +17,7 @@ __all__ = [
     "ClaimedSchedule",
     "DispatchedRun",
     "FinalizeResult",
+    "RunIdentity",
     "RunOutcome",
     "SyncResult",
     "truncate_text",
@@ -94,6 +96,21 @@ class DispatchedRun:
     not_before: datetime | None = None
 
 
+class RunIdentity(Protocol):
+    """Which run: what a dispatched run, a run handle and an outcome have in common."""
+
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def scheduled_for(self) -> datetime: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def started_at(self) -> datetime: ...
+
+
 @dataclass(slots=True, kw_only=True)  # not frozen: built per run; a frozen __init__ is ~4x slower
 class RunOutcome:
     """How a run ended, ready to be written."""
@@ -115,6 +132,22 @@ class RunOutcome:
     @property
     def duration_seconds(self) -> float:
         return max(0.0, (self.finished_at - self.started_at).total_seconds())
+
+    @classmethod
+    def of(
+        cls, run: RunIdentity, status: str, finished_at: datetime, *,
+        error_message: str | None = None, error_traceback: str | None = None,
+        exit_code: int | None = None, pid: int | None = None, thread_name: str | None = None,
+        trace_id: str | None = None,
+    ) -> RunOutcome:  # fmt: skip
+        """How ``run`` (a dispatched run, or the engine's handle of one) ended."""
+        return cls(
+            run_id=run.run_id, task_name=run.task_name, scheduled_for=run.scheduled_for,
+            attempt=run.attempt, started_at=run.started_at, status=status,
+            finished_at=finished_at, error_message=error_message,
+            error_traceback=error_traceback, exit_code=exit_code, pid=pid,
+            thread_name=thread_name, trace_id=trace_id,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)

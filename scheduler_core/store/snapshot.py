@@ -30,10 +30,7 @@ from scheduler_core.states import (
     BADGES,
     LATE_GRACE_SECONDS,
     Badge,
-    badge_of,
-    is_failing,
-    is_late,
-    is_stuck,
+    assess,
 )
 
 __all__ = [
@@ -45,7 +42,6 @@ __all__ = [
     "Snapshot",
     "SnapshotReader",
     "TaskSnapshot",
-    "derive_badge",
     "read_snapshot",
 ]
 
@@ -131,27 +127,6 @@ class Snapshot:
         for task in self.tasks:
             counts[task.badge] += 1
         return counts
-
-
-def derive_badge(
-    *,
-    enabled: bool,
-    paused: bool,
-    stuck: bool,
-    running: int,
-    consecutive_failures: int,
-    last_status: str | None,
-    late: bool,
-) -> Badge:
-    """The badge of a task from its flags: :func:`scheduler_core.states.badge_of`."""
-    return badge_of(
-        enabled=enabled,
-        paused=paused,
-        stuck=stuck,
-        running=running,
-        failing=is_failing(consecutive_failures=consecutive_failures, last_status=last_status),
-        late=late,
-    )
 
 
 #: The run that finished last: (finished_at, status, duration_seconds, error_message).
@@ -414,49 +389,24 @@ def _task(
     # max_runtime is the synced definition's (the schedule row), as the stuck alarm
     # (telemetry.check_stuck) and ``schedctl tasks list`` read it; a health row's copy may be
     # an older definition's, of whichever instance wrote it.
-    stuck = is_stuck(now=now, running_starts=starts, max_runtime_seconds=max_runtime)
-    late = is_late(
-        now=now, enabled=enabled, paused=paused, running=len(starts),
-        next_run_at=next_run_at, late_grace_seconds=late_grace,
+    state = assess(
+        now=now, enabled=enabled, paused=paused, running_starts=starts,
+        max_runtime_seconds=max_runtime, next_run_at=next_run_at,
+        consecutive_failures=consecutive_failures, last_status=last_status,
+        late_grace_seconds=late_grace,
     )  # fmt: skip
     return TaskSnapshot(
-        name=name,
-        schedule_type=sys.intern(schedule_type),
-        schedule=sys.intern(schedule_expr),
-        timezone=sys.intern(timezone),
-        action_kind=sys.intern(action_kind),
-        enabled=enabled,
-        paused=paused,
-        pause_reason=pause_reason,
-        paused_by=paused_by,
-        paused_at=paused_at,
-        next_run_at=next_run_at,
-        last_started_at=h.last_started_at,
-        last_finished_at=last_finished_at,
-        last_success_at=last_success_at,
-        last_failure_at=last_failure_at,
-        last_duration_seconds=last_duration,
-        last_status=last_status,
-        last_error_message=last_error,
-        last_heartbeat_at=h.last_heartbeat_at,
-        consecutive_failures=consecutive_failures,
-        max_runtime_seconds=max_runtime,
-        expected_interval_seconds=expected_interval,
-        running=len(starts),
-        stuck=stuck,
-        late=late,
+        name=name, schedule_type=sys.intern(schedule_type), schedule=sys.intern(schedule_expr),
+        timezone=sys.intern(timezone), action_kind=sys.intern(action_kind), enabled=enabled,
+        paused=paused, pause_reason=pause_reason, paused_by=paused_by, paused_at=paused_at,
+        next_run_at=next_run_at, last_started_at=h.last_started_at,
+        last_finished_at=last_finished_at, last_success_at=last_success_at,
+        last_failure_at=last_failure_at, last_duration_seconds=last_duration,
+        last_status=last_status, last_error_message=last_error,
+        last_heartbeat_at=h.last_heartbeat_at, consecutive_failures=consecutive_failures,
+        max_runtime_seconds=max_runtime, expected_interval_seconds=expected_interval,
+        running=len(starts), stuck=state.stuck, late=state.late,
         runs_total=shared.counters(tuple(int(c or 0) for c in counts)),
-        missed_runs_total=int(missed or 0),
-        duration=shared.histogram(duration_packed, 0),
-        start_delay=shared.histogram(delay_packed, 1),
-        open_alarms=open_alarms,
-        badge=derive_badge(
-            enabled=enabled,
-            paused=paused,
-            stuck=stuck,
-            running=len(starts),
-            consecutive_failures=consecutive_failures,
-            last_status=last_status,
-            late=late,
-        ),
-    )
+        missed_runs_total=int(missed or 0), duration=shared.histogram(duration_packed, 0),
+        start_delay=shared.histogram(delay_packed, 1), open_alarms=open_alarms, badge=state.badge,
+    )  # fmt: skip

@@ -13,7 +13,7 @@ from scheduler_core.config import parse_task_document
 from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
 from scheduler_core.tasks import TaskDefinition
-from scheduler_core.testing import FakeClock, wait_for_completions
+from scheduler_core.testing import FakeClock
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -27,6 +27,12 @@ def tasks(
     *mappings: dict[str, Any], defaults: dict[str, Any] | None = None
 ) -> list[TaskDefinition]:
     return parse_task_document({"defaults": defaults or {}, "tasks": list(mappings)}, source="test")
+
+
+def failing_with_one_retry(name: str, *, every: str, delay: str) -> dict[str, Any]:
+    """A command task that always fails, retried once after a fixed ``delay``."""
+    retries = {"max": 1, "backoff": "fixed", "delay": delay}
+    return {"name": name, "command": ["false"], "every": every, "retries": retries}
 
 
 @pytest.fixture
@@ -52,11 +58,3 @@ def make_scheduler(db_engine: sa.Engine, clock: FakeClock) -> Iterator[Callable[
     for scheduler in made:
         scheduler.request_stop()
         scheduler.drain()
-
-
-def run_cycle(scheduler: Scheduler, timeout: float = 10.0) -> int:
-    """Start what is due, wait for those runs to finish, and record them."""
-    started = scheduler.step()
-    wait_for_completions(scheduler, started, timeout=timeout)
-    scheduler.step()
-    return started

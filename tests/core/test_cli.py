@@ -40,6 +40,12 @@ def schedctl(
     )
 
 
+def run_scheduler_for(config: Path, url: str, duration: str, *options: str) -> int:
+    """``schedctl scheduler`` on ``config`` for ``duration``, no health server; its exit code."""
+    argv = ["scheduler", "--config", str(config), "--database-url", url, "--duration", duration]
+    return schedctl(*argv, "--health-listen", "off", *options).returncode
+
+
 def health(port: int) -> int | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
@@ -124,20 +130,7 @@ def test_rejected_config_changes_nothing(sqlite_url: str, tmp_path: Path) -> Non
     """A bad config exits 2 naming the problem, and the database is left exactly as it was."""
     good = tmp_path / "good.yaml"
     good.write_text("tasks:\n  - {name: a, command: ['true'], every: 1h}\n")
-    assert (
-        schedctl(
-            "scheduler",
-            "--config",
-            str(good),
-            "--database-url",
-            sqlite_url,
-            "--duration",
-            "0.3s",
-            "--health-listen",
-            "off",
-        ).returncode
-        == 0
-    )
+    assert run_scheduler_for(good, sqlite_url, "0.3s") == 0
     engine = create_db_engine(sqlite_url)
     with engine.connect() as conn:
         before = [tuple(r) for r in conn.execute(sa.select(schedules))]
@@ -218,20 +211,7 @@ def test_admin_commands_round_trip(sqlite_url: str, tmp_path: Path) -> None:
     """tasks list / pause / resume / run-now / runs work from another process, with --json."""
     config = tmp_path / "t.yaml"
     config.write_text("tasks:\n  - {name: report, command: ['true'], every: 1h}\n")
-    assert (
-        schedctl(
-            "scheduler",
-            "--config",
-            str(config),
-            "--database-url",
-            sqlite_url,
-            "--duration",
-            "0.3s",
-            "--health-listen",
-            "off",
-        ).returncode
-        == 0
-    )
+    assert run_scheduler_for(config, sqlite_url, "0.3s") == 0
     assert (
         schedctl(
             "pause", "report", "--reason", "quarterly close", "--database-url", sqlite_url
@@ -244,22 +224,7 @@ def test_admin_commands_round_trip(sqlite_url: str, tmp_path: Path) -> None:
     assert "paused (quarterly close)" in table
     assert schedctl("resume", "report", "--database-url", sqlite_url).returncode == 0
     assert schedctl("run-now", "report", "--database-url", sqlite_url).returncode == 0
-    assert (
-        schedctl(
-            "scheduler",
-            "--config",
-            str(config),
-            "--database-url",
-            sqlite_url,
-            "--duration",
-            "1.5s",
-            "--health-listen",
-            "off",
-            "--poll-interval",
-            "100ms",
-        ).returncode
-        == 0
-    )
+    assert run_scheduler_for(config, sqlite_url, "1.5s", "--poll-interval", "100ms") == 0
     runs = json.loads(
         schedctl("runs", "--task", "report", "--json", "--database-url", sqlite_url).stdout
     )

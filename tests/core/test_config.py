@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler_core.config import load_task_file
 from scheduler_core.errors import ConfigError
 from scheduler_core.schedules import AtSchedule, CronSchedule, IntervalSchedule
+from scheduler_core.task_files import load_task_file
 from scheduler_core.tasks import CallableAction, CommandAction
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,19 +20,10 @@ from scheduler_core.retention import RetentionPolicy, run_cleanup
 from scheduler_core.store import Store
 from scheduler_core.testing import FakeClock
 from tests.core.conftest import T0, tasks
-from tests.core.test_cli import wait_for
+from tests.core.test_cli import run_rows, wait_for
 from tests.core.test_engine import pid_alive
 
 SCHEDCTL = [sys.executable, "-m", "scheduler_core.cli"]
-
-
-def rows(url: str) -> list[sa.Row]:
-    engine = create_db_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.select(task_runs).order_by(task_runs.c.id)))
-    finally:
-        engine.dispose()
 
 
 def task_synced(url: str, name: str) -> bool:
@@ -93,7 +84,7 @@ def test_cancel_from_second_process_kills_command_and_sigterm_ignoring_child(
             lambda: leader.exists() and child.exists() and child.read_text().strip() != "", 20
         )
         leader_pid, child_pid = int(leader.read_text()), int(child.read_text())
-        run_id = next(r.id for r in rows(db_url) if r.status == "running")
+        run_id = next(r.id for r in run_rows(db_url) if r.status == "running")
         start = time.monotonic()
         result = subprocess.run(
             [*SCHEDCTL, "cancel", str(run_id), "--reason", "wrong input", "--database-url", db_url],
@@ -103,11 +94,11 @@ def test_cancel_from_second_process_kills_command_and_sigterm_ignoring_child(
         assert wait_for(lambda: not pid_alive(leader_pid) and not pid_alive(child_pid), 10)
         gone_after = time.monotonic() - start
         assert wait_for(
-            lambda: next(r for r in rows(db_url) if r.id == run_id).status == "cancelled", 10
+            lambda: next(r for r in run_rows(db_url) if r.id == run_id).status == "cancelled", 10
         )
     finally:
         output = stop(proc)
-    run = next(r for r in rows(db_url) if r.id == run_id)
+    run = next(r for r in run_rows(db_url) if r.id == run_id)
     assert run.status == "cancelled" and "wrong input" in run.error_message, output
     assert gone_after < 1 + 1 + 1.5, (
         f"processes gone after {gone_after:.1f}s (heartbeat 1s + grace 1s)"
@@ -128,7 +119,7 @@ def test_retry_survives_a_restart_between_attempts(db_url: str, tmp_path: Path) 
             check=True,
             capture_output=True,
         )
-        assert wait_for(lambda: any(r.status == "failure" for r in rows(db_url)), 20)
+        assert wait_for(lambda: any(r.status == "failure" for r in run_rows(db_url)), 20)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
     finally:
@@ -140,10 +131,12 @@ def test_retry_survives_a_restart_between_attempts(db_url: str, tmp_path: Path) 
     assert row.retry_attempt == 2 and row.retry_at is not None
     second = start_scheduler(config, db_url, "node-1")
     try:
-        assert wait_for(lambda: len([r for r in rows(db_url) if r.status == "failure"]) == 2, 30)
+        assert wait_for(
+            lambda: len([r for r in run_rows(db_url) if r.status == "failure"]) == 2, 30
+        )
     finally:
         output = stop(second)
-    runs = rows(db_url)
+    runs = run_rows(db_url)
     assert [(r.attempt, r.trigger, r.status) for r in runs] == [
         (1, "manual", "failure"),
         (2, "retry", "failure"),

@@ -13,6 +13,7 @@ from scheduler_core.histograms import DURATION_BUCKETS, HistogramCounts
 from scheduler_core.models import DURATION_HISTOGRAM, audit_events, schedules, task_runs
 from scheduler_core.retention import RetentionPolicy, run_cleanup
 from scheduler_core.store import RunOutcome, Store
+from scheduler_core.tasks import TaskDefinition
 from tests.core.conftest import T0, tasks
 
 LEASE = timedelta(seconds=30)
@@ -43,18 +44,18 @@ def sched(engine: sa.Engine, name: str) -> sa.Row:
 
 def finish(store: Store, run, status: str, seconds: float) -> None:
     store.finalize_runs(
-        [
-            RunOutcome(
-                run_id=run.run_id,
-                task_name=run.task_name,
-                status=status,
-                scheduled_for=run.scheduled_for,
-                attempt=run.attempt,
-                started_at=run.started_at,
-                finished_at=run.started_at + timedelta(seconds=seconds),
-            )
-        ],
+        [RunOutcome.of(run, status, run.started_at + timedelta(seconds=seconds))],
         now=run.started_at + timedelta(seconds=seconds),
+    )
+
+
+def sleepers(prefix: str, count: int, *, every: str) -> list[TaskDefinition]:
+    """``count`` tasks ``<prefix>0``... that each sleep 0.3 s, every ``every``."""
+    return tasks(
+        *(
+            {"name": f"{prefix}{i}", "callable": "time:sleep", "args": [0.3], "every": every}
+            for i in range(count)
+        )
     )
 
 
@@ -129,15 +130,7 @@ def test_overlap_replace_cancels_the_running_one(store: Store, db_engine) -> Non
 
 def test_max_running_per_instance(make_scheduler, clock, db_engine) -> None:
     """An instance never has more than max_running runs in flight; the rest wait for capacity."""
-    Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks(
-            *(
-                {"name": f"s{i}", "callable": "time:sleep", "args": [0.3], "every": "1m"}
-                for i in range(5)
-            )
-        ),
-        now=clock.now(),
-    )
+    Store(db_engine, instance_id="inst-a").sync_tasks(sleepers("s", 5, every="1m"), now=clock.now())
     scheduler = make_scheduler(max_running=2, claim_ahead=1)
     clock.advance(60)
     assert scheduler.step() == 2
@@ -149,15 +142,7 @@ def test_claim_ahead_queues_but_never_executes_more_than_max_running(
 ) -> None:
     """With claim_ahead, extra runs are claimed and queued; at most max_running execute at once,
     and a queued run records when it really started, not when it was claimed."""
-    Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks(
-            *(
-                {"name": f"q{i}", "callable": "time:sleep", "args": [0.3], "every": "1h"}
-                for i in range(4)
-            )
-        ),
-        now=clock.now(),
-    )
+    Store(db_engine, instance_id="inst-a").sync_tasks(sleepers("q", 4, every="1h"), now=clock.now())
     scheduler = make_scheduler(max_running=2, claim_ahead=2)
     claimed_at = clock.advance(3600)
     assert scheduler.step() == 4

@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core.retention import RetentionPolicy, run_cleanup
-from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
-from tests.core.conftest import run_cycle, tasks
+from scheduler_core.testing import run_cycle, running_scheduler
+from tests.core.conftest import tasks
 from tests.exporter.test_prometheus import _counters_and_buckets
 
 
@@ -26,19 +26,10 @@ def scrape(db_url: str, clock) -> dict:
 
 
 def run_scheduler(db_engine: sa.Engine, clock, cycles: int) -> None:
-    scheduler = Scheduler(
-        engine=db_engine,
-        settings=EngineSettings(instance_id="node-1", health_listen=None, drain_grace=1),
-        clock=clock,
-    )
-    scheduler.start()
-    try:
+    with running_scheduler(db_engine, clock, instance_id="node-1", drain_grace=1) as scheduler:
         for _ in range(cycles):
             clock.advance(10)
             run_cycle(scheduler)
-    finally:
-        scheduler.request_stop()
-        scheduler.drain()
 
 
 def test_counters_never_decrease_across_scheduler_restart_and_cleanup(

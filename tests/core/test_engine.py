@@ -14,8 +14,8 @@ from scheduler_core.models import schedules, task_runs
 from scheduler_core.store import Store
 from scheduler_core.tasks import TaskDefinition
 from scheduler_core.telemetry import TelemetryWriter
-from scheduler_core.testing import wait_for_completions
-from tests.core.conftest import run_cycle, tasks
+from scheduler_core.testing import run_cycle, wait_for_completions
+from tests.core.conftest import failing_with_one_retry, tasks
 
 
 def all_runs(engine: sa.Engine) -> list[sa.Row]:
@@ -129,14 +129,7 @@ def test_sync_callable_timeout_is_recorded(make_scheduler, clock, db_engine) -> 
 def test_retry_is_persisted_and_counts_failure_once(make_scheduler, clock, db_engine) -> None:
     """A failed attempt schedules a retry in SQL; only the tick's final failure counts."""
     Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks(
-            {
-                "name": "r",
-                "command": ["false"],
-                "every": "1h",
-                "retries": {"max": 1, "backoff": "fixed", "delay": "10s"},
-            }
-        ),
+        tasks(failing_with_one_retry("r", every="1h", delay="10s")),
         now=clock.now(),
     )
     scheduler = make_scheduler()

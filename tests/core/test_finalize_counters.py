@@ -29,15 +29,9 @@ def dispatch_at(store: Store, now: datetime) -> list[DispatchedRun]:
 def ended(run: DispatchedRun, status: str, *, delay: timedelta, duration: timedelta) -> RunOutcome:
     """``run`` started ``delay`` after its tick and ended ``duration`` later as ``status``."""
     started = run.scheduled_for + delay
-    return RunOutcome(
-        run_id=run.run_id,
-        task_name=run.task_name,
-        status=status,
-        scheduled_for=run.scheduled_for,
-        attempt=run.attempt,
-        started_at=started,
-        finished_at=started + duration,
-    )
+    outcome = RunOutcome.of(run, status, started + duration)
+    outcome.started_at = started
+    return outcome
 
 
 def schedule_rows(engine: sa.Engine) -> dict[str, sa.RowMapping]:

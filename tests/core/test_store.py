@@ -5,7 +5,7 @@ Every test runs on both backends (the ``db_url`` fixture); time comes from a Fak
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -20,8 +20,9 @@ from scheduler_core.models import (
     task_health,
     task_runs,
 )
-from scheduler_core.store import RunOutcome, Store
-from tests.core.conftest import T0, run_cycle, tasks
+from scheduler_core.store import DispatchedRun, RunOutcome, Store
+from scheduler_core.testing import run_cycle
+from tests.core.conftest import T0, tasks
 
 LEASE = timedelta(seconds=30)
 
@@ -40,16 +41,19 @@ def schedule_row(engine: sa.Engine, name: str) -> sa.Row:
 
 
 def outcome(run, status: str, finished, **extra) -> RunOutcome:
-    return RunOutcome(
-        run_id=run.run_id,
-        task_name=run.task_name,
-        status=status,
-        scheduled_for=run.scheduled_for,
-        attempt=run.attempt,
-        started_at=run.started_at,
-        finished_at=finished,
-        **extra,
+    return RunOutcome.of(run, status, finished, **extra)
+
+
+def dispatch_one_run(store: Store) -> tuple[datetime, DispatchedRun]:
+    """Task ``a`` (every minute) synced at T0 on a registered instance, and its first tick
+    dispatched: the time of that tick and the run."""
+    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
+    store.register_instance(now=T0, lease=LEASE, hostname="h", pid=1, version="t")
+    now = T0 + timedelta(minutes=1)
+    (run,) = store.dispatch_claimed(
+        store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now
     )
+    return now, run
 
 
 def test_lease_boundary(store: Store, db_engine: sa.Engine) -> None:
@@ -227,12 +231,7 @@ def test_a_tick_can_never_run_twice(store: Store, db_engine: sa.Engine) -> None:
 
 def test_finalize_is_fenced_against_abandoned_runs(store: Store, db_engine: sa.Engine) -> None:
     """A late completion of a run already marked abandoned is rejected, and counted once."""
-    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
-    store.register_instance(now=T0, lease=LEASE, hostname="h", pid=1, version="t")
-    now = T0 + timedelta(minutes=1)
-    (run,) = store.dispatch_claimed(
-        store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now
-    )
+    now, run = dispatch_one_run(store)
     survivor = Store(db_engine, instance_id="inst-b")
     survivor.register_instance(
         now=now + timedelta(seconds=31), lease=LEASE, hostname="h", pid=2, version="t"
@@ -250,10 +249,7 @@ def test_finalize_is_fenced_against_abandoned_runs(store: Store, db_engine: sa.E
 
 def test_abandon_waits_for_the_lease(store: Store, db_engine: sa.Engine) -> None:
     """An owner that heartbeated within its lease keeps its runs."""
-    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
-    store.register_instance(now=T0, lease=LEASE, hostname="h", pid=1, version="t")
-    now = T0 + timedelta(minutes=1)
-    store.dispatch_claimed(store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now)
+    now, _ = dispatch_one_run(store)
     store.heartbeat(now=now, running_runs=1)
     survivor = Store(db_engine, instance_id="inst-b")
     assert survivor.reap_abandoned(now=now + LEASE) == []
@@ -274,10 +270,7 @@ def test_restart_with_same_id_reaps_own_leftovers_at_once(
     store: Store, db_engine: sa.Engine
 ) -> None:
     """Re-registering an instance id marks its own running rows abandoned immediately."""
-    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
-    store.register_instance(now=T0, lease=LEASE, hostname="h", pid=1, version="t")
-    now = T0 + timedelta(minutes=1)
-    store.dispatch_claimed(store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now)
+    now, _ = dispatch_one_run(store)
     reaped = Store(db_engine, instance_id="inst-a").register_instance(
         now=now + timedelta(seconds=1), lease=LEASE, hostname="h", pid=2, version="t"
     )
@@ -442,12 +435,7 @@ def test_missed_gap_is_one_row(store: Store, db_engine: sa.Engine) -> None:
 
 def test_instance_heartbeat_returns_cancel_requests(store: Store, db_engine: sa.Engine) -> None:
     """A cancel flagged from another host reaches the owner at its next heartbeat."""
-    store.sync_tasks(tasks({"name": "a", "command": ["true"], "every": "1m"}), now=T0)
-    store.register_instance(now=T0, lease=LEASE, hostname="h", pid=1, version="t")
-    now = T0 + timedelta(minutes=1)
-    (run,) = store.dispatch_claimed(
-        store.claim_due_schedules(now=now, limit=1, lease=LEASE), now=now
-    )
+    now, run = dispatch_one_run(store)
     assert Store(db_engine, instance_id="cli").request_cancel(run.run_id, reason="ops") == "running"
     assert store.heartbeat(now=now, running_runs=1) == [(run.run_id, "ops")]
     with db_engine.connect() as conn:

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from scheduler_core.models import task_health, task_runs
 from scheduler_core.store import Store
-from scheduler_core.testing import wait_for_completions
-from tests.core.conftest import run_cycle, tasks
+from scheduler_core.testing import run_cycle, wait_for_completions
+from tests.core.conftest import failing_with_one_retry, tasks
 
 
 def health_rows(engine: sa.Engine, task: str) -> list[sa.Row]:
@@ -219,14 +219,7 @@ def test_each_failed_tick_keeps_its_retry_while_another_is_pending(
     from scheduler_core.models import schedules
 
     Store(db_engine, instance_id="inst-a").sync_tasks(
-        tasks(
-            {
-                "name": "flaky",
-                "command": ["false"],
-                "every": "1m",
-                "retries": {"max": 1, "backoff": "fixed", "delay": "90s"},
-            }
-        ),
+        tasks(failing_with_one_retry("flaky", every="1m", delay="90s")),
         now=clock.now(),
     )
     t0 = clock.now()

@@ -26,7 +26,6 @@ import yaml
 
 from dashboards.build import all_queries, substitute
 from exporter.server import ExporterServer
-from exporter.settings import ExporterSettings
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine, upgrade_schema
 from scheduler_core.models import TERMINAL_STATUSES, schedules
@@ -40,6 +39,7 @@ from tests.e2e.configs import (
     shortened_rules,
     without_windows,
 )
+from tests.exporter.factories import exporter_replicas
 from tests.support.prometheus import AlertmanagerServer, PrometheusServer, WebhookReceiver
 
 # The timeout is a backstop: every wait below is bounded far more tightly.
@@ -305,20 +305,8 @@ def exporters(
     database_url: str, running_scheduler: RunningScheduler
 ) -> Iterator[list[ExporterServer]]:
     """Two exporter replicas on the scheduler's database, each on its own free port."""
-    servers = [
-        ExporterServer(
-            settings=ExporterSettings(port=0, refresh_interval=1.0), database_url=database_url
-        )
-        for _ in range(2)
-    ]
-    try:
-        for server in servers:
-            server.start()
-            server.refresh_now()
+    with exporter_replicas(database_url) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture(scope="module")

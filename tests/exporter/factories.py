@@ -7,13 +7,16 @@ and :func:`seed_every_state` builds one task per status badge with known metric 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from exporter.server import ExporterServer
+from exporter.settings import ExporterSettings
 from scheduler_core import models
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
 
@@ -63,7 +66,6 @@ def health_row(task: str, instance_id: str, *, now: datetime = NOW, **overrides:
         "enabled": True,
         "schedule_type": "every",
         "schedule_payload": '{"every": 300}',
-        "next_run_at": None,
         "last_started_at": None,
         "last_finished_at": None,
         "last_duration_seconds": None,
@@ -95,6 +97,38 @@ def run_row(task: str, *, scheduled_for: datetime, **overrides: Any) -> dict[str
     }
     row.update(overrides)
     return row
+
+
+def running_run_row(task: str, *, scheduled_for: datetime, started_at: datetime) -> dict[str, Any]:
+    """A scheduler_task_runs row of a run still in flight."""
+    return run_row(
+        task, scheduled_for=scheduled_for, status="running", started_at=started_at,
+        finished_at=None, duration_seconds=None,
+    )  # fmt: skip
+
+
+@contextmanager
+def exporter_replicas(
+    database_url: str, count: int = 2, **options: Any
+) -> Iterator[list[ExporterServer]]:
+    """``count`` exporters on one database, each on a free port, refreshed once and serving;
+    ``options`` go to each :class:`ExporterServer` (e.g. ``clock``)."""
+    servers = [
+        ExporterServer(
+            settings=ExporterSettings(port=0, refresh_interval=1.0),
+            database_url=database_url,
+            **options,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for server in servers:
+            server.start()
+            server.refresh_now()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def instance_row(instance_id: str, *, now: datetime = NOW, **overrides: Any) -> dict[str, Any]:
@@ -289,21 +323,15 @@ def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Exp
             duration_seconds=60.0,
             error_message="killed after 60s",
         ),
-        run_row(
+        running_run_row(
             "running-task",
             scheduled_for=now - timedelta(seconds=31),
-            status="running",
             started_at=now - timedelta(seconds=30),
-            finished_at=None,
-            duration_seconds=None,
         ),
-        run_row(
+        running_run_row(
             "stuck-task",
             scheduled_for=now - timedelta(minutes=20, seconds=1),
-            status="running",
             started_at=now - timedelta(minutes=20),
-            finished_at=None,
-            duration_seconds=None,
         ),
     ]
     insert(engine, models.schedules, schedules)

@@ -17,7 +17,7 @@ from scheduler_core.cli import build_parser
 from scheduler_core.db import create_db_engine
 from scheduler_core.durations import parse_since
 from scheduler_core.store import Store
-from tests.exporter.factories import NOW, insert, run_row, schedule_row
+from tests.exporter.factories import NOW, insert, run_row, running_run_row, schedule_row
 from tests.exporter.test_app import api_calls
 
 
@@ -94,13 +94,10 @@ def test_api_and_cli_keep_the_same_runs_since(sqlite_url, clock, capsys) -> None
                 missed_first_at=missed_first,
                 missed_last_at=now - timedelta(minutes=10),
             ),
-            "running": run_row(
+            "running": running_run_row(
                 "job",
                 scheduled_for=now - timedelta(minutes=1),
-                status="running",
                 started_at=now - timedelta(minutes=1),
-                finished_at=None,
-                duration_seconds=None,
             ),
         }
         insert(writer, models.task_runs, [{**row, "trace_id": name} for name, row in rows.items()])

@@ -18,7 +18,13 @@ from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core import models
 from scheduler_core.db import create_db_engine, upgrade_schema
-from tests.exporter.factories import NOW, FakeClock, instance_row, seed_every_state
+from tests.exporter.factories import (
+    NOW,
+    FakeClock,
+    exporter_replicas,
+    instance_row,
+    seed_every_state,
+)
 from tests.support.prometheus import PrometheusServer, http_get
 
 pytestmark = pytest.mark.prometheus
@@ -45,22 +51,8 @@ def shared_db(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def exporters(shared_db) -> Iterator[list[ExporterServer]]:
     """Two exporter replicas on the same database, clocks frozen at the seed's NOW."""
-    servers = [
-        ExporterServer(
-            settings=ExporterSettings(port=0, refresh_interval=1.0),
-            database_url=shared_db,
-            clock=FakeClock(NOW),
-        )
-        for _ in range(2)
-    ]
-    try:
-        for server in servers:
-            server.start()
-            server.refresh_now()
+    with exporter_replicas(shared_db, clock=FakeClock(NOW)) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from exporter.database import create_reader_engine
 from scheduler_core import models
 from scheduler_core.db import create_db_engine, upgrade_schema
-from scheduler_core.store.snapshot import SnapshotReader, derive_badge, read_snapshot
+from scheduler_core.states import badge_of, is_failing
+from scheduler_core.store.snapshot import SnapshotReader, read_snapshot
 from tests.exporter.factories import NOW, Expected, StatementCounter, seed_many
 
 
@@ -88,7 +89,11 @@ def test_badge_precedence(kwargs, badge):
         "enabled": True, "paused": False, "stuck": False, "running": 0,
         "consecutive_failures": 0, "last_status": None, "late": False,
     }  # fmt: skip
-    assert derive_badge(**{**base, **kwargs}) == badge
+    flags = {**base, **kwargs}
+    failing = is_failing(
+        consecutive_failures=flags.pop("consecutive_failures"), last_status=flags.pop("last_status")
+    )
+    assert badge_of(**flags, failing=failing) == badge
 
 
 def _steady_refresh_statements(url: str, tasks: int) -> list[str]:

@@ -16,7 +16,7 @@ from exporter.database import create_reader_engine
 from scheduler_core import models
 from scheduler_core.db import create_db_engine
 from scheduler_core.store.snapshot import TaskSnapshot, read_snapshot
-from tests.exporter.factories import NOW, health_row, insert, run_row, schedule_row
+from tests.exporter.factories import NOW, health_row, insert, running_run_row, schedule_row
 from tests.pgbouncer.conftest import bouncer_db, bouncer_url, pg_bouncer  # noqa: F401 (fixtures)
 
 
@@ -46,13 +46,10 @@ def _seed(engine: sa.Engine) -> None:
         engine,
         models.task_runs,
         [
-            run_row(
+            running_run_row(
                 "job",
                 scheduled_for=NOW - timedelta(seconds=31),
-                status="running",
                 started_at=NOW - timedelta(seconds=30),
-                finished_at=None,
-                duration_seconds=None,
             )
         ],
     )

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from scheduler_core.config import load_task_file
 from scheduler_core.db import create_db_engine, head_revision
 from scheduler_core.models import instances, schedules
 from scheduler_core.store import Store
+from scheduler_core.task_files import load_task_file
 from tests.core.test_cli import schedctl
 from tests.core.test_multi_instance import assert_contiguous, run_instances
 from tests.support.pgbouncer import PgBouncer

@@ -27,9 +27,8 @@ import sqlalchemy as sa
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine
 from scheduler_core.models import task_runs
-from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
-from scheduler_core.testing import FakeClock, wait_for_completions
+from scheduler_core.testing import FakeClock, run_cycle, running_scheduler
 
 SCHEDCTL = [sys.executable, "-m", "scheduler_core.cli"]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -285,17 +284,8 @@ def exporter_with_odd_tasks(tmp_path_factory) -> Iterator[str]:
     ]
     Store(engine).sync_tasks(parse_task_document({"tasks": tasks}, source="t"), now=clock.now())
     clock.advance(3600)
-    scheduler = Scheduler(
-        engine=engine,
-        settings=EngineSettings(instance_id="odd", health_listen=None, drain_grace=2),
-        clock=clock,
-    )
-    scheduler.start()
-    scheduler.step()
-    wait_for_completions(scheduler, len(tasks))
-    scheduler.step()
-    scheduler.request_stop()
-    scheduler.drain()
+    with running_scheduler(engine, clock, instance_id="odd") as scheduler:
+        run_cycle(scheduler)
     engine.dispose()
     server = ExporterServer(settings=ExporterSettings(port=0), database_url=url).start()
     try:

@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_core.cli import main as schedctl_main
-from scheduler_core.config import POLICY_KEYS, TASK_KEYS, load_task_file, parse_task_document
+from scheduler_core.config import POLICY_KEYS, TASK_KEYS, parse_task_document
 from scheduler_core.db import create_db_engine
 from scheduler_core.errors import ConfigError
-from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
-from scheduler_core.testing import FakeClock, wait_for_completions
+from scheduler_core.task_files import load_task_file
+from scheduler_core.testing import FakeClock, run_cycle, running_scheduler
 from tests.reliability.conftest import NASTY, ODD_NAMES
 
 pytestmark = [pytest.mark.reliability]
@@ -216,19 +216,8 @@ def test_odd_task_names_and_error_texts_round_trip_intact(db_engine: sa.Engine) 
     ]
     Store(db_engine).sync_tasks(parse_task_document({"tasks": tasks}, source="t"), now=clock.now())
     clock.advance(3600)
-    scheduler = Scheduler(
-        engine=db_engine,
-        settings=EngineSettings(instance_id="odd", health_listen=None, drain_grace=2),
-        clock=clock,
-    )
-    scheduler.start()
-    try:
-        assert scheduler.step() == len(tasks)
-        wait_for_completions(scheduler, len(tasks))
-        scheduler.step()
-    finally:
-        scheduler.request_stop()
-        scheduler.drain()
+    with running_scheduler(db_engine, clock, instance_id="odd", drain_grace=2) as scheduler:
+        assert run_cycle(scheduler) == len(tasks)
     store = Store(db_engine)
     assert {t["name"] for t in store.list_tasks()} == set(ODD_NAMES)
     for name, message in zip(ODD_NAMES, NASTY, strict=True):

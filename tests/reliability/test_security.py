@@ -13,9 +13,8 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_core.config import parse_task_document
-from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.store import Store
-from scheduler_core.testing import FakeClock, wait_for_completions
+from scheduler_core.testing import FakeClock, run_cycle, running_scheduler
 from tests.reliability.conftest import ODD_NAMES, SCHEDCTL, write_config
 from tests.support.pgserver import PostgresServer
 
@@ -98,19 +97,8 @@ def test_error_texts_are_truncated(db_engine: sa.Engine) -> None:
     )
     Store(db_engine).sync_tasks(definitions, now=clock.now())
     clock.advance(3600)
-    scheduler = Scheduler(
-        engine=db_engine,
-        settings=EngineSettings(instance_id="loud", health_listen=None, drain_grace=5),
-        clock=clock,
-    )
-    scheduler.start()
-    try:
-        assert scheduler.step() == 2
-        wait_for_completions(scheduler, 2, timeout=30)
-        scheduler.step()
-    finally:
-        scheduler.request_stop()
-        scheduler.drain()
+    with running_scheduler(db_engine, clock, instance_id="loud", drain_grace=5) as scheduler:
+        assert run_cycle(scheduler, timeout=30) == 2
     runs = {r["task_name"]: r for r in Store(db_engine).list_runs()}
     callable_run, command_run = runs["loud-callable"], runs["loud-command"]
     assert callable_run["status"] == command_run["status"] == "failure"
@@ -145,19 +133,8 @@ def test_command_tasks_get_only_the_configured_environment(
     )
     Store(engine).sync_tasks(definitions, now=clock.now())
     clock.advance(3600)
-    scheduler = Scheduler(
-        engine=engine,
-        settings=EngineSettings(instance_id="env", health_listen=None, drain_grace=5),
-        clock=clock,
-    )
-    scheduler.start()
-    try:
-        assert scheduler.step() == 1
-        wait_for_completions(scheduler, 1, timeout=30)
-        scheduler.step()
-    finally:
-        scheduler.request_stop()
-        scheduler.drain()
+    with running_scheduler(engine, clock, instance_id="env", drain_grace=5) as scheduler:
+        assert run_cycle(scheduler, timeout=30) == 1
     [run] = Store(engine).list_runs(task="print-env")
     engine.dispose()
     seen = run["error_message"]

@@ -22,8 +22,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -125,7 +124,35 @@ class ManagedProcess:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class PrometheusServer:
+class _LoopbackServer:
+    """A Prometheus-family binary on a free loopback port, with a config file in its temp dir."""
+
+    def __init__(self, name: str, binary: str, config: Mapping[str, Any]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = ManagedProcess(name, ready_url=f"{self.url}/-/ready")
+        self.binary = binary
+        self.config_path = self.process.tmp / f"{name}.yml"
+        self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self.process.launch([self.binary, f"--config.file={self.config_path}", *self.argv()])
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PrometheusServer(_LoopbackServer):
     """Prometheus scraping ``scrape_configs`` every second, with optional rule files.
 
     ``scrape_configs`` are Prometheus' own scrape_config mappings (``job_name``,
@@ -141,58 +168,35 @@ class PrometheusServer:
         evaluation_interval: str = "1s",
         binary: str = PROMETHEUS_BIN,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = ManagedProcess("prometheus", ready_url=f"{self.url}/-/ready")
-        self.binary = binary
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": evaluation_interval},
             "scrape_configs": [{"scrape_interval": "1s", **sc} for sc in scrape_configs],
         }
-        rules_dir = self.process.tmp / "rules"
-        rules_dir.mkdir()
-        copied = []
-        for i, path in enumerate(rule_files):
-            target = rules_dir / f"{i:02d}-{Path(path).name}"
-            shutil.copyfile(path, target)
-            copied.append(str(target))
-        if copied:
-            config["rule_files"] = copied
         if alertmanagers:
             config["alerting"] = {
                 "alertmanagers": [
                     {"static_configs": [{"targets": [_host_port(url) for url in alertmanagers]}]}
                 ]
             }
-        self.config_path = self.process.tmp / "prometheus.yml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        super().__init__("prometheus", binary, config)
+        if rule_files:
+            rules_dir = self.process.tmp / "rules"
+            rules_dir.mkdir()
+            copied = []
+            for i, path in enumerate(rule_files):
+                target = rules_dir / f"{i:02d}-{Path(path).name}"
+                shutil.copyfile(path, target)
+                copied.append(str(target))
+            config["rule_files"] = copied
+            self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def start(self) -> PrometheusServer:
-        self.process.launch(
-            [
-                self.binary,
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.process.tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",
-                "--log.level=warn",
-            ]
-        )
-        return self
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def argv(self) -> list[str]:
+        return [
+            f"--storage.tsdb.path={self.process.tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle",
+            "--log.level=warn",
+        ]
 
     def api(self, path: str, **params: str) -> Any:
         """GET ``/api/v1/<path>`` and return its ``data`` (raise on an error status)."""
@@ -248,44 +252,20 @@ class PrometheusServer:
         return result
 
 
-class AlertmanagerServer:
+class AlertmanagerServer(_LoopbackServer):
     """Alertmanager on loopback with ``config`` (its YAML config as a mapping), clustering off."""
 
     def __init__(self, config: Mapping[str, Any], *, binary: str = ALERTMANAGER_BIN) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = ManagedProcess("alertmanager", ready_url=f"{self.url}/-/ready")
-        self.binary = binary
-        self.config_path = self.process.tmp / "alertmanager.yml"
-        self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        super().__init__("alertmanager", binary, config)
 
-    def start(self) -> AlertmanagerServer:
-        self.process.launch(
-            [
-                self.binary,
-                f"--config.file={self.config_path}",
-                f"--storage.path={self.process.tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                # An empty address turns the gossip cluster off: no port beyond the web one.
-                "--cluster.listen-address=",
-                "--log.level=debug",
-            ]
-        )
-        return self
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def __enter__(self) -> AlertmanagerServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def argv(self) -> list[str]:
+        return [
+            f"--storage.path={self.process.tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            # An empty address turns the gossip cluster off: no port beyond the web one.
+            "--cluster.listen-address=",
+            "--log.level=debug",
+        ]
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts Alertmanager holds now (``GET /api/v2/alerts``)."""
@@ -346,12 +326,7 @@ class WebhookReceiver:
     def __enter__(self) -> WebhookReceiver:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def notifications(self) -> list[dict[str, Any]]:

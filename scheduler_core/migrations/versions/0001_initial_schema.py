@@ -1,33 +1,65 @@
 """initial schema
 
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-23
+Created 2026-11-23.
 """
+
+from collections.abc import Callable
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
+
+#: 64-bit on PostgreSQL; SQLite keeps INTEGER, which is 64-bit and the rowid alias.
+_BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+#: The column types of this revision, frozen here rather than read from the models.
+_TYPES: dict[str, Callable[[], sa.types.TypeEngine[Any]]] = {
+    "id": lambda: _BIGINT,
+    "bigint": lambda: _BIGINT,
+    "int": sa.Integer,
+    "float": sa.Float,
+    "bool": sa.Boolean,
+    "text": sa.Text,
+    "moment": lambda: sa.DateTime(timezone=True),
+    "name": lambda: sa.String(length=200),
+    "word": lambda: sa.String(length=10),
+    "str30": lambda: sa.String(length=30),
+    "str32": lambda: sa.String(length=32),
+    "str50": lambda: sa.String(length=50),
+    "str64": lambda: sa.String(length=64),
+    "str300": lambda: sa.String(length=300),
+}
+
+
+def _columns(spec: str) -> list[sa.Column[Any]]:
+    """One column a line, ``name type``: a trailing ``?`` allows NULL; ``id`` autoincrements."""
+    columns: list[sa.Column[Any]] = []
+    for name, kind in (line.split() for line in spec.strip().splitlines()):
+        nullable = kind.endswith("?")
+        kind = kind.rstrip("?")
+        autoincrement: Literal["auto"] | bool = True if kind == "id" else "auto"
+        columns.append(
+            sa.Column(name, _TYPES[kind](), nullable=nullable, autoincrement=autoincrement)
+        )
+    return columns
 
 
 def upgrade() -> None:
     op.create_table(
         "scheduler_alarm_events",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
+        *_columns(
+            """
+            id id
+            task_name name
+            kind str30
+            opened_at moment
+            closed_at moment?
+            details text?
+            """
         ),
-        sa.Column("task_name", sa.String(length=200), nullable=False),
-        sa.Column("kind", sa.String(length=30), nullable=False),
-        sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("details", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scheduler_alarm_events")),
     )
     with op.batch_alter_table("scheduler_alarm_events", schema=None) as batch_op:
@@ -41,86 +73,64 @@ def upgrade() -> None:
 
     op.create_table(
         "scheduler_instances",
-        sa.Column("instance_id", sa.String(length=200), nullable=False),
-        sa.Column("hostname", sa.String(length=200), nullable=True),
-        sa.Column("pid", sa.Integer(), nullable=True),
-        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_heartbeat_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("lease_seconds", sa.Float(), nullable=False),
-        sa.Column("state", sa.String(length=10), nullable=False),
-        sa.Column("version", sa.String(length=50), nullable=False),
-        sa.Column("running_runs", sa.Integer(), nullable=False),
+        *_columns(
+            """
+            instance_id name
+            hostname name?
+            pid int?
+            started_at moment
+            last_heartbeat_at moment
+            lease_seconds float
+            state word
+            version str50
+            running_runs int
+            """
+        ),
         sa.PrimaryKeyConstraint("instance_id", name=op.f("pk_scheduler_instances")),
     )
     op.create_table(
         "scheduler_schedules",
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("definition", sa.Text(), nullable=False),
-        sa.Column("definition_hash", sa.String(length=64), nullable=False),
-        sa.Column("schedule_type", sa.String(length=10), nullable=False),
-        sa.Column("schedule_expr", sa.String(length=300), nullable=False),
-        sa.Column("timezone", sa.String(length=64), nullable=False),
-        sa.Column("action_kind", sa.String(length=10), nullable=False),
-        sa.Column("enabled", sa.Boolean(), nullable=False),
-        sa.Column("paused", sa.Boolean(), nullable=False),
-        sa.Column("pause_reason", sa.Text(), nullable=True),
-        sa.Column("paused_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("paused_by", sa.String(length=200), nullable=True),
-        sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("retry_scheduled_for", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("retry_attempt", sa.Integer(), nullable=True),
-        sa.Column("run_now_requested_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("claimed_by", sa.String(length=200), nullable=True),
-        sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "fire_count", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        *_columns(
+            """
+            name name
+            definition text
+            definition_hash str64
+            schedule_type word
+            schedule_expr str300
+            timezone str64
+            action_kind word
+            enabled bool
+            paused bool
+            pause_reason text?
+            paused_at moment?
+            paused_by name?
+            next_run_at moment?
+            due_at moment?
+            retry_at moment?
+            retry_scheduled_for moment?
+            retry_attempt int?
+            run_now_requested_at moment?
+            claimed_by name?
+            claimed_until moment?
+            fire_count bigint
+            consecutive_failures int
+            last_success_at moment?
+            last_failure_at moment?
+            max_runtime_seconds float?
+            expected_interval_seconds float?
+            runs_success_total bigint
+            runs_failure_total bigint
+            runs_timeout_total bigint
+            runs_cancelled_total bigint
+            runs_abandoned_total bigint
+            runs_skipped_total bigint
+            missed_runs_total bigint
+            duration_histogram text
+            start_delay_histogram text
+            created_at moment
+            updated_at moment
+            """
         ),
-        sa.Column("consecutive_failures", sa.Integer(), nullable=False),
-        sa.Column("last_success_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("max_runtime_seconds", sa.Float(), nullable=True),
-        sa.Column("expected_interval_seconds", sa.Float(), nullable=True),
-        sa.Column(
-            "runs_success_total",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=False,
-        ),
-        sa.Column(
-            "runs_failure_total",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=False,
-        ),
-        sa.Column(
-            "runs_timeout_total",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=False,
-        ),
-        sa.Column(
-            "runs_cancelled_total",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=False,
-        ),
-        sa.Column(
-            "runs_abandoned_total",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=False,
-        ),
-        sa.Column(
-            "runs_skipped_total",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=False,
-        ),
-        sa.Column(
-            "missed_runs_total",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=False,
-        ),
-        sa.Column("duration_histogram", sa.Text(), nullable=False),
-        sa.Column("start_delay_histogram", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_scheduler_schedules")),
     )
     with op.batch_alter_table("scheduler_schedules", schema=None) as batch_op:
@@ -128,53 +138,56 @@ def upgrade() -> None:
 
     op.create_table(
         "scheduler_task_health",
-        sa.Column("task_name", sa.String(length=200), nullable=False),
-        sa.Column("instance_id", sa.String(length=200), nullable=False),
-        sa.Column("enabled", sa.Boolean(), nullable=False),
-        sa.Column("schedule_type", sa.String(length=10), nullable=False),
-        sa.Column("schedule_payload", sa.Text(), nullable=False),
-        sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_started_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_duration_seconds", sa.Float(), nullable=True),
-        sa.Column("last_status", sa.String(length=10), nullable=True),
-        sa.Column("is_running", sa.Boolean(), nullable=False),
-        sa.Column("consecutive_failures", sa.Integer(), nullable=False),
-        sa.Column("last_error_message", sa.Text(), nullable=True),
-        sa.Column("last_heartbeat_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("max_runtime_seconds", sa.Float(), nullable=True),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        *_columns(
+            """
+            task_name name
+            instance_id name
+            enabled bool
+            schedule_type word
+            schedule_payload text
+            next_run_at moment?
+            last_started_at moment?
+            last_finished_at moment?
+            last_duration_seconds float?
+            last_status word?
+            is_running bool
+            consecutive_failures int
+            last_error_message text?
+            last_heartbeat_at moment?
+            max_runtime_seconds float?
+            updated_at moment
+            """
+        ),
         sa.PrimaryKeyConstraint("task_name", "instance_id", name=op.f("pk_scheduler_task_health")),
     )
     op.create_table(
         "scheduler_task_runs",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
+        *_columns(
+            """
+            id id
+            task_name name
+            scheduled_for moment
+            attempt int
+            trigger word
+            status word
+            started_at moment?
+            finished_at moment?
+            duration_seconds float?
+            error_message text?
+            error_traceback text?
+            exit_code int?
+            pid int?
+            instance_id name?
+            thread_name name?
+            consecutive_failures_at_start int?
+            trace_id str32?
+            cancel_requested bool
+            cancel_reason text?
+            missed_count int?
+            missed_first_at moment?
+            missed_last_at moment?
+            """
         ),
-        sa.Column("task_name", sa.String(length=200), nullable=False),
-        sa.Column("scheduled_for", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("attempt", sa.Integer(), nullable=False),
-        sa.Column("trigger", sa.String(length=10), nullable=False),
-        sa.Column("status", sa.String(length=10), nullable=False),
-        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("duration_seconds", sa.Float(), nullable=True),
-        sa.Column("error_message", sa.Text(), nullable=True),
-        sa.Column("error_traceback", sa.Text(), nullable=True),
-        sa.Column("exit_code", sa.Integer(), nullable=True),
-        sa.Column("pid", sa.Integer(), nullable=True),
-        sa.Column("instance_id", sa.String(length=200), nullable=True),
-        sa.Column("thread_name", sa.String(length=200), nullable=True),
-        sa.Column("consecutive_failures_at_start", sa.Integer(), nullable=True),
-        sa.Column("trace_id", sa.String(length=32), nullable=True),
-        sa.Column("cancel_requested", sa.Boolean(), nullable=False),
-        sa.Column("cancel_reason", sa.Text(), nullable=True),
-        sa.Column("missed_count", sa.Integer(), nullable=True),
-        sa.Column("missed_first_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("missed_last_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scheduler_task_runs")),
         sa.UniqueConstraint(
             "task_name",

@@ -6,9 +6,7 @@ Replaces ``duration_histogram`` / ``start_delay_histogram`` (JSON text
 Stored counts are carried over; an empty (``{}``) or malformed value becomes zeros.
 Downgrade writes the JSON back from the columns.
 
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-30
+Created 2026-11-30.
 """
 
 import sqlalchemy as sa
@@ -16,8 +14,6 @@ from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 _TABLE = "scheduler_schedules"
 #: (old JSON column, new column prefix, buckets including +Inf) as of this revision; fixed

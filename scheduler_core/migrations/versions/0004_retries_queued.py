@@ -5,9 +5,7 @@ Adds ``retries_queued`` (JSON text, NULL when at most one retry is pending) to
 ``retry_at`` / ``retry_scheduled_for`` / ``retry_attempt``. Downgrade drops the column, and
 with it any retries queued behind the earliest.
 
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-01
+Created 2026-12-01.
 """
 
 import sqlalchemy as sa
@@ -15,8 +13,6 @@ from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
