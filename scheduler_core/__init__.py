@@ -1,12 +1,36 @@
-"""schedctl's scheduler core: persistent schedules, safe claiming and run telemetry in SQL."""
+"""schedctl's scheduler core: persistent schedules, safe claiming and run telemetry in SQL.
+
+The public API: :class:`Client` (tasks and runs from any process), :func:`task` (a function
+that declares its schedule), :class:`Scheduler` (a scheduler inside this process) and the
+errors they raise.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from scheduler_core.client import Client
+from scheduler_core.decorator import task
+from scheduler_core.embedded import Scheduler
+from scheduler_core.errors import (
+    ConfigError,
+    ConfigIssue,
+    DatabaseUnavailableError,
+    RunLookupError,
+    SchemaVersionError,
+    TaskConflictError,
+    TaskLookupError,
+)
+from scheduler_core.version import __version__
 
-try:
-    __version__ = version("schedctl")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0"
-
-__all__ = ["__version__"]
+__all__ = [
+    "Client",
+    "ConfigError",
+    "ConfigIssue",
+    "DatabaseUnavailableError",
+    "RunLookupError",
+    "Scheduler",
+    "SchemaVersionError",
+    "TaskConflictError",
+    "TaskLookupError",
+    "__version__",
+    "task",
+]

@@ -12,6 +12,7 @@ __all__ = [
     "error_reason",
 ]
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -47,6 +48,18 @@ class TaskLookupError(LookupError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"no task named {name!r}")
+
+
+class TaskConflictError(RuntimeError):
+    """Task names owned by another source (or taken already): nothing was written."""
+
+    def __init__(self, owners: Mapping[str, str], *, action: str = "create") -> None:
+        self.owners = dict(owners)
+        self.action = action
+        shown = sorted(self.owners.items())
+        listed = ", ".join(f"{name!r} (owned by {owner})" for name, owner in shown[:10])
+        more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+        super().__init__(f"cannot {action} task(s) {listed}{more}")
 
 
 class RunLookupError(LookupError):

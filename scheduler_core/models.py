@@ -160,6 +160,9 @@ schedules = sa.Table(
     # scheduler_core.pending_retries. NULL in the common case of at most one.
     sa.Column("retries_queued", sa.Text),
     sa.Column("run_now_requested_at", UTCDateTime),
+    # The pending run-now's own arguments (JSON {"args": [...], "kwargs": {...}}), NULL for
+    # the task's: they apply to that one run.
+    sa.Column("run_now_overrides", sa.Text),
     sa.Column("claimed_by", sa.String(200)),
     sa.Column("claimed_until", UTCDateTime),
     sa.Column("fire_count", _BigInt, nullable=False, default=0),
@@ -182,7 +185,12 @@ schedules = sa.Table(
     *START_DELAY_HISTOGRAM.columns(),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Who owns the task: "file" (a task file's sync), "module:<name>" (@task functions),
+    # "embedded" (Scheduler.from_url(tasks=...)) or "api" (created at runtime). A sync
+    # touches only its own source's tasks (scheduler_core.store.tasks_part).
+    sa.Column("source", sa.String(200), nullable=False, server_default="file"),
     sa.Index("ix_scheduler_schedules_due_at", "due_at"),
+    sa.Index("ix_scheduler_schedules_source", "source"),
 )
 
 task_runs = sa.Table(

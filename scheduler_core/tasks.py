@@ -6,11 +6,12 @@ Definitions are frozen values; they reach the database as canonical JSON so ever
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -186,6 +187,23 @@ class TaskDefinition:
     max_runs: int | None = None
     description: str = ""
     source: str = "<python>"
+
+    def with_arguments(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+    ) -> TaskDefinition:
+        """This definition calling its callable with ``args`` / ``kwargs`` instead (None keeps
+        the task's own); for one run (run-now with arguments)."""
+        action = self.action
+        if not isinstance(action, CallableAction):
+            raise ValueError(
+                f"task {self.name!r} runs a command: args and kwargs need a callable task"
+            )
+        changed = dataclasses.replace(
+            action,
+            args=action.args if args is None else tuple(args),
+            kwargs=action.kwargs if kwargs is None else dict(kwargs),
+        )
+        return dataclasses.replace(self, action=changed)
 
     def schedule_dict(self) -> dict[str, Any]:
         sched = self.schedule

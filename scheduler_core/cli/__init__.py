@@ -26,6 +26,7 @@ from scheduler_core.errors import (
     DatabaseUnavailableError,
     RunLookupError,
     SchemaVersionError,
+    TaskConflictError,
     TaskLookupError,
     error_reason,
 )
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schedctl: {exc}", file=sys.stderr)
         return 2
     except (ValueError, UsageError) as exc:
+        print(f"schedctl: error: {exc}", file=sys.stderr)
+        return 2
+    except TaskConflictError as exc:
         print(f"schedctl: error: {exc}", file=sys.stderr)
         return 2
     except (TaskLookupError, RunLookupError) as exc:

@@ -28,7 +28,6 @@ __all__ = [
     "cmd_emergency_stop",
     "cmd_pause",
     "cmd_resume",
-    "cmd_run_now",
     "cmd_runs",
     "cmd_stats",
     "cmd_tasks_list",
@@ -158,14 +157,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
             raise UsageError("name a TASK to resume, or use --all after an emergency stop")
         store.resume(args.task, now=now, by=actor())
         return f"resumed {args.task}"
-
-    return _control(args, act)
-
-
-def cmd_run_now(args: argparse.Namespace) -> int:
-    def act(store: Store, now: datetime) -> str:
-        store.run_now(args.task, now=now, by=actor())
-        return f"{args.task} will run once at the next poll of any scheduler instance"
 
     return _control(args, act)
 

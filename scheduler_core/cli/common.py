@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from scheduler_core.client import default_actor
 from scheduler_core.db import DEFAULT_DATABASE_URL, check_schema, create_db_engine
 from scheduler_core.durations import SINCE_FORMS, parse_duration, parse_since
 from scheduler_core.liveness import parse_listen
@@ -94,11 +95,5 @@ def listen_address(value: str) -> str:
 
 
 def actor() -> str:
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    """Who runs this command: ``user@host`` (the audit events' actor)."""
+    return default_actor()

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,10 @@ from scheduler_core.cli.common import UsageError, database_url, open_engine
 from scheduler_core.clock import DatabaseClock
 from scheduler_core.config import parse_task_mapping
 from scheduler_core.db import redact_url, upgrade_schema
+from scheduler_core.decorator import module_source, tasks_of_module
 from scheduler_core.retention import RetentionPolicy, register_cleanup_task
+from scheduler_core.store import Store
+from scheduler_core.store.sync import FILE_SOURCE
 from scheduler_core.task_files import load_task_file
 from scheduler_core.tasks import TaskDefinition
 
@@ -66,35 +70,51 @@ def _add_cleanup_task(
         definitions.append(parse_task_mapping(builtin, defaults={}, source="<built-in>"))
 
 
+def _sync_sources(
+    store: Store, sources: dict[str, tuple[str, list[TaskDefinition]]], now: datetime
+) -> None:
+    """Sync each source's tasks (a sync touches only its own source's tasks)."""
+    for source, (where, definitions) in sources.items():
+        result = store.sync_tasks(definitions, now=now, source=source)
+        log.info(
+            "tasks from %s: %d created, %d updated, %d unchanged, %d disabled (no longer there)",
+            where,
+            len(result.created),
+            len(result.updated),
+            len(result.unchanged),
+            len(result.disabled),
+        )
+
+
+# long: start-up order matters (validate, migrate, sync, then run) and reads top to bottom
 def _run_scheduler(
     args: argparse.Namespace,
     *,
-    config: Path,
+    config: Path | None,
     migrate: bool,
     extra: Callable[[sa.Engine], Callable[[], None]] | None = None,
 ) -> int:
     from scheduler_core.runtime import Scheduler, install_signal_handlers
     from scheduler_core.telemetry.otel import configure_otel_from_env, shutdown_otel
 
-    definitions = load_task_file(config)  # a bad config is rejected before anything runs
+    modules = list(getattr(args, "module", []) or [])
+    if config is None and not modules:
+        raise UsageError("give --config FILE, --module MODULE, or both")
+    # Bad tasks are rejected before anything runs.
+    sources = {module_source(m): (f"module {m}", tasks_of_module(m)) for m in modules}
+    if config is not None:
+        definitions = load_task_file(config)
+        sources[FILE_SOURCE] = (str(config), definitions)
     engine = open_engine(args, check=not migrate, pre_ping=False)
     if migrate:
         upgrade_schema(engine)
-    if not args.no_cleanup:
-        _add_cleanup_task(args, engine, definitions)
+    if config is not None and not args.no_cleanup:
+        _add_cleanup_task(args, engine, sources[FILE_SOURCE][1])
     configure_otel_from_env()
     settings = _settings_from_args(args)
     scheduler = Scheduler(engine=engine, settings=settings)
     # The engine's own store syncs, so the definitions parsed here are reused at dispatch.
-    result = scheduler.store.sync_tasks(definitions, now=DatabaseClock(engine).now())
-    log.info(
-        "tasks from %s: %d created, %d updated, %d unchanged, %d disabled (no longer in the file)",
-        config,
-        len(result.created),
-        len(result.updated),
-        len(result.unchanged),
-        len(result.disabled),
-    )
+    _sync_sources(scheduler.store, sources, DatabaseClock(engine).now())
     install_signal_handlers(scheduler)
     stop_extra = extra(engine) if extra is not None else None
     if args.duration:
@@ -126,7 +146,8 @@ def _run_scheduler(
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    return _run_scheduler(args, config=Path(args.config), migrate=args.migrate)
+    config = Path(args.config) if args.config else None
+    return _run_scheduler(args, config=config, migrate=args.migrate)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

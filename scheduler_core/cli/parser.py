@@ -6,8 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import TypeAlias
 
-from scheduler_core import __version__
-from scheduler_core.cli import admin, daemons
+from scheduler_core.cli import admin, daemons, tasks_cmds
 from scheduler_core.cli.common import (
     duration_seconds,
     env_default,
@@ -15,8 +14,10 @@ from scheduler_core.cli.common import (
     positive_int,
     since_arg,
 )
+from scheduler_core.cli.tasks_cmds import json_arg
 from scheduler_core.db import DEFAULT_DATABASE_URL
 from scheduler_core.models import RUN_STATUSES
+from scheduler_core.version import __version__
 
 __all__ = ["EXAMPLES", "build_parser"]
 
@@ -163,7 +164,14 @@ def _command(
 
 def _add_daemons(sub: Subparsers) -> None:
     p = _command(sub, "scheduler", "run one scheduler instance", daemons.cmd_scheduler)
-    p.add_argument("--config", required=True, help="YAML task file")
+    p.add_argument("--config", help="YAML task file (source: file)")
+    p.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE and sync its @task functions (source module:MODULE); repeatable",
+    )
     p.add_argument("--migrate", action="store_true", help="run `db upgrade` first")
     _add_db(p)
     _add_engine_flags(p, health_default="127.0.0.1:8090")
@@ -182,6 +190,34 @@ def _add_daemons(sub: Subparsers) -> None:
     )
 
 
+def _add_task_changes(tasks: Subparsers) -> None:
+    """``tasks add / remove / show``: runtime tasks (scheduler_core.cli.tasks_cmds)."""
+    text = "create the tasks of a task file at runtime (source api); all or none"
+    p = _command(
+        tasks, "add", text, tasks_cmds.cmd_tasks_add, example="schedctl tasks add extra.yaml"
+    )
+    p.add_argument("file", help="YAML task file")
+    _add_admin_flags(p)
+    text = "remove a task created at runtime; its run history stays"
+    p = _command(
+        tasks,
+        "remove",
+        text,
+        tasks_cmds.cmd_tasks_remove,
+        example="schedctl tasks remove once-3f2a",
+    )
+    p.add_argument("name")
+    _add_admin_flags(p)
+    text = "one task: definition, source, state and recent runs"
+    p = _command(
+        tasks, "show", text, tasks_cmds.cmd_tasks_show, example="schedctl tasks show nightly-report"
+    )
+    p.add_argument("name")
+    p.add_argument("--runs", type=positive_int, default=10, help="recent runs to show")
+    p.add_argument("--json", action="store_true")
+    _add_admin_flags(p)
+
+
 def _add_readers(sub: Subparsers) -> None:
     text = "check a task file; report every error with file, task and field"
     p = _command(sub, "validate", text, admin.cmd_validate)
@@ -193,6 +229,7 @@ def _add_readers(sub: Subparsers) -> None:
     p = _command(tasks, "list", text, admin.cmd_tasks_list, example=EXAMPLES["tasks"])
     p.add_argument("--json", action="store_true")
     _add_admin_flags(p)
+    _add_task_changes(tasks)
 
     p = _command(sub, "runs", "run history, newest first", admin.cmd_runs)
     p.add_argument("--task")
@@ -235,8 +272,14 @@ def _add_controls(sub: Subparsers) -> None:
     p.add_argument("--all", action="store_true", help="resume every task an emergency-stop paused")
     _add_admin_flags(p)
     text = "run a task once at the next poll; its schedule is unchanged"
-    p = _command(sub, "run-now", text, admin.cmd_run_now)
+    p = _command(sub, "run-now", text, tasks_cmds.cmd_run_now)
     p.add_argument("task")
+    p.add_argument(
+        "--args", type=json_arg, help="JSON list: the callable's arguments, this run only"
+    )
+    p.add_argument(
+        "--kwargs", type=json_arg, help="JSON object: its keyword arguments, this run only"
+    )
     _add_admin_flags(p)
     p = _command(sub, "cancel", "cancel a running run (on any instance)", admin.cmd_cancel)
     p.add_argument("run_id", type=positive_int)

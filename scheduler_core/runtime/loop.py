@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from scheduler_core import __version__
 from scheduler_core.clock import Clock, DatabaseClock
 from scheduler_core.errors import error_reason
 from scheduler_core.liveness import HealthServer
@@ -28,6 +27,7 @@ from scheduler_core.runtime.settings import STARTS_WRITTEN_AFTER_S, EngineSettin
 from scheduler_core.store import DispatchedRun, Store
 from scheduler_core.telemetry import TelemetryWriter
 from scheduler_core.telemetry.otel import otel_instruments
+from scheduler_core.version import __version__
 
 __all__ = ["Scheduler"]
 

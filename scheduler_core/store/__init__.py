@@ -8,6 +8,7 @@
 - ``finalize``: how runs ended, with ``scheduler_core.retries``' decision and the counters;
 - ``instances``: registration, heartbeats and the reaper;
 - ``controls``: pause, resume, run now, cancel, emergency stop, audit;
+- ``tasks_part``: tasks created, changed and removed at runtime, each owned by a source;
 - ``queries``: what the admin commands read.
 
 ``base`` holds what they share (the lock order, ``due_at``, the PostgreSQL/SQLite
@@ -43,6 +44,7 @@ from scheduler_core.store.records import (
     truncate_text,
 )
 from scheduler_core.store.sync import SyncPart
+from scheduler_core.store.tasks_part import TasksPart
 
 __all__ = [
     "ERROR_MESSAGE_LIMIT",
@@ -58,5 +60,7 @@ __all__ = [
 ]
 
 
-class Store(SyncPart, ClaimsPart, FinalizePart, InstancesPart, ControlsPart, QueriesPart):
+class Store(
+    SyncPart, TasksPart, ClaimsPart, FinalizePart, InstancesPart, ControlsPart, QueriesPart
+):
     """SQL access for one scheduler instance (or an admin command)."""

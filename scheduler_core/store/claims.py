@@ -41,6 +41,7 @@ _CLAIM_COLUMNS = (
     schedules.c.claimed_until,
     schedules.c.fire_count,
     schedules.c.consecutive_failures,
+    schedules.c.run_now_overrides,
 )
 
 
@@ -73,6 +74,7 @@ def _claimed(r: Any) -> ClaimedSchedule:
         claimed_until,
         fire_count,
         consecutive_failures,
+        run_now_overrides,
     ) = r
     return ClaimedSchedule(
         name=name,
@@ -86,6 +88,7 @@ def _claimed(r: Any) -> ClaimedSchedule:
         claimed_until=claimed_until,
         fire_count=fire_count,
         consecutive_failures=consecutive_failures,
+        run_now_overrides=run_now_overrides,
     )
 
 

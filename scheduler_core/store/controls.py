@@ -7,6 +7,7 @@ transaction as its change, and retries itself on a lock conflict (``retry_confli
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +46,25 @@ def write_audit(
             details=json.dumps(details, default=str) if details else None,
         )
     )
+
+
+def run_now_overrides(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> str | None:
+    """The stored form of a run-now's own arguments (None when it has none); ValueError
+    naming the field when they are not a list / a mapping of names, or not JSON."""
+    if args is None and kwargs is None:
+        return None
+    if args is not None and (
+        isinstance(args, str | bytes | Mapping) or not isinstance(args, Sequence)
+    ):
+        raise ValueError(f"args: must be a list, got {args!r}"[:300])
+    if kwargs is not None and (
+        not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs)
+    ):
+        raise ValueError(f"kwargs: must be a mapping of names to values, got {kwargs!r}"[:300])
+    try:
+        return json.dumps({"args": None if args is None else list(args), "kwargs": kwargs})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"args/kwargs: must be JSON values ({exc})") from None
 
 
 def require_task(conn: sa.Connection, name: str) -> Any:
@@ -105,15 +125,31 @@ class ControlsPart(StoreBase):
             self.refresh_due_at(conn, [name])
 
     @retry_conflicts()
-    def run_now(self, name: str, *, now: datetime, by: str = "unknown") -> None:
-        """Ask for one extra run as soon as an instance polls; the schedule is unchanged."""
+    def run_now(
+        self,
+        name: str,
+        *,
+        now: datetime,
+        by: str = "unknown",
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Ask for one extra run as soon as an instance polls; the schedule is unchanged.
+
+        ``args`` / ``kwargs`` (callable tasks) replace the task's own for that run only; a
+        later request before it runs replaces an earlier one's."""
+        overrides = run_now_overrides(args, kwargs)
         with self.engine.begin() as conn:
-            require_task(conn, name)
-            write_audit(conn, now=now, actor=by, action="run-now", task=name)
+            row = require_task(conn, name)
+            if overrides is not None:
+                # ValueError when the task runs a command
+                self.definition(row.definition_hash, row.definition).with_arguments(args, kwargs)
+            details = json.loads(overrides) if overrides else None
+            write_audit(conn, now=now, actor=by, action="run-now", task=name, details=details)
             conn.execute(
                 schedules.update()
                 .where(schedules.c.name == name)
-                .values(run_now_requested_at=now, updated_at=now)
+                .values(run_now_requested_at=now, run_now_overrides=overrides, updated_at=now)
             )
             self.refresh_due_at(conn, [name])
 

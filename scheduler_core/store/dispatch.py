@@ -8,6 +8,7 @@ statements for the whole batch.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -68,6 +69,8 @@ class Dispatch:
     """What one dispatch writes: run rows to start, finished rows, schedule advances."""
 
     definitions: dict[str, TaskDefinition] = field(default_factory=dict)
+    #: The definition of a task's run-now run when it has its own arguments.
+    run_now_definitions: dict[str, TaskDefinition] = field(default_factory=dict)
     #: One row of ``_ADVANCE_TYPES`` per schedule.
     advances: list[dict[str, Any]] = field(default_factory=list)
     not_before: dict[tuple[str, datetime, int], datetime] = field(default_factory=dict)
@@ -165,6 +168,11 @@ class DispatchPart(StoreBase):
         self._record_not_run(batch, name, definition, decision, now)
         if decision.cancel_running:
             batch.replace.append(name)
+        if decision.run_now_taken and item.run_now_overrides:
+            overrides = json.loads(item.run_now_overrides)
+            batch.run_now_definitions[name] = definition.with_arguments(
+                overrides.get("args"), overrides.get("kwargs")
+            )
         for start in decision.runs:
             batch.not_before[(name, start.scheduled_for, start.attempt)] = start.start_at
             batch.run_rows.append(
@@ -291,7 +299,11 @@ class DispatchPart(StoreBase):
                 attempt=attempt,
                 trigger=trigger,
                 started_at=now,
-                definition=batch.definitions[task_name],
+                definition=(
+                    batch.run_now_definitions.get(task_name, batch.definitions[task_name])
+                    if trigger == "manual"
+                    else batch.definitions[task_name]
+                ),
                 consecutive_failures_at_start=consec[task_name],
                 not_before=batch.not_before.get((task_name, scheduled_for, attempt), now),
             )
@@ -371,6 +383,9 @@ class DispatchPart(StoreBase):
                 "next_run_at": "{next_run_at}",
                 "fire_count": "{fire_count}",
                 "run_now_requested_at": run_now,
+                "run_now_overrides": (
+                    "CASE WHEN {clear_run_now} THEN NULL ELSE t.run_now_overrides END"
+                ),
                 "retry_at": retry,
                 "retry_scheduled_for": (
                     "CASE WHEN {clear_retry} THEN NULL ELSE t.retry_scheduled_for END"

@@ -20,6 +20,7 @@ from scheduler_core.models import (
 )
 from scheduler_core.store.base import StoreBase
 from scheduler_core.store.records import OUTCOME_COUNTERS
+from scheduler_core.store.run_queries import task_exists
 
 __all__ = ["QueriesPart"]
 
@@ -33,6 +34,7 @@ def _task_document(
         "name": r.name,
         "schedule": r.schedule_expr,
         "action": r.action_kind,
+        "source": r.source,
         "enabled": r.enabled,
         "paused": r.paused,
         "pause_reason": r.pause_reason,
@@ -143,9 +145,14 @@ class QueriesPart(StoreBase):
         return out
 
     def list_tasks(
-        self, *, now: datetime | None = None, late_grace: float | None = None
+        self,
+        *,
+        now: datetime | None = None,
+        late_grace: float | None = None,
+        name: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Every task with its schedule, next run, last run, failure count and status badge.
+        """Every task (or task ``name``: TaskLookupError when there is none) with its schedule,
+        source, next run, last run, failure count and status badge.
 
         The badge is the one ``/api/v1/status`` shows: :func:`scheduler_core.states.assess` of
         the same inputs, as of ``now`` (the wall clock by default), with the exporter's default
@@ -158,7 +165,12 @@ class QueriesPart(StoreBase):
                 conn = conn.execution_options(
                     isolation_level="REPEATABLE READ", postgresql_readonly=True
                 )
-            rows = conn.execute(sa.select(schedules).order_by(schedules.c.name)).all()
+            select = sa.select(schedules).order_by(schedules.c.name)
+            if name is not None:
+                select = select.where(schedules.c.name == name)
+            rows = conn.execute(select).all()
+            if name is not None and not rows:
+                raise TaskLookupError(name)
             health = conn.execute(
                 sa.select(
                     task_health.c.task_name,
@@ -212,15 +224,11 @@ class QueriesPart(StoreBase):
         if before_id is not None:
             stmt = stmt.where(task_runs.c.id < before_id)
         with self.engine.connect() as conn:
-            if (
-                task is not None
-                and conn.execute(
-                    sa.select(schedules.c.name).where(schedules.c.name == task)
-                ).first()
-                is None
-            ):
+            found = [dict(r._mapping) for r in conn.execute(stmt)]
+            # A removed task's runs stay readable; a name that never existed is an error.
+            if task is not None and not found and not task_exists(conn, task):
                 raise TaskLookupError(task)
-            return [dict(r._mapping) for r in conn.execute(stmt)]
+            return found
 
     def get_run(self, run_id: int) -> dict[str, Any]:
         with self.engine.connect() as conn:

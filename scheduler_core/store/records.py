@@ -77,6 +77,8 @@ class ClaimedSchedule:
     claimed_until: datetime
     fire_count: int
     consecutive_failures: int
+    #: The pending run-now's own arguments (JSON), None for the task's.
+    run_now_overrides: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)  # not frozen: built per run; a frozen __init__ is ~4x slower

@@ -2,7 +2,9 @@
 
 A new task gets its first fire time; an edited one keeps its counters and gets a new fire
 time only if its schedule changed. Tasks no longer defined are disabled, not deleted, so
-their history and counters stay.
+their history and counters stay. A sync is one source's (a task file, a module's ``@task``
+functions): it never touches another source's tasks, and a name another source owns is
+refused (``TaskConflictError``) before anything is written.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler_core.bulk import member_of
+from scheduler_core.errors import TaskConflictError
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
 from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, schedules
 from scheduler_core.store.base import StoreBase, chunks, upsert
 from scheduler_core.store.records import OUTCOME_COUNTERS, SyncResult
 from scheduler_core.tasks import TaskDefinition
 
-__all__ = ["SyncPart"]
+__all__ = ["FILE_SOURCE", "SyncPart", "changed_values", "definition_columns", "new_schedule_row"]
+
+#: The source of tasks synced from a task file.
+FILE_SOURCE = "file"
 
 _SYNC_LOCK_KEY = 0x5C4ED_5C  # arbitrary, fixed: "schedctl task sync"
 #: The definition keys whose change gives a task a new fire time.
@@ -83,9 +89,14 @@ class SyncPart(StoreBase):
     """``sync_tasks``."""
 
     def sync_tasks(
-        self, definitions: Sequence[TaskDefinition], *, now: datetime, disable_missing: bool = True
+        self,
+        definitions: Sequence[TaskDefinition],
+        *,
+        now: datetime,
+        source: str = FILE_SOURCE,
+        disable_missing: bool = True,
     ) -> SyncResult:
-        """Make the schedule table match ``definitions``; counters and history are kept."""
+        """Make ``source``'s tasks match ``definitions``; counters and history are kept."""
         result = SyncResult()
         wanted = {d.name: d for d in definitions}
         # Serialise every definition once, before the transaction: with a large task file the
@@ -109,15 +120,21 @@ class SyncPart(StoreBase):
                         schedules.c.enabled,
                         schedules.c.paused,
                         schedules.c.next_run_at,
+                        schedules.c.source,
                     )
                 )
             }
+            taken = {n: r.source for n, r in existing.items() if n in wanted and r.source != source}
+            if taken:
+                raise TaskConflictError(taken, action=f"sync ({source})")
             inserts, updates = self._plan_sync(wanted, existing, now, result)
-            gone = (
-                [n for n, row in existing.items() if n not in wanted and row.enabled]
-                if disable_missing
-                else []
-            )
+            for row in inserts:
+                row["source"] = source
+            gone = [
+                n
+                for n, row in existing.items()
+                if disable_missing and n not in wanted and row.enabled and row.source == source
+            ]
             self._write_sync(conn, inserts, updates, gone, now)
             result.disabled.extend(gone)
         return result

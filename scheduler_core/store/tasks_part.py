@@ -1,0 +1,129 @@
+"""Tasks at runtime: create, change and remove tasks without a restart, each owned by a source.
+
+A task's ``source`` says who owns it: ``file`` (a task file's sync), ``module:<name>``
+(``@task`` functions) or ``api`` (created here, by :class:`scheduler_core.Client` or the
+admin API). A name owned by one source cannot be created, changed or removed by another
+(:class:`TaskConflictError` names the owner); pause, resume and run-now are for everyone.
+Removing a task deletes its schedule row (and its health rows, and closes its alarms); its
+run history stays. Every change is an audit event with its actor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler_core.errors import TaskConflictError
+from scheduler_core.models import alarm_events, audit_events, schedules, task_health
+from scheduler_core.store.base import StoreBase, chunks
+from scheduler_core.store.controls import require_task, write_audit
+from scheduler_core.store.sync import changed_values, new_schedule_row
+from scheduler_core.tasks import TaskDefinition
+
+__all__ = ["API_SOURCE", "TasksPart", "owners_of"]
+
+#: The source of tasks created at runtime.
+API_SOURCE = "api"
+
+
+def owners_of(conn: sa.Connection, names: Sequence[str]) -> dict[str, str]:
+    """The source of each of ``names`` that has a schedule row."""
+    found: dict[str, str] = {}
+    for chunk in chunks(sorted(set(names)), 900):
+        rows = conn.execute(
+            sa.select(schedules.c.name, schedules.c.source).where(schedules.c.name.in_(chunk))
+        )
+        found.update({name: source for name, source in rows})
+    return found
+
+
+class TasksPart(StoreBase):
+    """``add_tasks``, ``update_task``, ``remove_task``, ``stored_definition``."""
+
+    def add_tasks(
+        self,
+        definitions: Sequence[TaskDefinition],
+        *,
+        now: datetime,
+        by: str,
+        source: str = API_SOURCE,
+    ) -> list[str]:
+        """Create every task of ``definitions`` in one transaction, owned by ``source``.
+
+        Nothing is written when any name exists already (whoever owns it):
+        TaskConflictError names each with its owner. Returns the names, in order.
+        """
+        names = [d.name for d in definitions]
+        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+        if repeated:
+            raise ValueError(f"task name(s) given more than once: {', '.join(map(repr, repeated))}")
+        rows = []
+        for definition in definitions:
+            self.remember_definition(definition)
+            rows.append({**new_schedule_row(definition, now), "source": source})
+        audits = [
+            {"at": now, "actor": by[:200], "action": "add", "task_name": n, "details": None}
+            for n in names
+        ]
+        with self.engine.begin() as conn:
+            taken = owners_of(conn, names)
+            if taken:
+                raise TaskConflictError(taken, action="create")
+            for chunk in chunks(rows, 500):
+                conn.execute(schedules.insert(), list(chunk))
+            for chunk in chunks(audits, 1000):
+                conn.execute(audit_events.insert(), list(chunk))
+        return names
+
+    def update_task(
+        self, definition: TaskDefinition, *, now: datetime, by: str, source: str = API_SOURCE
+    ) -> None:
+        """Replace the definition of an existing task of ``source``; counters and history stay,
+        and a changed schedule takes effect from its next tick."""
+        self.remember_definition(definition)
+        with self.engine.begin() as conn:
+            self.lock_schedules(conn, schedules.c.name == definition.name)
+            row = require_task(conn, definition.name)
+            if row.source != source:
+                raise TaskConflictError({row.name: row.source}, action="change")
+            values = changed_values(definition, row, now)
+            conn.execute(schedules.update().where(schedules.c.name == row.name).values(**values))
+            write_audit(
+                conn, now=now, actor=by, action="update", task=row.name,
+                details={"definition": definition.to_dict()},
+            )  # fmt: skip
+            self.refresh_due_at(conn, [row.name])
+
+    def remove_task(
+        self, name: str, *, now: datetime, by: str, source: str | None = API_SOURCE
+    ) -> None:
+        """Delete task ``name`` (its runs stay); ``source=None`` removes it whoever owns it."""
+        with self.engine.begin() as conn:
+            self.lock_schedules(conn, schedules.c.name == name)
+            row = require_task(conn, name)
+            if source is not None and row.source != source:
+                raise TaskConflictError({name: row.source}, action="remove")
+            conn.execute(schedules.delete().where(schedules.c.name == name))
+            conn.execute(task_health.delete().where(task_health.c.task_name == name))
+            conn.execute(
+                alarm_events.update()
+                .where(alarm_events.c.task_name == name)
+                .where(alarm_events.c.closed_at.is_(None))
+                .values(closed_at=now)
+            )
+            write_audit(
+                conn, now=now, actor=by, action="remove", task=name,
+                details={"source": row.source},
+            )  # fmt: skip
+
+    def stored_definition(self, name: str) -> tuple[dict[str, Any], str]:
+        """Task ``name``'s definition (task-file mapping, as stored) and its source."""
+        with self.engine.connect() as conn:
+            row = require_task(conn, name)
+        definition: Mapping[str, Any] = json.loads(row.definition)
+        return dict(definition), str(row.source)

@@ -1,0 +1,169 @@
+"""The Python client on both backends: tasks created, changed and removed at runtime, owned
+by the source ``api``, beside task-file tasks that it may drive but not change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler_core import Client, TaskConflictError
+from scheduler_core.errors import ConfigError, TaskLookupError
+from scheduler_core.models import audit_events, schedules
+from scheduler_core.store import Store
+from scheduler_core.testing import FakeClock, run_cycle
+from tests.core import recorded
+from tests.core.conftest import T0, tasks
+
+GREET = "tests.core.recorded:greet"
+
+
+@pytest.fixture
+def client(db_engine: sa.Engine, clock: FakeClock) -> Iterator[Client]:
+    recorded.reset()
+    with Client(engine=db_engine, actor="tester@host", clock=clock) as c:
+        yield c
+
+
+def schedule_row(engine: sa.Engine, name: str) -> sa.Row:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(schedules).where(schedules.c.name == name)).one()
+
+
+def test_add_task_is_owned_by_api_and_audited(client: Client, db_engine: sa.Engine) -> None:
+    assert client.add_task({"name": "a", "callable": GREET, "every": "10m"}) == "a"
+    task = client.get_task("a")
+    assert task["source"] == "api" and task["definition"]["every"] == 600.0
+    assert task["next_run_at"] == T0 + timedelta(minutes=10)
+    with db_engine.connect() as conn:
+        [audit] = conn.execute(sa.select(audit_events)).all()
+    assert (audit.actor, audit.action, audit.task_name) == ("tester@host", "add", "a")
+
+
+def test_bad_task_names_the_field_and_value_and_stores_nothing(
+    client: Client, db_engine: sa.Engine
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        client.add_tasks(
+            [
+                {"name": "ok", "callable": GREET, "every": "1m"},
+                {"name": "bad", "callable": GREET, "every": "soon"},
+            ]
+        )
+    [issue] = caught.value.issues
+    assert (issue.task, issue.field, issue.value) == ("bad", "every", "soon")
+    assert client.list_tasks() == []
+
+
+def test_add_tasks_is_all_or_nothing_on_a_taken_name(client: Client) -> None:
+    client.add_task({"name": "taken", "callable": GREET, "every": "1m"})
+    with pytest.raises(TaskConflictError) as caught:
+        client.add_tasks(
+            [
+                {"name": "new", "callable": GREET, "every": "1m"},
+                {"name": "taken", "callable": GREET, "every": "5m"},
+            ]
+        )
+    assert caught.value.owners == {"taken": "api"}
+    assert [t["name"] for t in client.list_tasks()] == ["taken"]
+
+
+def test_file_sync_leaves_api_tasks_alone_and_cannot_take_their_names(
+    client: Client, db_engine: sa.Engine, clock: FakeClock
+) -> None:
+    client.add_task({"name": "from-api", "callable": GREET, "every": "1m"})
+    store = Store(db_engine, instance_id="inst-a")
+    store.sync_tasks(tasks({"name": "from-file", "command": ["true"], "every": "1m"}), now=T0)
+    store.sync_tasks([], now=T0)  # the file no longer has any task
+    assert schedule_row(db_engine, "from-api").enabled
+    assert not schedule_row(db_engine, "from-file").enabled
+    with pytest.raises(TaskConflictError, match="'from-api' \\(owned by api\\)"):
+        store.sync_tasks(tasks({"name": "from-api", "command": ["true"], "every": "1m"}), now=T0)
+    assert schedule_row(db_engine, "from-api").action_kind == "callable"
+
+
+def test_the_client_drives_but_cannot_change_or_remove_a_file_task(
+    client: Client, db_engine: sa.Engine
+) -> None:
+    Store(db_engine).sync_tasks(tasks({"name": "f", "command": ["true"], "every": "1m"}), now=T0)
+    with pytest.raises(TaskConflictError, match="owned by file"):
+        client.remove_task("f")
+    with pytest.raises(TaskConflictError, match="owned by file"):
+        client.update_task("f", every="5m")
+    client.pause("f", reason="maintenance")
+    client.resume("f")
+    client.run_now("f")
+    row = schedule_row(db_engine, "f")
+    assert row.run_now_requested_at == T0 and row.source == "file"
+
+
+def test_update_changes_the_schedule_from_the_next_tick_and_keeps_counters(
+    client: Client, db_engine: sa.Engine, make_scheduler, clock: FakeClock
+) -> None:
+    client.add_task({"name": "u", "callable": GREET, "every": "1h"})
+    scheduler = make_scheduler()
+    clock.advance(3600)
+    assert run_cycle(scheduler) == 1
+    client.update_task("u", every="10m", kwargs={"who": "new"})
+    row = schedule_row(db_engine, "u")
+    assert row.next_run_at == clock.now() + timedelta(minutes=10)
+    assert row.runs_success_total == 1
+    clock.advance(600)
+    assert run_cycle(scheduler) == 1
+    assert recorded.CALLS[-1] == ((), {"who": "new"})
+
+
+def test_remove_keeps_history_and_the_task_never_runs_again(
+    client: Client, make_scheduler, clock: FakeClock
+) -> None:
+    client.add_task({"name": "r", "callable": GREET, "every": "1m"})
+    scheduler = make_scheduler()
+    clock.advance(60)
+    assert run_cycle(scheduler) == 1
+    client.remove_task("r")
+    clock.advance(600)
+    assert run_cycle(scheduler) == 0
+    assert [run["status"] for run in client.list_runs(task="r")] == ["success"]
+    with pytest.raises(TaskLookupError):
+        client.get_task("r")
+    with pytest.raises(TaskLookupError):
+        client.list_runs(task="never-existed")
+
+
+def test_schedule_once_runs_once_with_its_arguments(
+    client: Client, make_scheduler, clock: FakeClock
+) -> None:
+    at = T0 + timedelta(minutes=5)
+    name = client.schedule_once(recorded.greet, at=at, args=[1], kwargs={"to": "ada"})
+    other = client.schedule_once(GREET, at=at)
+    assert name.startswith("once-") and other.startswith("once-") and name != other
+    scheduler = make_scheduler()
+    clock.advance(300)
+    assert run_cycle(scheduler) == 2
+    clock.advance(3600)
+    assert run_cycle(scheduler) == 0
+    assert sorted(recorded.CALLS, key=repr) == sorted([((1,), {"to": "ada"}), ((), {})], key=repr)
+
+
+def test_run_now_overrides_apply_to_that_run_only(
+    client: Client, make_scheduler, clock: FakeClock
+) -> None:
+    client.add_task({"name": "n", "callable": GREET, "args": ["own"], "every": "1h"})
+    scheduler = make_scheduler()
+    client.run_now("n", kwargs={"dry_run": True})
+    assert run_cycle(scheduler) == 1
+    clock.advance(3600)
+    assert run_cycle(scheduler) == 1
+    assert recorded.CALLS == [(("own",), {"dry_run": True}), (("own",), {})]
+
+
+def test_run_now_arguments_are_checked(client: Client, db_engine: sa.Engine) -> None:
+    Store(db_engine).sync_tasks(tasks({"name": "cmd", "command": ["true"], "every": "1m"}), now=T0)
+    with pytest.raises(ValueError, match="runs a command"):
+        client.run_now("cmd", args=[1])
+    client.add_task({"name": "c", "callable": GREET, "every": "1m"})
+    with pytest.raises(ValueError, match="args: must be a list"):
+        client.run_now("c", args="not-a-list")  # type: ignore[arg-type]
+    assert schedule_row(db_engine, "c").run_now_requested_at is None
