@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.registry import Collector
 
+from exporter.admin import add_admin_routes, is_write
 from exporter.api import fetch_runs, json_response, parse_runs_query, status_document
 from exporter.collector import exporter_version
 from exporter.database import describe_db_error
@@ -26,6 +27,7 @@ from exporter.errors import ApiError, error_response
 from exporter.exposition import CatalogRenderer, MetricsCache, negotiate
 from exporter.refresh import Clock, Refresher, RefreshState, utc_now
 from exporter.settings import ExporterSettings
+from scheduler_core.client import Client
 
 __all__ = ["REFRESHER", "create_app"]
 
@@ -51,10 +53,12 @@ def create_app(
     registry: Collector | None = None,
     clock: Clock = utc_now,
     background_refresh: bool = True,
+    admin_engine: sa.Engine | None = None,
 ) -> web.Application:
     """Build the exporter app.
 
     ``engine`` is only read from (see :func:`exporter.database.create_reader_engine`).
+    ``admin_engine`` (a writer) serves the admin API, on when ``settings.admin_token`` is set.
     ``registry`` holds extra collectors served after the catalog (process metrics, say); the
     catalog itself is rendered from the snapshot, so it must not contain a SnapshotCollector.
     With ``background_refresh`` off, nothing refreshes until ``app[REFRESHER].refresh_once()``
@@ -70,19 +74,17 @@ def create_app(
     refresher = Refresher(
         engine=engine, settings=settings, clock=clock, before_publish=render_ahead
     )
-    app = web.Application(middlewares=[_error_middleware, _auth_middleware(settings.token)])
+    app = web.Application(
+        middlewares=[_error_middleware, _auth_middleware(settings.token, settings.admin_token)],
+        client_max_size=settings.max_body_bytes,
+    )
     app[REFRESHER] = refresher
     app[_CACHE] = cache
     app[_SETTINGS] = settings
     app[_ENGINE] = engine
     app[_RENDER_POOL] = render_pool
     app[_API_POOL] = api_pool
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/health", _health)
-    app.router.add_get("/ready", _ready)
-    app.router.add_get("/api/v1/status", _status)
-    # Task names may hold any character (braces, slashes): match the whole segment run.
-    app.router.add_get("/api/v1/tasks/{name:.+}/runs", _runs)
+    _add_routes(app, admin_engine if settings.admin_token is not None else None)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Startup only schedules the first refresh: with the database down the exporter
@@ -101,13 +103,28 @@ def create_app(
     return app
 
 
+def _add_routes(app: web.Application, admin_engine: sa.Engine | None) -> None:
+    """The read routes; the admin routes too when the admin API is on (``admin_engine``)."""
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _ready)
+    app.router.add_get("/api/v1/status", _status)
+    # Task names may hold any character (braces, slashes): match the whole segment run.
+    app.router.add_get("/api/v1/tasks/{name:.+}/runs", _runs)
+    if app[_SETTINGS].admin_token is not None:
+        if admin_engine is None:
+            raise ValueError("the admin API needs admin_engine= (a database writer)")
+        client = Client(engine=admin_engine, actor="api", check=False)
+        add_admin_routes(app, client, app[_API_POOL])
+
+
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error, including aiohttp's own 404/405, leaves as the one JSON envelope."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message, code=exc.code)
+        return error_response(exc.status, exc.message, code=exc.code, extra=exc.extra)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -124,23 +141,41 @@ def _passthrough_headers(exc: web.HTTPException) -> dict[str, str]:
     return {"Allow": allow} if allow else {}
 
 
-def _auth_middleware(token: str | None) -> Middleware:
-    expected = f"Bearer {token}".encode() if token else None
+def _auth_middleware(token: str | None, admin_token: str | None) -> Middleware:
+    """Reads need the read token (when set) or the admin token; writes need the admin token
+    (the read token there: 403). Without an admin API there are no write routes (404)."""
+    read = f"Bearer {token}".encode() if token else None
+    admin = f"Bearer {admin_token}".encode() if admin_token else None
+
+    def matches(given: bytes, expected: bytes | None) -> bool:
+        return expected is not None and hmac.compare_digest(given, expected)
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is None or request.path in _OPEN_PATHS:
+        if request.path in _OPEN_PATHS:
             return await handler(request)
         given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return error_response(
-                401,
-                "a bearer token is required: send 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": 'Bearer realm="schedctl-exporter"'},
-            )
-        return await handler(request)
+        if admin is not None and is_write(request):
+            if matches(given, admin):
+                return await handler(request)
+            if matches(given, read):
+                return error_response(
+                    403, "the read token cannot change anything: use the admin token"
+                )
+            return _unauthorized("the admin token is required")
+        if read is None or matches(given, read) or matches(given, admin):
+            return await handler(request)
+        return _unauthorized("a bearer token is required")
 
     return auth
+
+
+def _unauthorized(why: str) -> web.Response:
+    return error_response(
+        401,
+        f"{why}: send 'Authorization: Bearer <token>'",
+        headers={"WWW-Authenticate": 'Bearer realm="schedctl-exporter"'},
+    )
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:

@@ -15,7 +15,7 @@ from aiohttp import web
 from exporter.app import create_app
 from exporter.database import create_reader_engine
 from exporter.settings import DEFAULT_LISTEN, ExporterSettings
-from scheduler_core.db import DEFAULT_DATABASE_URL, redact_url
+from scheduler_core.db import DEFAULT_DATABASE_URL, create_db_engine, redact_url
 from scheduler_core.durations import parse_duration
 from scheduler_core.liveness import parse_listen
 from scheduler_core.states import LATE_GRACE_SECONDS
@@ -26,6 +26,7 @@ log = logging.getLogger("exporter")
 
 ENV_DATABASE_URL = "SCHEDCTL_DATABASE_URL"
 ENV_TOKEN = "SCHEDCTL_EXPORTER_TOKEN"
+ENV_ADMIN_TOKEN = "SCHEDCTL_ADMIN_TOKEN"
 ENV_LISTEN = "SCHEDCTL_EXPORTER_LISTEN"
 
 
@@ -47,6 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         help=f"bearer token required for /metrics and /api (env {ENV_TOKEN})",
+    )
+    parser.add_argument(
+        "--enable-admin-api",
+        action="store_true",
+        help="serve the admin API (create, change, run, pause tasks); needs --admin-token",
+    )
+    parser.add_argument(
+        "--admin-token",
+        help=f"bearer token of the admin API, not the read token (env {ENV_ADMIN_TOKEN})",
     )
     parser.add_argument(
         "--allow-unauthenticated",
@@ -114,9 +124,13 @@ def settings_from_args(
         grace = parse_duration(args.late_grace, allow_zero=True).total_seconds()
     except ValueError as exc:
         raise UsageError(f"--late-grace: {exc}") from None
+    admin_token = args.admin_token or environ.get(ENV_ADMIN_TOKEN) or None
+    if args.enable_admin_api and admin_token is None:
+        raise UsageError(f"--enable-admin-api needs --admin-token (or {ENV_ADMIN_TOKEN})")
     settings = ExporterSettings(
-        host=host, port=port, token=token, refresh_interval=refresh, late_grace=grace
-    )
+        host=host, port=port, token=token, refresh_interval=refresh, late_grace=grace,
+        admin_token=admin_token if args.enable_admin_api else None,
+    )  # fmt: skip
     url = args.database_url or environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
     return settings, url
 
@@ -135,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings, url = settings_from_args(args)
         engine = create_reader_engine(url, statement_timeout=settings.statement_timeout)
+        admin_engine = create_db_engine(url) if settings.admin_token else None
     except ValueError as exc:  # UsageError, a bad duration or an unusable database URL
         print(f"schedctl exporter: error: {exc}", file=sys.stderr)
         return 2
@@ -151,9 +166,11 @@ def run(args: argparse.Namespace) -> int:
     # pauses that land on whatever scrape is being served. Collect young objects as usual,
     # the old generation rarely (the snapshots hold no reference cycles to reclaim).
     gc.set_threshold(_GC_THRESHOLD[0], _GC_THRESHOLD[1], _GC_THRESHOLD[2])
-    app = create_app(settings=settings, engine=engine)
+    app = create_app(settings=settings, engine=engine, admin_engine=admin_engine)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     auth = "bearer token required" if settings.token else "no authentication"
+    if settings.admin_token:
+        auth += "; admin API on (admin token required for writes)"
     log.info(
         "schedctl exporter serving http://%s:%d/metrics (%s), reading %s",
         host, settings.port, auth, redact_url(url),
@@ -166,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         engine.dispose()
+        if admin_engine is not None:
+            admin_engine.dispose()
     return 0
 
 

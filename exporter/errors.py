@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -14,6 +15,9 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
     500: "internal_error",
     503: "unavailable",
 }
@@ -22,18 +26,33 @@ _CODES = {
 class ApiError(Exception):
     """Raised by a handler to answer with the error envelope."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code or _CODES.get(status, "error")
         self.message = message
+        #: More fields of the error object (the field errors of a bad task, say).
+        self.extra = extra or {}
 
 
 def error_response(
-    status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> web.Response:
-    """``{"error": {"code": ..., "message": ...}}`` with ``status``."""
-    body = {"error": {"code": code or _CODES.get(status, "error"), "message": message}}
+    """``{"error": {"code": ..., "message": ..., **extra}}`` with ``status``."""
+    error = {"code": code or _CODES.get(status, "error"), "message": message, **(extra or {})}
+    body = {"error": error}
     return web.Response(
         status=status,
         text=json.dumps(body),

@@ -17,6 +17,7 @@ from exporter.app import REFRESHER, create_app
 from exporter.database import create_reader_engine
 from exporter.refresh import Clock, RefreshState, utc_now
 from exporter.settings import ExporterSettings
+from scheduler_core.db import create_db_engine
 from scheduler_core.liveness import parse_listen
 
 __all__ = ["ExporterServer"]
@@ -43,6 +44,7 @@ class ExporterServer:
         registry: Collector | None = None,
         clock: Clock = utc_now,
         background_refresh: bool = True,
+        admin_engine: sa.Engine | None = None,
     ) -> None:
         if (engine is None) == (database_url is None):
             raise ValueError("give exactly one of engine= and database_url=")
@@ -55,7 +57,15 @@ class ExporterServer:
             str(database_url), statement_timeout=settings.statement_timeout
         )
         self.settings = settings
+        #: The admin API's writer engine (None while it is off).
+        self.admin_engine: sa.Engine | None = None
+        if settings.admin_token is not None:
+            self.admin_engine = admin_engine or create_db_engine(
+                database_url or self.engine.url.render_as_string(hide_password=False)
+            )
+        self._owns_admin_engine = admin_engine is None
         self._app = create_app(
+            admin_engine=self.admin_engine,
             settings=settings,
             engine=self.engine,
             registry=registry,
@@ -131,6 +141,8 @@ class ExporterServer:
         self._thread = None
         if self._owns_engine:
             self.engine.dispose()
+        if self.admin_engine is not None and self._owns_admin_engine:
+            self.admin_engine.dispose()
 
     def __enter__(self) -> ExporterServer:
         return self.start()

@@ -21,6 +21,10 @@ class ExporterSettings:
     host: str = "127.0.0.1"
     port: int = 9464
     token: str | None = None
+    #: The admin API's bearer token; None keeps the admin API off (its routes answer 404).
+    admin_token: str | None = None
+    #: Largest request body accepted (bytes); larger ones answer 413.
+    max_body_bytes: int = 64 * 1024
     #: Seconds between two SQL refreshes of the snapshot.
     refresh_interval: float = 5.0
     #: A task is late once its next tick is this many seconds overdue.
@@ -42,6 +46,10 @@ class ExporterSettings:
             raise ValueError(f"statement_timeout must be > 0, got {self.statement_timeout!r}")
         if self.token is not None and not self.token.strip():
             raise ValueError("token must not be empty")
+        if self.admin_token is not None and len(self.admin_token.strip()) < 16:
+            raise ValueError("the admin token must be at least 16 characters")
+        if self.admin_token is not None and self.admin_token == self.token:
+            raise ValueError("the admin token must differ from the read token")
 
     @property
     def refresh_timeout(self) -> float:

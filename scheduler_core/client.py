@@ -16,6 +16,7 @@ at their next poll.
 
 from __future__ import annotations
 
+import copy
 import getpass
 import inspect
 import os
@@ -72,12 +73,14 @@ class Client:
         engine: sa.Engine | None = None,
         actor: str | None = None,
         clock: Clock | None = None,
+        check: bool = True,
     ) -> None:
         if (engine is None) == (database_url is None):
             raise ValueError("give exactly one of database_url and engine=")
         self._owns_engine = engine is None
         self.engine = engine if engine is not None else create_db_engine(str(database_url))
-        check_schema(self.engine)
+        if check:  # the schema revision this version needs (off: the caller checks it)
+            check_schema(self.engine)
         self.actor = actor or default_actor()
         self.clock: Clock = clock or DatabaseClock(self.engine)
         self.store = Store(self.engine, instance_id=f"client:{self.actor}"[:200])
@@ -159,6 +162,10 @@ class Client:
     def resume(self, name: str) -> None:
         self.store.resume(name, now=self.clock.now(), by=self.actor)
 
+    def emergency_stop(self, reason: str) -> tuple[int, int]:
+        """Pause every task and cancel every running run: (tasks paused, runs flagged)."""
+        return self.store.emergency_stop(reason=reason, by=self.actor, now=self.clock.now())
+
     def cancel(self, run_id: int, reason: str) -> str:
         """Ask the run's scheduler to stop it; returns the run's status when asked."""
         return self.store.request_cancel(run_id, reason=reason, by=self.actor, now=self.clock.now())
@@ -172,6 +179,13 @@ class Client:
         return self.store.get_run(run_id)
 
     # ------------------------------------------------------------------ lifecycle
+    def as_actor(self, actor: str) -> Client:
+        """This client (same engine and clock) acting as ``actor``; closing it closes nothing."""
+        other = copy.copy(self)
+        other.actor = actor
+        other._owns_engine = False
+        return other
+
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()

@@ -6,8 +6,10 @@ transaction as its change, and retries itself on a lock conflict (``retry_confli
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +22,28 @@ from scheduler_core.retrying import retry_conflicts
 from scheduler_core.store.base import StoreBase
 from scheduler_core.store.records import ERROR_MESSAGE_LIMIT, truncate_text
 
-__all__ = ["ControlsPart", "write_audit"]
+__all__ = ["ControlsPart", "audit_context", "audit_details", "write_audit"]
+
+#: Extra facts every audit event written in this context carries (the admin API's request id).
+_AUDIT_EXTRA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "schedctl_audit_extra", default=None
+)
+
+
+@contextlib.contextmanager
+def audit_context(**extra: Any) -> Iterator[None]:
+    """Audit events written inside the block carry ``extra`` in their details."""
+    token = _AUDIT_EXTRA.set({**(_AUDIT_EXTRA.get() or {}), **extra})
+    try:
+        yield
+    finally:
+        _AUDIT_EXTRA.reset(token)
+
+
+def audit_details(details: Mapping[str, Any] | None) -> str | None:
+    """The stored ``details`` of an audit event: ``details`` plus the audit context."""
+    merged = {**(_AUDIT_EXTRA.get() or {}), **(details or {})}
+    return json.dumps(merged, default=str) if merged else None
 
 
 def write_audit(
@@ -43,7 +66,7 @@ def write_audit(
             task_name=task,
             run_id=run_id,
             reason=truncate_text(reason, ERROR_MESSAGE_LIMIT),
-            details=json.dumps(details, default=str) if details else None,
+            details=audit_details(details),
         )
     )
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from scheduler_core.errors import TaskConflictError
 from scheduler_core.models import alarm_events, audit_events, schedules, task_health
 from scheduler_core.store.base import StoreBase, chunks
-from scheduler_core.store.controls import require_task, write_audit
+from scheduler_core.store.controls import audit_details, require_task, write_audit
 from scheduler_core.store.sync import changed_values, new_schedule_row
 from scheduler_core.tasks import TaskDefinition
 
@@ -66,8 +66,9 @@ class TasksPart(StoreBase):
         for definition in definitions:
             self.remember_definition(definition)
             rows.append({**new_schedule_row(definition, now), "source": source})
+        details = audit_details({"source": source})
         audits = [
-            {"at": now, "actor": by[:200], "action": "add", "task_name": n, "details": None}
+            {"at": now, "actor": by[:200], "action": "add", "task_name": n, "details": details}
             for n in names
         ]
         with self.engine.begin() as conn:

@@ -117,3 +117,16 @@ def test_real_process_starts_with_database_down_and_hides_the_password():
     assert process.returncode == 0
     assert "cannot read database postgresql+psycopg://schedctl:***@" in text
     assert PostgresServer.password not in text
+
+
+def test_admin_api_is_off_unless_enabled_with_a_token():
+    """--enable-admin-api needs an admin token (flag or SCHEDCTL_ADMIN_TOKEN); a token alone
+    does not switch the API on."""
+    token = "admin-token-0123456789"
+    s, _ = settings(["--admin-token", token])
+    assert s.admin_token is None
+    s, _ = settings(["--enable-admin-api"], {"SCHEDCTL_ADMIN_TOKEN": token})
+    assert s.admin_token == token
+    with pytest.raises(ValueError, match="needs --admin-token"):
+        settings(["--enable-admin-api"])
+    assert main(["--enable-admin-api"]) == 2
