@@ -43,6 +43,7 @@ SCENARIOS = {
     "defaults": {},
     "production": PRODUCTION_VALUES,
     "created-secret": CREATED_SECRET_VALUES,
+    "admin-api": merged(PRODUCTION_VALUES, {"exporter": {"admin": {"enabled": True}}}),
 }
 
 
@@ -301,3 +302,25 @@ def test_notes_tell_how_to_reach_the_exporter() -> None:
     assert "port-forward svc/schedctl 9464:metrics" in notes
     assert "get secret schedctl -o jsonpath='{.data.exporter-token}'" in notes
     assert "release=kps" in notes
+
+
+def test_admin_api_is_off_by_default_and_on_with_a_generated_or_existing_token() -> None:
+    """exporter.admin.enabled starts the exporter with --enable-admin-api and the admin token
+    from the chart's Secret (generated) or from an existing Secret; off, neither appears."""
+    off = container(only(render({}), "Deployment"), "exporter")
+    assert "--enable-admin-api" not in off["args"] and "SCHEDCTL_ADMIN_TOKEN" not in env_of(off)
+    objects = render({"exporter": {"admin": {"enabled": True}}})
+    exporter = container(only(objects, "Deployment"), "exporter")
+    assert "--enable-admin-api" in exporter["args"]
+    ref = env_of(exporter)["SCHEDCTL_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "schedctl", "key": "admin-token"}
+    secret = only(objects, "Secret")["data"]
+    admin, read = (base64.b64decode(secret[k]) for k in ("admin-token", "exporter-token"))
+    assert len(admin) == 48 and admin != read
+    existing = {"enabled": True, "existingSecret": "ops-tokens", "existingSecretKey": "admin"}
+    objects = render({"exporter": {"admin": existing}})
+    ref = env_of(container(only(objects, "Deployment"), "exporter"))["SCHEDCTL_ADMIN_TOKEN"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "ops-tokens", "key": "admin"}
+    assert "admin-token" not in only(objects, "Secret")["data"]
+    notes = render_raw({"exporter": {"admin": {"enabled": True}}})[NOTES]
+    assert "/api/v1/tasks/TASK/pause" in notes and "{.data.admin-token}" in notes

@@ -77,11 +77,31 @@ exporter-token
 {{- end }}
 {{- end }}
 
-{{/* Whether the chart creates its own Secret (database URL and/or generated exporter token). */}}
+{{/* The Secret and key of the admin API token (empty while the admin API is off). */}}
+{{- define "schedctl.adminSecretName" -}}
+{{- if .Values.exporter.admin.enabled }}
+{{- default (include "schedctl.fullname" .) .Values.exporter.admin.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "schedctl.adminSecretKey" -}}
+{{- if .Values.exporter.admin.existingSecret }}
+{{- .Values.exporter.admin.existingSecretKey }}
+{{- else -}}
+admin-token
+{{- end }}
+{{- end }}
+
+{{/* Whether the chart generates the admin token into its own Secret. */}}
+{{- define "schedctl.generatesAdminToken" -}}
+{{- if and .Values.exporter.admin.enabled (not .Values.exporter.admin.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* Whether the chart creates its own Secret (database URL and/or generated tokens). */}}
 {{- define "schedctl.createsSecret" -}}
 {{- $db := and (eq .Values.database.type "postgresql") (not .Values.database.existingSecret) }}
 {{- $token := and (not .Values.exporter.auth.allowUnauthenticated) (not .Values.exporter.auth.existingSecret) }}
-{{- if or $db $token }}true{{ end }}
+{{- if or $db $token (include "schedctl.generatesAdminToken" .) }}true{{ end }}
 {{- end }}
 
 {{/* The task file the scheduler reads: taskDefaults as `defaults:` and the task list. */}}
