@@ -54,14 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"schedctl: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, UsageError) as exc:
+    except (ValueError, UsageError, TaskConflictError, TaskLookupError, RunLookupError) as exc:
         print(f"schedctl: error: {exc}", file=sys.stderr)
-        return 2
-    except TaskConflictError as exc:
-        print(f"schedctl: error: {exc}", file=sys.stderr)
-        return 2
-    except (TaskLookupError, RunLookupError) as exc:
-        print(f"schedctl: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     except (SchemaVersionError, DatabaseUnavailableError) as exc:
         print(f"schedctl: error: {exc}", file=sys.stderr)

@@ -136,10 +136,14 @@ class _LoopbackServer:
         self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
 
     def argv(self) -> list[str]:
+        """The binary's own flags beyond its config file and listen address."""
         raise NotImplementedError
 
     def start(self) -> Self:
-        self.process.launch([self.binary, f"--config.file={self.config_path}", *self.argv()])
+        listen = f"--web.listen-address=127.0.0.1:{self.port}"
+        self.process.launch(
+            [self.binary, f"--config.file={self.config_path}", listen, *self.argv()]
+        )
         return self
 
     def stop(self) -> None:
@@ -192,11 +196,9 @@ class PrometheusServer(_LoopbackServer):
 
     def argv(self) -> list[str]:
         return [
-            f"--storage.tsdb.path={self.process.tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--web.enable-lifecycle",
+            f"--storage.tsdb.path={self.process.tmp / 'data'}", "--web.enable-lifecycle",
             "--log.level=warn",
-        ]
+        ]  # fmt: skip
 
     def api(self, path: str, **params: str) -> Any:
         """GET ``/api/v1/<path>`` and return its ``data`` (raise on an error status)."""
@@ -261,7 +263,6 @@ class AlertmanagerServer(_LoopbackServer):
     def argv(self) -> list[str]:
         return [
             f"--storage.path={self.process.tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
             # An empty address turns the gossip cluster off: no port beyond the web one.
             "--cluster.listen-address=",
             "--log.level=debug",
