@@ -1,7 +1,11 @@
 """History retention: delete old run rows in bounded batches; counters are never touched.
 
 Each batch is its own short transaction (at most ``batch_size`` rows), so claims and
-finalizes from running schedulers interleave with a cleanup of any size.
+finalizes from running schedulers interleave with a cleanup of any size. One-time tasks
+created at runtime (source ``api``) that have nothing left to do, unchanged for the
+retention period, are removed too (their runs follow the same policy as any task's): an
+application that schedules a reminder per user would otherwise keep every finished one
+in the schedule table forever.
 """
 
 from __future__ import annotations
@@ -16,9 +20,16 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from scheduler_core.db import create_db_engine
-from scheduler_core.models import alarm_events, audit_events, task_runs
+from scheduler_core.models import alarm_events, audit_events, schedules, task_runs
+from scheduler_core.store.tasks_part import API_SOURCE, delete_tasks
 
-__all__ = ["CLEANUP_TASK_NAME", "CleanupResult", "RetentionPolicy", "run_cleanup"]
+__all__ = [
+    "CLEANUP_TASK_NAME",
+    "CleanupResult",
+    "RetentionPolicy",
+    "retire_finished_one_time_tasks",
+    "run_cleanup",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,8 @@ class CleanupResult:
     alarms_deleted: int
     audit_deleted: int
     batches: int
+    #: Finished one-time api tasks removed (their schedule rows; runs as the policy says).
+    tasks_retired: int = 0
 
 
 Progress = Callable[[int, int], None]  # (deleted so far, estimated total)
@@ -151,6 +164,45 @@ def _analyse(
     return overflow, int(old)
 
 
+def retire_finished_one_time_tasks(
+    engine: sa.Engine, *, cutoff: datetime, now: datetime, batch_size: int
+) -> tuple[int, int]:
+    """Remove one-time api tasks with nothing left to do (no next fire, nothing due: no
+    pending retry or run-now), no run in flight, unchanged since ``cutoff``. Returns
+    (tasks removed, batches)."""
+    running = (
+        sa.select(task_runs.c.id)
+        .where(task_runs.c.task_name == schedules.c.name, task_runs.c.status == "running")
+        .exists()
+    )
+    finished = (
+        sa.select(schedules.c.name)
+        .where(
+            schedules.c.source == API_SOURCE,
+            schedules.c.schedule_type == "at",
+            schedules.c.next_run_at.is_(None),
+            schedules.c.due_at.is_(None),
+            schedules.c.updated_at < cutoff,
+            ~running,
+        )
+        .order_by(schedules.c.name)
+        .limit(batch_size)
+    )
+    retired = batches = 0
+    while True:
+        with engine.begin() as conn:
+            names = list(conn.execute(finished).scalars())
+            delete_tasks(conn, names, now=now)
+        retired += len(names)
+        batches += 1 if names else 0
+        if len(names) < batch_size:
+            return retired, batches
+
+
+def _ignore(_count: int) -> None:
+    """Progress of deletes that are not runs (not shown)."""
+
+
 def run_cleanup(
     engine: sa.Engine,
     *,
@@ -158,7 +210,8 @@ def run_cleanup(
     now: datetime,
     progress: Progress | None = None,
 ) -> CleanupResult:
-    """Delete runs past the retention (age and per-task cap), old closed alarms and audit rows."""
+    """Delete runs past the retention (age and per-task cap), old closed alarms and audit
+    rows, and finished one-time api tasks unchanged for the retention period."""
     cutoff = now - timedelta(days=policy.days)
     finished = task_runs.c.status != "running"
     overflow, old = _analyse(engine, policy, cutoff)
@@ -172,44 +225,34 @@ def run_cleanup(
         if progress is not None:
             progress(done, estimate)
 
-    runs_deleted, batches = _delete_batches(
-        engine,
-        task_runs,
-        finished & (task_runs.c.finished_at < cutoff),
-        batch_size=policy.batch_for(engine),
-        progress=report,
-    )
-    for task, keep_from in overflow:
-        n, b = _delete_batches(
-            engine,
-            task_runs,
-            finished & (task_runs.c.task_name == task) & (task_runs.c.id < keep_from),
-            batch_size=policy.batch_for(engine),
-            progress=report,
-        )
+    batch = policy.batch_for(engine)
+    runs_deleted = batches = 0
+    run_conditions: list[sa.ColumnElement[bool]] = [finished & (task_runs.c.finished_at < cutoff)]
+    run_conditions += [
+        finished & (task_runs.c.task_name == task) & (task_runs.c.id < keep_from)
+        for task, keep_from in overflow
+    ]
+    for condition in run_conditions:
+        n, b = _delete_batches(engine, task_runs, condition, batch_size=batch, progress=report)
         runs_deleted += n
         batches += b
-    alarms_deleted, b = _delete_batches(
-        engine,
-        alarm_events,
-        alarm_events.c.closed_at.is_not(None) & (alarm_events.c.closed_at < cutoff),
-        batch_size=policy.batch_for(engine),
-        progress=lambda _n: None,
-    )
-    batches += b
-    audit_deleted, b = _delete_batches(
-        engine,
-        audit_events,
-        audit_events.c.at < now - timedelta(days=policy.audit_days),
-        batch_size=policy.batch_for(engine),
-        progress=lambda _n: None,
-    )
+    closed = alarm_events.c.closed_at
+    closed_alarms: sa.ColumnElement[bool] = closed.is_not(None) & (closed < cutoff)
+    old_audit = audit_events.c.at < now - timedelta(days=policy.audit_days)
+    others = []
+    for table, other in ((alarm_events, closed_alarms), (audit_events, old_audit)):
+        n, b = _delete_batches(engine, table, other, batch_size=batch, progress=_ignore)
+        others.append(n)
+        batches += b
+    alarms_deleted, audit_deleted = others
+    retired, b = retire_finished_one_time_tasks(engine, cutoff=cutoff, now=now, batch_size=batch)
     batches += b
     return CleanupResult(
         runs_deleted=runs_deleted,
         alarms_deleted=alarms_deleted,
         audit_deleted=audit_deleted,
         batches=batches,
+        tasks_retired=retired,
     )
 
 

@@ -264,6 +264,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             action="cleanup",
             details={
                 "runs_deleted": result.runs_deleted,
+                "tasks_retired": result.tasks_retired,
                 "days": args.days,
                 "max_runs": args.max_runs,
             },
@@ -274,7 +275,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(
         f"cleanup done: {result.runs_deleted} run row(s), {result.alarms_deleted} closed alarm(s), "
-        f"{result.audit_deleted} audit row(s) deleted in {result.batches} batch(es); "
-        "counters unchanged"
+        f"{result.audit_deleted} audit row(s) deleted, {result.tasks_retired} finished one-time "
+        f"api task(s) removed in {result.batches} batch(es); counters unchanged"
     )
     return 0

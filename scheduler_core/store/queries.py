@@ -65,31 +65,36 @@ def _task_document(
     }
 
 
-def _latest_finishes(conn: sa.Connection) -> dict[str, Any]:
-    """The most recently finished health row per task, across instances, whatever the order
-    the rows come in (the exporter's fold does the same)."""
+def _latest_finishes(conn: sa.Connection, name: str | None) -> dict[str, Any]:
+    """The most recently finished health row per task (of task ``name`` only, when given),
+    across instances, whatever the order the rows come in (the exporter's fold does the
+    same)."""
     latest: dict[str, Any] = {}
-    for r in conn.execute(
-        sa.select(
-            task_health.c.task_name,
-            task_health.c.last_status,
-            task_health.c.last_duration_seconds,
-            task_health.c.last_finished_at,
-            task_health.c.last_error_message,
-        ).where(task_health.c.last_finished_at.is_not(None))
-    ):
+    stmt = sa.select(
+        task_health.c.task_name,
+        task_health.c.last_status,
+        task_health.c.last_duration_seconds,
+        task_health.c.last_finished_at,
+        task_health.c.last_error_message,
+    ).where(task_health.c.last_finished_at.is_not(None))
+    if name is not None:
+        stmt = stmt.where(task_health.c.task_name == name)
+    for r in conn.execute(stmt):
         prev = latest.get(r.task_name)
         if prev is None or r.last_finished_at > prev.last_finished_at:
             latest[r.task_name] = r
     return latest
 
 
-def _running_starts(conn: sa.Connection) -> dict[str, list[datetime | None]]:
-    """Per task: the ``started_at`` of each of its runs in flight, on any instance."""
+def _running_starts(conn: sa.Connection, name: str | None) -> dict[str, list[datetime | None]]:
+    """Per task (task ``name`` only, when given): the ``started_at`` of each of its runs in
+    flight, on any instance."""
     starts: dict[str, list[datetime | None]] = {}
     stmt = sa.select(task_runs.c.task_name, task_runs.c.started_at).where(
         task_runs.c.status == "running"
     )
+    if name is not None:
+        stmt = stmt.where(task_runs.c.task_name == name)
     for name, started_at in conn.execute(stmt):
         starts.setdefault(name, []).append(started_at)
     return starts
@@ -166,20 +171,20 @@ class QueriesPart(StoreBase):
                     isolation_level="REPEATABLE READ", postgresql_readonly=True
                 )
             select = sa.select(schedules).order_by(schedules.c.name)
-            if name is not None:
+            health_select = sa.select(
+                task_health.c.task_name,
+                sa.func.max(task_health.c.last_started_at).label("last_started_at"),
+                sa.func.max(task_health.c.last_finished_at).label("last_finished_at"),
+            ).group_by(task_health.c.task_name)
+            if name is not None:  # one task: read its rows only, not every task's
                 select = select.where(schedules.c.name == name)
+                health_select = health_select.where(task_health.c.task_name == name)
             rows = conn.execute(select).all()
             if name is not None and not rows:
                 raise TaskLookupError(name)
-            health = conn.execute(
-                sa.select(
-                    task_health.c.task_name,
-                    sa.func.max(task_health.c.last_started_at).label("last_started_at"),
-                    sa.func.max(task_health.c.last_finished_at).label("last_finished_at"),
-                ).group_by(task_health.c.task_name)
-            ).all()
-            latest = _latest_finishes(conn)
-            starts = _running_starts(conn)
+            health = conn.execute(health_select).all()
+            latest = _latest_finishes(conn, name)
+            starts = _running_starts(conn, name)
         health_by = {h.task_name: h for h in health}
         return [
             _task_document(

@@ -22,24 +22,32 @@ from scheduler_core.errors import TaskConflictError
 from scheduler_core.models import alarm_events, audit_events, schedules, task_health
 from scheduler_core.store.base import StoreBase, chunks
 from scheduler_core.store.controls import audit_details, require_task, write_audit
-from scheduler_core.store.sync import changed_values, new_schedule_row
+from scheduler_core.store.sync import (
+    changed_values,
+    insert_tasks,
+    names_taken_as_conflict,
+    owners_of,
+)
 from scheduler_core.tasks import TaskDefinition
 
-__all__ = ["API_SOURCE", "TasksPart", "owners_of"]
+__all__ = ["API_SOURCE", "TasksPart", "delete_tasks"]
 
 #: The source of tasks created at runtime.
 API_SOURCE = "api"
 
 
-def owners_of(conn: sa.Connection, names: Sequence[str]) -> dict[str, str]:
-    """The source of each of ``names`` that has a schedule row."""
-    found: dict[str, str] = {}
-    for chunk in chunks(sorted(set(names)), 900):
-        rows = conn.execute(
-            sa.select(schedules.c.name, schedules.c.source).where(schedules.c.name.in_(chunk))
+def delete_tasks(conn: sa.Connection, names: Sequence[str], *, now: datetime) -> None:
+    """Delete the schedule and health rows of ``names`` and close their open alarms; their
+    runs stay (history follows the retention policy)."""
+    for chunk in chunks(list(names), 500):
+        conn.execute(schedules.delete().where(schedules.c.name.in_(chunk)))
+        conn.execute(task_health.delete().where(task_health.c.task_name.in_(chunk)))
+        conn.execute(
+            alarm_events.update()
+            .where(alarm_events.c.task_name.in_(chunk))
+            .where(alarm_events.c.closed_at.is_(None))
+            .values(closed_at=now)
         )
-        found.update({name: source for name, source in rows})
-    return found
 
 
 class TasksPart(StoreBase):
@@ -62,21 +70,19 @@ class TasksPart(StoreBase):
         repeated = sorted(n for n, count in Counter(names).items() if count > 1)
         if repeated:
             raise ValueError(f"task name(s) given more than once: {', '.join(map(repr, repeated))}")
-        rows = []
         for definition in definitions:
             self.remember_definition(definition)
-            rows.append({**new_schedule_row(definition, now), "source": source})
         details = audit_details({"source": source})
         audits = [
             {"at": now, "actor": by[:200], "action": "add", "task_name": n, "details": details}
             for n in names
         ]
-        with self.engine.begin() as conn:
+        conflicts = names_taken_as_conflict(self.engine, names, action="create")
+        with conflicts, self.engine.begin() as conn:
             taken = owners_of(conn, names)
             if taken:
                 raise TaskConflictError(taken, action="create")
-            for chunk in chunks(rows, 500):
-                conn.execute(schedules.insert(), list(chunk))
+            insert_tasks(conn, definitions, now=now, source=source)
             for chunk in chunks(audits, 1000):
                 conn.execute(audit_events.insert(), list(chunk))
         return names
@@ -109,14 +115,7 @@ class TasksPart(StoreBase):
             row = require_task(conn, name)
             if source is not None and row.source != source:
                 raise TaskConflictError({name: row.source}, action="remove")
-            conn.execute(schedules.delete().where(schedules.c.name == name))
-            conn.execute(task_health.delete().where(task_health.c.task_name == name))
-            conn.execute(
-                alarm_events.update()
-                .where(alarm_events.c.task_name == name)
-                .where(alarm_events.c.closed_at.is_(None))
-                .values(closed_at=now)
-            )
+            delete_tasks(conn, [name], now=now)
             write_audit(
                 conn, now=now, actor=by, action="remove", task=name,
                 details={"source": row.source},

@@ -3,6 +3,8 @@ by the source ``api``, beside task-file tasks that it may drive but not change."
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -10,9 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from scheduler_core import Client, TaskConflictError
+from scheduler_core.db import create_db_engine
 from scheduler_core.errors import ConfigError, TaskLookupError
-from scheduler_core.models import audit_events, schedules
+from scheduler_core.models import audit_events, schedules, task_runs
+from scheduler_core.retention import RetentionPolicy, run_cleanup
 from scheduler_core.store import Store
+from scheduler_core.store.sync import insert_tasks
 from scheduler_core.testing import FakeClock, run_cycle
 from tests.core import recorded
 from tests.core.conftest import T0, tasks
@@ -147,6 +152,39 @@ def test_schedule_once_runs_once_with_its_arguments(
     assert sorted(recorded.CALLS, key=repr) == sorted([((1,), {"to": "ada"}), ((), {})], key=repr)
 
 
+def test_finished_one_time_api_tasks_follow_the_retention_policy(
+    client: Client, make_scheduler, clock: FakeClock, db_engine: sa.Engine
+) -> None:
+    """A one-time api task that has run stays while the retention period lasts, then cleanup
+    removes it with its runs; one still to fire, and a task file's, stay."""
+    done = client.schedule_once(GREET, at=T0 + timedelta(minutes=1))
+    later = client.schedule_once(GREET, at=T0 + timedelta(days=60))
+    Store(db_engine).sync_tasks(
+        tasks(
+            {"name": "file-once", "callable": GREET, "at": (T0 + timedelta(minutes=1)).isoformat()}
+        ),
+        now=T0,
+        disable_missing=False,
+    )
+    scheduler = make_scheduler()
+    clock.advance(60)
+    assert run_cycle(scheduler) == 2
+    policy = RetentionPolicy(days=30)
+
+    result = run_cleanup(db_engine, policy=policy, now=clock.now() + timedelta(days=29))
+    assert result.tasks_retired == 0
+    assert len(client.list_runs(task=done)) == 1
+
+    result = run_cleanup(db_engine, policy=policy, now=clock.now() + timedelta(days=31))
+    assert result.tasks_retired == 1
+    assert sorted(t["name"] for t in client.list_tasks()) == sorted([later, "file-once"])
+    with db_engine.connect() as conn:
+        runs_left = conn.execute(
+            sa.select(sa.func.count()).where(task_runs.c.task_name == done)
+        ).scalar_one()
+    assert runs_left == 0
+
+
 def test_run_now_overrides_apply_to_that_run_only(
     client: Client, make_scheduler, clock: FakeClock
 ) -> None:
@@ -167,3 +205,59 @@ def test_run_now_arguments_are_checked(client: Client, db_engine: sa.Engine) -> 
     with pytest.raises(ValueError, match="args: must be a list"):
         client.run_now("c", args="not-a-list")  # type: ignore[arg-type]
     assert schedule_row(db_engine, "c").run_now_requested_at is None
+
+
+@pytest.mark.postgres
+def test_a_create_racing_another_create_of_the_name_is_a_conflict(
+    pg_url: str, clock: FakeClock
+) -> None:
+    """Two creates of one name at once: the one that loses gets TaskConflictError naming the
+    owner (not the database's unique-key error), and nothing of its batch is stored."""
+    engine = create_db_engine(pg_url)
+    try:
+        with Client(engine=engine, actor="a@host", clock=clock) as client:
+            # Another writer's create of "race", not committed yet: the client finds no
+            # owner when it checks, then waits on the unique key until that commits.
+            with engine.connect() as holder:
+                racing = tasks({"name": "race", "callable": GREET, "every": "1m"})
+                insert_tasks(holder, racing, now=T0, source="api")
+                outcome: list[BaseException | None] = []
+
+                def create() -> None:
+                    try:
+                        client.add_tasks(
+                            [
+                                {"name": "other", "callable": GREET, "every": "1m"},
+                                {"name": "race", "callable": GREET, "every": "5m"},
+                            ]
+                        )
+                        outcome.append(None)
+                    except BaseException as exc:
+                        outcome.append(exc)
+
+                thread = threading.Thread(target=create)
+                thread.start()
+                wait_for_lock_wait(engine)
+                holder.commit()
+                thread.join(timeout=10)
+            [error] = outcome
+            assert isinstance(error, TaskConflictError), error
+            assert error.owners == {"race": "api"}
+            assert [t["name"] for t in client.list_tasks()] == ["race"]
+    finally:
+        engine.dispose()
+
+
+def wait_for_lock_wait(engine: sa.Engine, timeout: float = 10.0) -> None:
+    """Until some session of this database waits on a lock (bounded)."""
+    deadline = time.monotonic() + timeout
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one():
+                return
+        time.sleep(0.02)
+    raise AssertionError("no session waited on the unique key")
