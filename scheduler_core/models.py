@@ -219,6 +219,9 @@ task_runs = sa.Table(
     sa.Column("missed_count", sa.Integer),
     sa.Column("missed_first_at", UTCDateTime),
     sa.Column("missed_last_at", UTCDateTime),
+    # JSON {"args": [...], "kwargs": {...}} when the run had arguments of its own (a run-now
+    # with arguments, and its retries, which read it from the attempt before); else NULL.
+    sa.Column("arguments", sa.Text),
     sa.UniqueConstraint("task_name", "scheduled_for", "attempt"),
     sa.Index("ix_scheduler_task_runs_task_name_id", "task_name", "id"),
     sa.Index("ix_scheduler_task_runs_status_instance_id", "status", "instance_id"),

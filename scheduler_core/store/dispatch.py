@@ -69,8 +69,12 @@ class Dispatch:
     """What one dispatch writes: run rows to start, finished rows, schedule advances."""
 
     definitions: dict[str, TaskDefinition] = field(default_factory=dict)
-    #: The definition of a task's run-now run when it has its own arguments.
-    run_now_definitions: dict[str, TaskDefinition] = field(default_factory=dict)
+    #: Runs with arguments of their own (JSON, as stored in ``scheduler_task_runs.arguments``)
+    #: by (task, tick, attempt): a run-now with arguments, and the retries of such a run.
+    arguments: dict[tuple[str, datetime, int], str] = field(default_factory=dict)
+    #: Retries to start, by (task, tick, attempt): they take their previous attempt's
+    #: arguments (read in ``_write``, rare: only passes that start retries read them).
+    retries: list[tuple[str, datetime, int]] = field(default_factory=list)
     #: One row of ``_ADVANCE_TYPES`` per schedule.
     advances: list[dict[str, Any]] = field(default_factory=list)
     not_before: dict[tuple[str, datetime, int], datetime] = field(default_factory=dict)
@@ -99,6 +103,52 @@ def _advance(
     }
     row.update(flags)
     return row
+
+
+def _with_arguments(definition: TaskDefinition, arguments: str | None) -> TaskDefinition:
+    """``definition`` calling its callable with a run's own ``arguments`` (JSON), if any."""
+    if arguments is None:
+        return definition
+    own = json.loads(arguments)
+    return definition.with_arguments(own.get("args"), own.get("kwargs"))
+
+
+def _previous_arguments(
+    conn: sa.Connection, retries: Sequence[tuple[str, datetime, int]]
+) -> dict[tuple[str, datetime, int], str]:
+    """The arguments of each retry's previous attempt, for those that had their own."""
+    found: dict[tuple[str, datetime, int], str] = {}
+    wanted = set(retries)
+    ticks = sorted({tick for _name, tick, _attempt in retries})
+    for chunk in chunks(sorted({name for name, _tick, _attempt in retries}), 400):
+        rows = conn.execute(
+            sa.select(
+                task_runs.c.task_name,
+                task_runs.c.scheduled_for,
+                task_runs.c.attempt,
+                task_runs.c.arguments,
+            ).where(
+                task_runs.c.task_name.in_(chunk),
+                task_runs.c.scheduled_for.in_(ticks[:400]) if len(ticks) <= 400 else sa.true(),
+                task_runs.c.arguments.is_not(None),
+                task_runs.c.status != "running",
+            )
+        )
+        for name, tick, attempt, arguments in rows:
+            key = (name, tick, attempt + 1)
+            if key in wanted:
+                found[key] = arguments
+    return found
+
+
+def _write_arguments(conn: sa.Connection, batch: Dispatch) -> None:
+    """Store the arguments of the runs just inserted that have their own."""
+    for run_id, task_name, scheduled_for, attempt, _trigger in batch.inserted:
+        arguments = batch.arguments.get((task_name, scheduled_for, attempt))
+        if arguments is not None:
+            conn.execute(
+                task_runs.update().where(task_runs.c.id == run_id).values(arguments=arguments)
+            )
 
 
 class DispatchPart(StoreBase):
@@ -168,12 +218,11 @@ class DispatchPart(StoreBase):
         self._record_not_run(batch, name, definition, decision, now)
         if decision.cancel_running:
             batch.replace.append(name)
-        if decision.run_now_taken and item.run_now_overrides:
-            overrides = json.loads(item.run_now_overrides)
-            batch.run_now_definitions[name] = definition.with_arguments(
-                overrides.get("args"), overrides.get("kwargs")
-            )
         for start in decision.runs:
+            if start.trigger == "manual" and item.run_now_overrides:
+                batch.arguments[(name, start.scheduled_for, 1)] = item.run_now_overrides
+            elif start.trigger == "retry":
+                batch.retries.append((name, start.scheduled_for, start.attempt))
             batch.not_before[(name, start.scheduled_for, start.attempt)] = start.start_at
             batch.run_rows.append(
                 {
@@ -273,6 +322,10 @@ class DispatchPart(StoreBase):
             },
         )
         bulk_insert_returning(conn, task_runs, batch.finished_rows, conflict=_RUN_KEY)
+        if batch.retries:
+            batch.arguments.update(_previous_arguments(conn, batch.retries))
+        if batch.arguments:
+            _write_arguments(conn, batch)
         if batch.missed:
             # Closed once the task succeeds again (``TelemetryWriter.check_alarms``).
             open_alarms(
@@ -299,10 +352,9 @@ class DispatchPart(StoreBase):
                 attempt=attempt,
                 trigger=trigger,
                 started_at=now,
-                definition=(
-                    batch.run_now_definitions.get(task_name, batch.definitions[task_name])
-                    if trigger == "manual"
-                    else batch.definitions[task_name]
+                definition=_with_arguments(
+                    batch.definitions[task_name],
+                    batch.arguments.get((task_name, scheduled_for, attempt)),
                 ),
                 consecutive_failures_at_start=consec[task_name],
                 not_before=batch.not_before.get((task_name, scheduled_for, attempt), now),

@@ -3,6 +3,7 @@ by the source ``api``, beside task-file tasks that it may drive but not change."
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -195,6 +196,33 @@ def test_run_now_overrides_apply_to_that_run_only(
     clock.advance(3600)
     assert run_cycle(scheduler) == 1
     assert recorded.CALLS == [(("own",), {"dry_run": True}), (("own",), {})]
+
+
+def test_a_retry_of_a_run_now_with_arguments_keeps_them(
+    client: Client, make_scheduler, clock: FakeClock, db_engine: sa.Engine
+) -> None:
+    """A run-now with its own arguments that fails is retried with the same arguments, and
+    the run rows say which arguments each attempt had."""
+    client.add_task(
+        {
+            "name": "r",
+            "callable": "tests.core.recorded:greet_then_fail",
+            "args": ["own"],
+            "every": "1d",
+            "retries": {"max": 1, "backoff": "fixed", "delay": "10s"},
+        }
+    )
+    scheduler = make_scheduler()
+    client.run_now("r", args=["override"], kwargs={"n": 1})
+    assert run_cycle(scheduler) == 1
+    clock.advance(10)
+    assert run_cycle(scheduler) == 1
+    assert recorded.CALLS == [(("override",), {"n": 1})] * 2
+    runs = sorted(client.list_runs(task="r"), key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["status"]) for r in runs] == [(1, "failure"), (2, "failure")]
+    assert [json.loads(r["arguments"]) for r in runs] == [
+        {"args": ["override"], "kwargs": {"n": 1}}
+    ] * 2
 
 
 def test_run_now_arguments_are_checked(client: Client, db_engine: sa.Engine) -> None:
