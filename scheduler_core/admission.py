@@ -8,7 +8,9 @@ definition, the time and how many of its runs are in flight, :func:`admit` decid
   ticks are run once, all, or none, and the rest counted as missed);
 - **overlap** (``skip``: a run in flight skips every new one; ``allow``: up to
   ``max_concurrency`` in flight, the rest skipped; ``replace``: the run in flight is asked to
-  stop and the new one starts);
+  stop and the new one starts). A run-now is never skipped: blocked, it stays pending and
+  runs once the task's runs in flight allow it (an operator asked for it, with arguments
+  perhaps);
 - **hold**: blocked work is not decided ahead of its time. A look-ahead claim (``horizon``
   after ``now``) whose work is blocked waits until its first start; a tick blocked only by
   other instances' runs waits up to ``settle`` after its time, as such a run may have
@@ -27,10 +29,12 @@ from scheduler_core.pending_retries import PendingRetry, Retries, decode, take_d
 from scheduler_core.planning import MissedSpan, plan_ticks
 from scheduler_core.tasks import TaskDefinition
 
-__all__ = ["SETTLE_RECHECK", "Admission", "DueSchedule", "Start", "admit"]
+__all__ = ["RUN_NOW_RECHECK", "SETTLE_RECHECK", "Admission", "DueSchedule", "Start", "admit"]
 
 #: How soon a tick held by ``settle`` is looked at again: the next pass.
 SETTLE_RECHECK = timedelta(milliseconds=50)
+#: How soon a run-now that waits for the task's runs in flight is looked at again.
+RUN_NOW_RECHECK = timedelta(seconds=1)
 
 
 class DueSchedule(Protocol):
@@ -81,6 +85,9 @@ class Admission:
     retries_taken: bool = False
     #: Retries still pending after those taken, when several were queued.
     retries_left: Retries | None = None
+    #: A run-now blocked by runs in flight stays pending (never skipped: it is an operator's
+    #: request): the schedule is looked at again then, the rest of the decision applies.
+    recheck_at: datetime | None = None
 
 
 def admit(
@@ -132,12 +139,32 @@ def admit(
             decision.cancel_running = True
             running = 0
         if running >= limit and overlap != "replace":
+            if start.trigger == "manual":
+                decision.run_now_taken = False
+                decision.recheck_at = _run_now_recheck(item, decision, now=now, horizon=horizon)
+                continue
             decision.skipped.append(start)
             continue
         if overlap != "skip":
             running += 1
         decision.runs.append(start)
     return decision
+
+
+def _run_now_recheck(
+    item: DueSchedule, decision: Admission, *, now: datetime, horizon: datetime
+) -> datetime | None:
+    """When to look again at a run-now that waits for runs in flight: soon, but never so
+    late that the task's next tick or retry is claimed later than the look-ahead allows;
+    None when that is now."""
+    at = now + RUN_NOW_RECHECK
+    pending_retry = item.retry_at if not decision.retries_taken else None
+    if decision.retries_left is not None and decision.retries_left.first is not None:
+        pending_retry = decision.retries_left.first.at
+    for due_at in (decision.next_run_at, pending_retry):
+        if due_at is not None:
+            at = min(at, due_at - (horizon - now))
+    return at if at > now else None
 
 
 def _take_retries(

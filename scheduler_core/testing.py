@@ -4,11 +4,14 @@ production imports this."""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +19,18 @@ import sqlalchemy as sa
 from scheduler_core.clock import Clock
 from scheduler_core.runtime import EngineSettings, Scheduler
 
-__all__ = ["FakeClock", "run_cycle", "running_scheduler", "wait_for_completions"]
+__all__ = [
+    "RECORD_CALLS_ENV",
+    "FakeClock",
+    "read_recorded_calls",
+    "record_call",
+    "run_cycle",
+    "running_scheduler",
+    "wait_for_completions",
+]
+
+#: The environment variable naming the file :func:`record_call` appends to.
+RECORD_CALLS_ENV = "SCHEDCTL_RECORD_CALLS"
 
 
 class FakeClock:
@@ -84,3 +98,24 @@ def running_scheduler(
     finally:
         scheduler.request_stop()
         scheduler.drain()
+
+
+def record_call(*args: Any, **kwargs: Any) -> None:
+    """A task callable for tests that run schedulers as separate processes: append this call
+    (its ``args``, ``kwargs``, the pid and the wall time) as one JSON line to the file named by
+    ``$SCHEDCTL_RECORD_CALLS``, in one ``O_APPEND`` write, so concurrent calls of several
+    processes never mix. Cheap to import: a test module as the callable's module would be
+    imported at the first run and delay it."""
+    line = json.dumps({"args": args, "kwargs": kwargs, "pid": os.getpid(), "t": time.time()})
+    fd = os.open(os.environ[RECORD_CALLS_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_recorded_calls(path: Path) -> list[dict[str, Any]]:
+    """The calls :func:`record_call` wrote to ``path`` (none when it was never called)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]

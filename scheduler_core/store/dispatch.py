@@ -240,6 +240,7 @@ class DispatchPart(StoreBase):
                 decision.fire_count,
                 clear_run_now=decision.run_now_taken,
                 clear_retry=decision.retries_taken,
+                hold_until=decision.recheck_at,
                 missed=missed.count if missed is not None else 0,
                 skipped=len(decision.skipped),
             )

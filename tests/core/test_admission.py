@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from scheduler_core.admission import SETTLE_RECHECK, Admission, admit
+from scheduler_core.admission import RUN_NOW_RECHECK, SETTLE_RECHECK, Admission, admit
 from scheduler_core.config import parse_task_mapping
 from scheduler_core.pending_retries import PendingRetry, decode, encode
 from scheduler_core.tasks import TaskDefinition
@@ -158,6 +158,36 @@ def test_run_now_runs_at_once_and_is_taken() -> None:
     d = decide(task(), item)
     assert [(s.trigger, s.start_at) for s in d.runs] == [("manual", T0)]
     assert d.run_now_taken and d.next_run_at == item.next_run_at
+
+
+def test_a_run_now_blocked_by_a_run_in_flight_stays_pending() -> None:
+    """overlap=skip with a run in flight (one claimed ahead, say): the run-now is neither run
+    nor skipped; it stays pending and the schedule is looked at again within a second."""
+    item = Due(next_run_at=T0 + timedelta(minutes=1), run_now_requested_at=T0 - S)
+    d = decide(task(overlap="skip"), item, running=1)
+    assert d.runs == [] and d.skipped == []
+    assert not d.run_now_taken
+    assert d.recheck_at == T0 + RUN_NOW_RECHECK
+    assert d.hold_until is None and d.next_run_at == item.next_run_at
+
+
+def test_a_pending_run_now_never_delays_the_next_tick_past_the_look_ahead() -> None:
+    """The recheck of a blocked run-now comes no later than the next tick's claim would."""
+    look_ahead = timedelta(milliseconds=500)
+    item = Due(next_run_at=T0 + timedelta(milliseconds=800), run_now_requested_at=T0 - S)
+    d = decide(task(overlap="skip"), item, horizon=T0 + look_ahead, running=1)
+    assert not d.run_now_taken
+    assert d.recheck_at == T0 + timedelta(milliseconds=300)
+    item = Due(next_run_at=T0 + timedelta(milliseconds=400), run_now_requested_at=T0 - S)
+    d = decide(task(overlap="skip"), item, horizon=T0 + look_ahead, running=1)
+    assert d.recheck_at is None  # the tick is claimable now: no hold at all
+
+
+def test_a_run_now_runs_once_the_task_is_free() -> None:
+    """The same pending run-now, looked at again with nothing in flight, runs."""
+    item = Due(next_run_at=T0 + timedelta(minutes=1), run_now_requested_at=T0 - S)
+    d = decide(task(overlap="skip"), item, now=T0 + RUN_NOW_RECHECK, running=0)
+    assert [s.trigger for s in d.runs] == ["manual"] and d.run_now_taken
 
 
 def test_a_due_retry_runs_with_its_attempt_and_is_taken() -> None:
