@@ -59,7 +59,6 @@ def add_admin_routes(app: web.Application, client: Client, pool: ThreadPoolExecu
     router = app.router
     router.add_post("/api/v1/tasks", _create_task)
     router.add_post("/api/v1/emergency-stop", _emergency_stop)
-    router.add_get(r"/api/v1/runs/{run_id:\d+}", _get_run)
     router.add_post(r"/api/v1/runs/{run_id:\d+}/cancel", _cancel_run)
     # Actions before the plain name: a task name may contain slashes.
     router.add_post("/api/v1/tasks/{name:.+}/run-now", _run_now)
@@ -200,11 +199,6 @@ async def _resume(request: web.Request) -> web.Response:
     await _body(request, required=False)
     await _call(request, lambda c: c.resume(name))
     return _reply(request, {"task": name, "paused": False})
-
-
-async def _get_run(request: web.Request) -> web.Response:
-    run_id = int(request.match_info["run_id"])
-    return _reply(request, await _call(request, lambda c: c.get_run(run_id)))
 
 
 async def _cancel_run(request: web.Request) -> web.Response:

@@ -16,10 +16,18 @@ from exporter.errors import ApiError
 from exporter.refresh import RefreshState
 from scheduler_core.durations import SINCE_FORMS, parse_since
 from scheduler_core.models import RUN_STATUSES
+from scheduler_core.store import Store
 from scheduler_core.store.run_queries import read_runs_page
 from scheduler_core.store.snapshot import BADGES, InstanceSnapshot, Snapshot, TaskSnapshot
 
-__all__ = ["RunsQuery", "fetch_runs", "parse_runs_query", "status_document"]
+__all__ = [
+    "RunsQuery",
+    "fetch_run",
+    "fetch_runs",
+    "json_ready",
+    "parse_runs_query",
+    "status_document",
+]
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -200,6 +208,20 @@ def fetch_runs(engine: sa.Engine, query: RunsQuery) -> dict[str, Any] | None:
         "next_offset": (query.offset or 0) + query.limit if more and query.before_id is None
         else None,
     }  # fmt: skip
+
+
+def json_ready(row: dict[str, Any]) -> dict[str, Any]:
+    """A run (or any row) as JSON-ready values: times in ISO 8601."""
+    return {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+def fetch_run(engine: sa.Engine, run_id: int) -> dict[str, Any]:
+    """Run ``run_id`` with what it said (output, result), as ``GET /api/v1/runs/{id}`` shows
+    it: the row's fields, ``task`` for ``task_name``. RunLookupError when there is none."""
+    run = json_ready(Store(engine, instance_id="exporter").get_run(run_id))
+    run["task"] = run.pop("task_name")
+    run["cancel_requested"] = bool(run["cancel_requested"])
+    return run
 
 
 def json_response(document: dict[str, Any], *, scrub: str | None = None) -> web.Response:

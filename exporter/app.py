@@ -13,6 +13,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
@@ -20,7 +21,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client.registry import Collector
 
 from exporter.admin import add_admin_routes, is_write
-from exporter.api import fetch_runs, json_response, parse_runs_query, status_document
+from exporter.api import fetch_run, fetch_runs, json_response, parse_runs_query, status_document
 from exporter.collector import exporter_version
 from exporter.database import describe_db_error
 from exporter.errors import ApiError, error_response
@@ -28,6 +29,7 @@ from exporter.exposition import CatalogRenderer, MetricsCache, negotiate
 from exporter.refresh import Clock, Refresher, RefreshState, utc_now
 from exporter.settings import ExporterSettings
 from scheduler_core.client import Client
+from scheduler_core.errors import RunLookupError
 
 __all__ = ["REFRESHER", "create_app"]
 
@@ -111,6 +113,8 @@ def _add_routes(app: web.Application, admin_engine: sa.Engine | None) -> None:
     app.router.add_get("/api/v1/status", _status)
     # Task names may hold any character (braces, slashes): match the whole segment run.
     app.router.add_get("/api/v1/tasks/{name:.+}/runs", _runs)
+    app.router.add_get(r"/api/v1/runs/{run_id:\d+}", _run)
+    app.router.add_get(r"/api/v1/runs/{run_id:\d+}/output", _run_output)
     if app[_SETTINGS].admin_token is not None:
         if admin_engine is None:
             raise ValueError("the admin API needs admin_engine= (a database writer)")
@@ -248,6 +252,49 @@ async def _status(request: web.Request) -> web.Response:
         lambda: json_response(status_document(state, now), scrub=_password(app)),
     )
     return response
+
+
+async def _read_run(request: web.Request) -> dict[str, Any]:
+    """The run the path names, read in the API pool (404 when there is none)."""
+    app = request.app
+    run_id = int(request.match_info["run_id"])
+    engine = app[_ENGINE]
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(
+            loop.run_in_executor(app[_API_POOL], fetch_run, engine, run_id),
+            timeout=app[_SETTINGS].refresh_timeout,
+        )
+    except RunLookupError:
+        raise ApiError(404, f"no run with id {run_id}", code="unknown_run") from None
+    except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise ApiError(
+            503, f"cannot read the run: {describe_db_error(exc, engine.url)}",
+            code="database_unavailable",
+        ) from None  # fmt: skip
+
+
+async def _run(request: web.Request) -> web.Response:
+    """``GET /api/v1/runs/{id}``: the run's row, output, result, error and traceback."""
+    return json_response(await _read_run(request), scrub=_password(request.app))
+
+
+async def _run_output(request: web.Request) -> web.Response:
+    """``GET /api/v1/runs/{id}/output``: what the run said, as text (empty when nothing)."""
+    run = await _read_run(request)
+    text = run["output"] or ""
+    password = _password(request.app)
+    if password:
+        text = text.replace(password, "***")
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={
+            "X-Schedctl-Output-Bytes": str(run["output_bytes"]),
+            "X-Schedctl-Output-Dropped-Bytes": str(run["output_dropped_bytes"]),
+        },
+    )
 
 
 async def _runs(request: web.Request) -> web.Response:

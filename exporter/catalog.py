@@ -98,6 +98,8 @@ scheduler_task_runs_total counter task,outcome
     Finished runs by outcome, persisted in SQL (survives restarts and history cleanup).
 scheduler_task_missed_runs_total counter task
     Ticks that were never run (misfires), persisted in SQL.
+scheduler_task_result_total counter task,key
+    Sum of a numeric result key the task declares in result_metrics, persisted in SQL.
 scheduler_task_run_duration_seconds histogram task
     Run durations, from histogram buckets persisted in SQL.
 scheduler_task_start_delay_seconds histogram task
@@ -201,6 +203,10 @@ def task_samples(task: TaskSnapshot) -> dict[str, list[Sample]]:
     ]
     out["scheduler_task_missed_runs_total"] = [
         ("scheduler_task_missed_runs_total", t, float(task.missed_runs_total))
+    ]
+    out["scheduler_task_result_total"] = [
+        ("scheduler_task_result_total", (("task", name), ("key", key)), value)
+        for key, value in sorted(task.result_totals.items())
     ]
     out["scheduler_task_run_duration_seconds"] = _histogram(
         "scheduler_task_run_duration_seconds", name, task.duration.cumulative(), task.duration.sum

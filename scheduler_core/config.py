@@ -6,6 +6,7 @@ and the value, so one run of ``schedctl validate`` shows everything to fix.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from typing import Any
 
 from scheduler_core.durations import parse_duration
 from scheduler_core.errors import ConfigError, ConfigIssue
+from scheduler_core.output_policy import OUTPUT_KEYS, parse_output_fields
 from scheduler_core.schedules import (
     AtSchedule,
     CronSchedule,
@@ -42,7 +44,7 @@ POLICY_KEYS = frozenset(
         "timezone", "max_runtime", "timeout", "timeout_grace", "retries", "overlap",
         "max_concurrency", "misfire", "misfire_grace", "catchup_window", "enabled",
     }
-)  # fmt: skip
+) | OUTPUT_KEYS  # fmt: skip
 ACTION_KEYS = frozenset({"callable", "command"})
 SCHEDULE_KEYS = frozenset({"cron", "every", "at"})
 TASK_KEYS = (
@@ -162,6 +164,11 @@ def _parse_policies(
         retries = _parse_retries(data["retries"], base.retries, task, out)
         if retries is not None:
             values["retries"] = retries
+    output, issues = parse_output_fields(data)
+    for field, value, message in issues:
+        out.add(task, field, value, message)
+    if output:
+        values["output"] = dataclasses.replace(base.output, **output)
     merged = {**base.__dict__, **values}
     return Policies(**merged)
 

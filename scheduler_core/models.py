@@ -26,6 +26,7 @@ __all__ = [
     "audit_events",
     "instances",
     "metadata",
+    "run_output",
     "schedules",
     "task_health",
     "task_runs",
@@ -185,6 +186,9 @@ schedules = sa.Table(
     *START_DELAY_HISTOGRAM.columns(),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # JSON {key: total} of the numeric results of the task's `result_metrics` keys, added to
+    # by every run: like the counters above it survives cleanup and restarts.
+    sa.Column("result_totals", sa.Text),
     # Who owns the task: "file" (a task file's sync), "module:<name>" (@task functions),
     # "embedded" (Scheduler.from_url(tasks=...)) or "api" (created at runtime). A sync
     # touches only its own source's tasks (scheduler_core.store.tasks_part).
@@ -298,4 +302,21 @@ audit_events = sa.Table(
     sa.Column("details", sa.Text),
     sa.Index("ix_scheduler_audit_events_at", "at"),
     sa.Index("ix_scheduler_audit_events_task_name_id", "task_name", "id"),
+)
+
+#: What a run said (issue 19): its output, bounded to head and tail with the bytes dropped
+#: between them, and its result (JSON). Apart from the hot run rows; a row only for a run that
+#: printed, logged or returned something (and whose task's ``keep_output`` keeps it); deleted
+#: with its run by retention.
+run_output = sa.Table(
+    "scheduler_run_output",
+    metadata,
+    sa.Column("run_id", _BigInt, primary_key=True, autoincrement=False),
+    sa.Column("task_name", sa.String(200), nullable=False),
+    sa.Column("output", sa.Text),
+    sa.Column("output_bytes", _BigInt, nullable=False, server_default="0"),
+    sa.Column("output_dropped_bytes", _BigInt, nullable=False, server_default="0"),
+    sa.Column("result", sa.Text),
+    sa.Column("result_note", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from scheduler_core.db import create_db_engine
-from scheduler_core.models import alarm_events, audit_events, schedules, task_runs
+from scheduler_core.models import alarm_events, audit_events, run_output, schedules, task_runs
 from scheduler_core.store.tasks_part import API_SOURCE, delete_tasks
 
 __all__ = [
@@ -94,9 +94,14 @@ def _delete_batches(
             time.sleep(pause)
         ids = sa.select(table.c.id).where(condition).order_by(table.c.id).limit(batch_size)
         with engine.begin() as conn:
-            count = conn.execute(
-                table.delete().where(table.c.id.in_(ids.scalar_subquery()))
-            ).rowcount
+            batch = list(conn.execute(ids).scalars())
+            if table is task_runs and batch:
+                # A run's output goes with it (scheduler_run_output has no foreign key:
+                # SQLite enforces none unless asked, and the hot run insert need not check).
+                conn.execute(run_output.delete().where(run_output.c.run_id.in_(batch)))
+            count = (
+                conn.execute(table.delete().where(table.c.id.in_(batch))).rowcount if batch else 0
+            )
         if not count:
             return deleted, batches
         if pause:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from scheduler_core.output_policy import OutputPolicy
 from scheduler_core.schedules import AtSchedule, CronSchedule, IntervalSchedule, Schedule
 
 __all__ = [
@@ -172,6 +173,7 @@ class Policies:
     catchup_window: float | None = None
     enabled: bool = True
     timeout_grace: float = 10.0
+    output: OutputPolicy = field(default_factory=OutputPolicy)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +248,7 @@ class TaskDefinition:
                 "end": self.end.isoformat() if self.end else None,
                 "max_runs": self.max_runs,
                 "description": self.description,
+                **p.output.to_dict(),
             }
         )
         return out

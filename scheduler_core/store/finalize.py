@@ -38,6 +38,7 @@ from scheduler_core.models import (
 )
 from scheduler_core.pending_retries import PendingRetry, Retries, decode, merge
 from scheduler_core.store.base import StoreBase, chunks
+from scheduler_core.store.outputs import add_result_totals, write_outputs
 from scheduler_core.store.records import (
     ERROR_MESSAGE_LIMIT,
     OUTCOME_COUNTERS,
@@ -201,6 +202,8 @@ class FinalizePart(StoreBase):
             rejected = [o for o in outcomes if o.run_id not in live]
             consecutive, scheduled, recovered = self._decide_failures(conn, accepted, current, now)
             self._write_finished(conn, accepted, consecutive, now)
+            write_outputs(conn, accepted, now=now)
+            add_result_totals(conn, accepted)
         return FinalizeResult(
             accepted=accepted,
             rejected=rejected,

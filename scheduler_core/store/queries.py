@@ -3,6 +3,7 @@ alarms). Read-only; the exporter reads the whole table set through ``store.snaps
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from scheduler_core.models import (
     task_runs,
 )
 from scheduler_core.store.base import StoreBase
+from scheduler_core.store.outputs import run_output_of
 from scheduler_core.store.records import OUTCOME_COUNTERS
 from scheduler_core.store.run_queries import task_exists
 
@@ -236,11 +238,23 @@ class QueriesPart(StoreBase):
             return found
 
     def get_run(self, run_id: int) -> dict[str, Any]:
+        """Run ``run_id``'s row with what it said: ``output``, ``output_bytes``,
+        ``output_dropped_bytes``, ``result`` (decoded JSON) and ``result_note`` (None and 0
+        when it kept nothing)."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(task_runs).where(task_runs.c.id == run_id)).first()
-        if row is None:
-            raise RunLookupError(run_id)
-        return dict(row._mapping)
+            if row is None:
+                raise RunLookupError(run_id)
+            said = run_output_of(conn, run_id) or {}
+        result = said.get("result")
+        return {
+            **dict(row._mapping),
+            "output": said.get("output"),
+            "output_bytes": said.get("output_bytes", 0),
+            "output_dropped_bytes": said.get("output_dropped_bytes", 0),
+            "result": json.loads(result) if result is not None else None,
+            "result_note": said.get("result_note"),
+        }
 
     def open_alarms(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -3,6 +3,7 @@ outcomes and what a sync or a finalize wrote; and the size limits of stored text
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -130,6 +131,20 @@ class RunOutcome:
     pid: int | None = None
     thread_name: str | None = None
     trace_id: str | None = None
+    #: What the run said, as kept (redacted, bounded; None: nothing to keep).
+    output: str | None = None
+    output_bytes: int = 0
+    output_dropped_bytes: int = 0
+    #: Its result as JSON, and a note when it had to be stored as a truncated repr.
+    result: str | None = None
+    result_note: str | None = None
+    #: The numeric values of its task's ``result_metrics`` keys in its result.
+    result_values: Mapping[str, float] | None = None
+
+    @property
+    def says_something(self) -> bool:
+        """Whether the run has output or a result to store."""
+        return self.output is not None or self.result is not None
 
     @property
     def duration_seconds(self) -> float:

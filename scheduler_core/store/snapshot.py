@@ -11,11 +11,13 @@ instances and open alarms, in one transaction that reads one moment of the datab
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,6 +91,8 @@ class TaskSnapshot:
     start_delay: HistogramCounts
     open_alarms: frozenset[str]
     badge: Badge
+    #: Totals of the result keys the task declares (``result_metrics``), persisted in SQL.
+    result_totals: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -198,6 +202,7 @@ _SCHEDULE_COLUMNS = (
     _S.expected_interval_seconds,
     *(models.schedules.c[f"runs_{outcome}_total"] for outcome in OUTCOMES),
     _S.missed_runs_total, _Packed(DURATION_HISTOGRAM), _Packed(START_DELAY_HISTOGRAM),
+    _S.result_totals,
 )  # fmt: skip
 _H = models.task_health.c
 _HEALTH_COLUMNS = (
@@ -338,6 +343,7 @@ def _instance(row: Any, running_by_instance: dict[str, int]) -> InstanceSnapshot
 
 
 _NO_ALARMS: frozenset[str] = frozenset()
+_NO_TOTALS: Mapping[str, float] = MappingProxyType({})
 #: The stored histograms, by their index in a ``_HistogramKey``.
 _HISTOGRAMS = (DURATION_HISTOGRAM, START_DELAY_HISTOGRAM)
 #: A stored histogram as read: its packed text (see ``_packed``) and which one it is.
@@ -351,6 +357,7 @@ class _Shared:
         self._histograms_before = histograms
         self.histograms_used: dict[_HistogramKey, HistogramCounts] = {}
         self._counters: dict[tuple[int, ...], Mapping[str, int]] = {}
+        self._totals: dict[str, Mapping[str, float]] = {}
 
     def histogram(self, packed: str, kind: int) -> HistogramCounts:
         key = (packed, kind)
@@ -358,6 +365,15 @@ class _Shared:
         if found is None:
             found = _unpacked(packed, _HISTOGRAMS[kind].bounds)
         self.histograms_used[key] = found
+        return found
+
+    def totals(self, stored: str | None) -> Mapping[str, float]:
+        """Result totals as stored (JSON), parsed once per distinct value in a read."""
+        if stored is None:
+            return _NO_TOTALS
+        found = self._totals.get(stored)
+        if found is None:
+            found = self._totals[stored] = {k: float(v) for k, v in json.loads(stored).items()}
         return found
 
     def counters(self, counts: tuple[int, ...]) -> Mapping[str, int]:
@@ -381,7 +397,7 @@ def _task(
         name, schedule_type, schedule_expr, timezone, action_kind, enabled, paused,
         pause_reason, paused_by, paused_at, next_run_at, consecutive_failures, last_success_at,
         last_failure_at, max_runtime, expected_interval, *counts, missed, duration_packed,
-        delay_packed,
+        delay_packed, result_totals,
     ) = row  # fmt: skip
     enabled, paused = bool(enabled), bool(paused)
     consecutive_failures = int(consecutive_failures or 0)
@@ -409,4 +425,5 @@ def _task(
         runs_total=shared.counters(tuple(int(c or 0) for c in counts)),
         missed_runs_total=int(missed or 0), duration=shared.histogram(duration_packed, 0),
         start_delay=shared.histogram(delay_packed, 1), open_alarms=open_alarms, badge=state.badge,
+        result_totals=shared.totals(result_totals),
     )  # fmt: skip

@@ -35,6 +35,7 @@ __all__ = [
     "new_schedule_row",
     "new_schedule_rows",
     "owners_of",
+    "result_totals",
 ]
 
 #: The source of tasks synced from a task file.
@@ -82,6 +83,7 @@ def _schedule_row(
         "consecutive_failures": 0,
         **{column: 0 for column in OUTCOME_COUNTERS.values()},
         "missed_runs_total": 0,
+        "result_totals": result_totals(definition, None),
         **_EMPTY_HISTOGRAMS,
         "created_at": now,
         "updated_at": now,
@@ -106,11 +108,22 @@ def new_schedule_rows(
     return rows
 
 
+def result_totals(definition: TaskDefinition, stored: str | None) -> str | None:
+    """The ``result_totals`` of a task with ``definition``: the keys it declares, each at its
+    stored total or 0 (so its counter starts at 0 and a key no longer declared goes)."""
+    declared = definition.policies.output.result_metrics
+    if not declared:
+        return None
+    current: dict[str, float] = json.loads(stored) if stored else {}
+    return json.dumps({key: current.get(key, 0) for key in declared}, sort_keys=True)
+
+
 def changed_values(definition: TaskDefinition, row: Any, now: datetime) -> dict[str, Any]:
     """The columns to write for an edited task whose stored row is ``row``."""
     old = json.loads(row.definition)
     new = definition.to_dict()
     values = definition_columns(definition)
+    values["result_totals"] = result_totals(definition, row.result_totals)
     values["updated_at"] = now
     if any(old.get(k) != new.get(k) for k in _SCHEDULE_KEYS) or not row.enabled:
         values["next_run_at"] = definition.first_fire_after(now)
@@ -193,6 +206,7 @@ class SyncPart(StoreBase):
                         schedules.c.paused,
                         schedules.c.next_run_at,
                         schedules.c.source,
+                        schedules.c.result_totals,
                     )
                 )
             }

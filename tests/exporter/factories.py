@@ -48,6 +48,7 @@ def schedule_row(name: str, *, now: datetime = NOW, **overrides: Any) -> dict[st
         "expected_interval_seconds": 300.0,
         **{f"runs_{outcome}_total": 0 for outcome in models.TERMINAL_STATUSES},
         "missed_runs_total": 0,
+        "result_totals": None,
         **histogram_columns(
             HistogramCounts.empty(DURATION_BUCKETS), HistogramCounts.empty(START_DELAY_BUCKETS)
         ),
@@ -214,6 +215,7 @@ def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Exp
                 delay_histogram(0.002, 0.2, 0.2, 0.2, 2.0, 20.0, 100.0),
             ),
             max_runtime_seconds=600.0,
+            result_totals='{"bytes_moved": 1048576.0, "files_moved": 42.0}',
         ),
         schedule_row(
             "failing-task",

@@ -164,7 +164,7 @@ def test_get_run_returns_the_row(base: str, engine: sa.Engine) -> None:
         )
         run_id = conn.execute(sa.text("SELECT max(id) FROM scheduler_task_runs")).scalar_one()
     got = call(base, "GET", f"/api/v1/runs/{run_id}", token=READ)
-    assert got.status == 200 and got.body["task_name"] == "from-file"
+    assert got.status == 200 and got.body["task"] == "from-file"
     cancel = call(base, "POST", f"/api/v1/runs/{run_id}/cancel", {"reason": "x"})
     assert cancel.status == 202 and cancel.body["status"] == "missed"
 
