@@ -12,6 +12,7 @@ import yaml
 
 from scheduler_core.config import parse_task_document
 from scheduler_core.errors import ConfigError, ConfigIssue
+from scheduler_core.gc_pause import gc_paused
 from scheduler_core.tasks import TaskDefinition
 
 __all__ = ["load_task_file"]
@@ -34,11 +35,12 @@ def load_task_file(path: str | Path, *, check_callables: bool = True) -> list[Ta
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise _file_error(source, "<file>", source, f"cannot read: {exc}") from None
-    try:
-        document = yaml.load(text, Loader=_SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise _file_error(source, "<yaml>", None, f"invalid YAML{where}: {problem}") from None
-    return parse_task_document(document, source=source, check_callables=check_callables)
+    with gc_paused():
+        try:
+            document = yaml.load(text, Loader=_SAFE_LOADER)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise _file_error(source, "<yaml>", None, f"invalid YAML{where}: {problem}") from None
+        return parse_task_document(document, source=source, check_callables=check_callables)

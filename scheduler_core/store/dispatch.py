@@ -176,12 +176,12 @@ class DispatchPart(StoreBase):
         horizon = horizon or now
         by_name = {c.name: c for c in claimed}
         running_counts = self._running_split(conn, list(by_name))
-        self.learn_definitions(conn, {c.definition_hash for c in claimed})
+        definitions = self.learn_definitions(conn, {c.definition_hash: c.name for c in claimed})
         unrecorded = finished_unrecorded or {}
         batch = Dispatch()
         for name in sorted(by_name):
             item = by_name[name]
-            definition = self.known_definition(item.definition_hash)
+            definition = definitions[item.definition_hash]
             batch.definitions[name] = definition
             running, others = running_counts.get(name, _NOT_RUNNING)
             if running:

@@ -258,7 +258,9 @@ class FinalizePart(StoreBase):
         for o in outcomes:
             per_task[o.task_name].append(o)
         # The definition text only for digests this process has not parsed yet (rare).
-        self.learn_definitions(conn, {digest for digest, _f, _r in current.values()})
+        definitions = self.learn_definitions(
+            conn, {digest: name for name, (digest, _f, _r) in current.items()}
+        )
         consecutive: dict[str, int] = {}
         recovered: set[str] = set()
         scheduled: dict[str, datetime] = {}
@@ -271,7 +273,7 @@ class FinalizePart(StoreBase):
             state = retries.decide(
                 per_task[name],
                 stored_failures=stored_failures,
-                policy=self.known_definition(digest).policies.retries,
+                policy=definitions[digest].policies.retries,
                 now=now,
                 rand=random.random,
             )

@@ -109,6 +109,35 @@ def test_claim_and_dispatch_runs_each_due_tick_once(store: Store, db_engine: sa.
         assert (sched.claimed_by, sched.claimed_until) == (None, None)
 
 
+def test_a_claimer_reads_definitions_it_has_not_seen_and_keeps_a_bounded_cache(
+    db_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that did not sync the tasks reads each claimed task's own definition (by
+    name), and past the cache limit it drops older ones and reads them again when needed."""
+    monkeypatch.setattr("scheduler_core.store.base.DEFINITION_CACHE_LIMIT", 4)
+    Store(db_engine, instance_id="syncer").sync_tasks(
+        tasks(
+            *(
+                {"name": f"t{i}", "command": ["echo", str(i)], "every": "1m"}
+                for i in range(10)
+            )
+        ),
+        now=T0,
+    )
+    claimer = Store(db_engine, instance_id="inst-b")
+    now = T0 + timedelta(minutes=1)
+    for _ in range(2):  # the second time, most definitions were dropped and are read again
+        claimed, dispatched = claimer.claim_and_dispatch(now=now, limit=20, lease=LEASE)
+        assert claimed == 10
+        assert {d.task_name: d.definition.action.argv for d in dispatched} == {
+            f"t{i}": ("echo", str(i)) for i in range(10)
+        }
+        assert len(claimer._definitions) <= 4
+        with db_engine.begin() as conn:  # let the runs end, so the next ticks are not skipped
+            conn.execute(task_runs.update().values(status="success", finished_at=now))
+        now += timedelta(minutes=1)
+
+
 def test_claim_and_dispatch_skips_schedules_another_instance_leased(
     store: Store, db_engine: sa.Engine
 ) -> None:
