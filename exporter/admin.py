@@ -148,7 +148,7 @@ def _jsonable(value: Any) -> Any:
 
 async def _create_task(request: web.Request) -> web.Response:
     body = await _body(request)
-    task = await _call(request, lambda c: c.get_task(c.add_task(body)))
+    task = await _call(request, lambda c: c.create_task(body))
     return _reply(request, task, status=201)
 
 

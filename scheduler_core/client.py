@@ -90,6 +90,11 @@ class Client:
         """Create one task (a task-file mapping, or a definition); returns its name."""
         return self.add_tasks([task])[0]
 
+    def create_task(self, task: TaskSpec) -> dict[str, Any]:
+        """Create one task (as ``add_task``) and return it as ``get_task`` shows it."""
+        [definition] = _definitions([task])
+        return self.store.create_task(definition, now=self.clock.now(), by=self.actor)
+
     def add_tasks(self, tasks: Iterable[TaskSpec]) -> list[str]:
         """Create several tasks in one transaction: all of them, or none on any error."""
         definitions = _definitions(list(tasks))

@@ -24,14 +24,15 @@ from scheduler_core.store.outputs import run_output_of
 from scheduler_core.store.records import OUTCOME_COUNTERS
 from scheduler_core.store.run_queries import task_exists
 
-__all__ = ["QueriesPart"]
+__all__ = ["QueriesPart", "task_document"]
 
 
-def _task_document(
+def task_document(
     r: Any, h: Any, ls: Any, running_starts: list[datetime | None], *, now: datetime, grace: float
 ) -> dict[str, Any]:
-    """One task of ``list_tasks``: its schedule row ``r``, health aggregate ``h`` and most
-    recent finish ``ls`` (either may be None), and the starts of its runs in flight."""
+    """One task as ``list_tasks`` shows it: its schedule row ``r`` (a row, or any object with
+    its columns as attributes), health aggregate ``h`` and most recent finish ``ls`` (either
+    may be None), and the starts of its runs in flight."""
     return {
         "name": r.name,
         "schedule": r.schedule_expr,
@@ -189,7 +190,7 @@ class QueriesPart(StoreBase):
             starts = _running_starts(conn, name)
         health_by = {h.task_name: h for h in health}
         return [
-            _task_document(
+            task_document(
                 r,
                 health_by.get(r.name),
                 latest.get(r.name),

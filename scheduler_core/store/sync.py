@@ -71,23 +71,38 @@ def new_schedule_row(definition: TaskDefinition, now: datetime) -> dict[str, Any
     return _schedule_row(definition, now, definition.first_fire_after(now))
 
 
+#: The columns every new task starts with at zero (and not paused).
+_NEW_TASK_ZEROS: dict[str, Any] = {
+    "paused": False,
+    "fire_count": 0,
+    "consecutive_failures": 0,
+    **{column: 0 for column in OUTCOME_COUNTERS.values()},
+    "missed_runs_total": 0,
+    **_EMPTY_HISTOGRAMS,
+}
+#: The insert of new tasks with those zeros written into its SQL, not sent per row: a row
+#: then binds ~17 values, not ~60, which keeps the statement within psycopg's parse cache
+#: (50 parameters at most); parsing it again took 0.56 of a create's ~3 ms.
+_NEW_TASK_INSERT = schedules.insert().values(
+    {
+        column: sa.false() if value is False else sa.literal_column(str(value))
+        for column, value in _NEW_TASK_ZEROS.items()
+    }
+)
+
+
 def _schedule_row(
     definition: TaskDefinition, now: datetime, first: datetime | None
 ) -> dict[str, Any]:
     return {
         "name": definition.name,
         **definition_columns(definition),
-        "paused": False,
         "next_run_at": first,
         "due_at": first if definition.policies.enabled else None,
-        "fire_count": 0,
-        "consecutive_failures": 0,
-        **{column: 0 for column in OUTCOME_COUNTERS.values()},
-        "missed_runs_total": 0,
         "result_totals": result_totals(definition, None),
-        **_EMPTY_HISTOGRAMS,
         "created_at": now,
         "updated_at": now,
+        **_NEW_TASK_ZEROS,
     }
 
 
@@ -146,14 +161,17 @@ def owners_of(conn: sa.Connection, names: Sequence[str]) -> dict[str, str]:
 
 def insert_tasks(
     conn: sa.Connection, definitions: Sequence[TaskDefinition], *, now: datetime, source: str
-) -> None:
+) -> list[dict[str, Any]]:
     """Insert new tasks owned by ``source``: the one path of a sync's new tasks and of
     ``add_tasks``. A name that exists already fails the statement (IntegrityError, which
-    :func:`names_taken_as_conflict` turns into TaskConflictError naming the owner)."""
+    :func:`names_taken_as_conflict` turns into TaskConflictError naming the owner). Returns
+    the rows written."""
     with gc_paused():  # 10,000 new rows are ~1M objects, none of them garbage
         rows = new_schedule_rows(definitions, now, source=source)
-        for chunk in chunks(rows, 1000):
-            conn.execute(schedules.insert(), list(chunk))
+        sent = [{k: v for k, v in row.items() if k not in _NEW_TASK_ZEROS} for row in rows]
+        for chunk in chunks(sent, 1000):
+            conn.execute(_NEW_TASK_INSERT, list(chunk))
+    return rows
 
 
 @contextlib.contextmanager

@@ -14,20 +14,18 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 
+from scheduler_core import states
 from scheduler_core.errors import TaskConflictError
 from scheduler_core.models import alarm_events, audit_events, schedules, task_health
 from scheduler_core.store.base import StoreBase, chunks
 from scheduler_core.store.controls import audit_details, require_task, write_audit
-from scheduler_core.store.sync import (
-    changed_values,
-    insert_tasks,
-    names_taken_as_conflict,
-    owners_of,
-)
+from scheduler_core.store.queries import task_document
+from scheduler_core.store.sync import changed_values, insert_tasks, names_taken_as_conflict
 from scheduler_core.tasks import TaskDefinition
 
 __all__ = ["API_SOURCE", "TasksPart", "delete_tasks"]
@@ -66,6 +64,24 @@ class TasksPart(StoreBase):
         Nothing is written when any name exists already (whoever owns it):
         TaskConflictError names each with its owner. Returns the names, in order.
         """
+        self._insert_audited(definitions, now=now, by=by, source=source)
+        return [d.name for d in definitions]
+
+    def create_task(
+        self, definition: TaskDefinition, *, now: datetime, by: str, source: str = API_SOURCE
+    ) -> dict[str, Any]:
+        """Create one task (as ``add_tasks``) and return it as ``get_task`` would show it,
+        built from the row written: a new task has no runs, health or alarms to read."""
+        [row] = self._insert_audited([definition], now=now, by=by, source=source)
+        stored = SimpleNamespace(**({c.name: None for c in schedules.c} | row))
+        document = task_document(stored, None, None, [], now=now, grace=states.LATE_GRACE_SECONDS)
+        return {**document, "source": source, "definition": json.loads(definition.to_json())}
+
+    def _insert_audited(
+        self, definitions: Sequence[TaskDefinition], *, now: datetime, by: str, source: str
+    ) -> list[dict[str, Any]]:
+        """Insert the tasks and their ``add`` audit events in one transaction. A taken name
+        fails the insert (the primary key): no lookup first, one round trip saved per create."""
         names = [d.name for d in definitions]
         repeated = sorted(n for n, count in Counter(names).items() if count > 1)
         if repeated:
@@ -79,13 +95,10 @@ class TasksPart(StoreBase):
         ]
         conflicts = names_taken_as_conflict(self.engine, names, action="create")
         with conflicts, self.engine.begin() as conn:
-            taken = owners_of(conn, names)
-            if taken:
-                raise TaskConflictError(taken, action="create")
-            insert_tasks(conn, definitions, now=now, source=source)
+            rows = insert_tasks(conn, definitions, now=now, source=source)
             for chunk in chunks(audits, 1000):
                 conn.execute(audit_events.insert(), list(chunk))
-        return names
+        return rows
 
     def update_task(
         self, definition: TaskDefinition, *, now: datetime, by: str, source: str = API_SOURCE

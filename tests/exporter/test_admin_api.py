@@ -100,6 +100,7 @@ def test_create_read_update_delete(base: str, engine: sa.Engine) -> None:
     assert json.loads(audit.details)["request_id"] == rid
     read = call(base, "GET", "/api/v1/tasks/api-task", token=READ)
     assert read.status == 200 and read.body["name"] == "api-task"
+    assert read.body == created.body  # the create answers from the row it wrote: the same
     patched = call(base, "PATCH", "/api/v1/tasks/api-task", {"every": "5m", "kwargs": {"a": 1}})
     assert patched.status == 200 and patched.body["definition"]["every"] == 300.0
     assert patched.body["definition"]["kwargs"] == {"a": 1}
