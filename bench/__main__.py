@@ -14,7 +14,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import burst, exporter_bench, multi, scale, steady, telemetry_overhead
+from bench import (
+    burst,
+    exporter_bench,
+    multi,
+    once,
+    runtime_adds,
+    scale,
+    steady,
+    telemetry_overhead,
+)
 from bench.common import REPO, Databases, load_average, machine_info
 from bench.sizes import FULL, QUICK, Sizes
 
@@ -25,6 +34,8 @@ BENCHMARKS: dict[str, Callable[[Databases, Sizes, bool], dict[str, Any]]] = {
     "multi": lambda dbs, sizes, peers: multi.run(dbs, sizes, peers=peers),
     "exporter": lambda dbs, sizes, _peers: exporter_bench.run(dbs, sizes),
     "telemetry": lambda dbs, sizes, _peers: telemetry_overhead.run(dbs, sizes),
+    "once": lambda dbs, sizes, _peers: once.run(dbs, sizes),
+    "adds": lambda dbs, sizes, peers: runtime_adds.run(dbs, sizes, peers=peers),
 }
 
 

@@ -56,7 +56,7 @@ def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> tuple[di
     try:
         definitions = interval_tasks(stored, every, prefix="scale")
         sync_s = sync(url, definitions)
-        _analyze(url)
+        analyze(url)
         runner = RunnerProcess(
             url, f"bench-scale-{stored}", args=["--max-running", str(sizes.workers)]
         )
@@ -101,7 +101,8 @@ def measure(dbs: Databases, backend: str, stored: int, sizes: Sizes) -> tuple[di
     return result, url
 
 
-def _analyze(url: str) -> None:
+def analyze(url: str) -> None:
+    """ANALYZE the database (fresh planner statistics after a bulk insert)."""
     engine = create_db_engine(url)
     try:
         with engine.begin() as conn:
@@ -110,7 +111,7 @@ def _analyze(url: str) -> None:
         engine.dispose()
 
 
-def _probe(urls: Sequence[str], probes: int) -> list[dict[str, Any]]:
+def probe_empty_polls(urls: Sequence[str], probes: int) -> list[dict[str, Any]]:
     """Time empty polls (claim + next-due) on each database, taking turns probe by probe so
     that every size sees the same machine (its speed drifts over minutes), and capture and
     explain their SQL."""
@@ -153,7 +154,7 @@ def _probe(urls: Sequence[str], probes: int) -> list[dict[str, Any]]:
                 store.next_due_at()
                 next_s[i].append(time.perf_counter() - started)
         plans = [
-            {name: _explain(engine, *c[name]) for name in c}
+            {name: explain_plan(engine, *c[name]) for name in c}
             for engine, c in zip(engines, captured, strict=True)
         ]
     finally:
@@ -171,7 +172,7 @@ def _probe(urls: Sequence[str], probes: int) -> list[dict[str, Any]]:
     ]
 
 
-def _explain(engine: sa.Engine, statement: str, params: Any) -> list[str]:
+def explain_plan(engine: sa.Engine, statement: str, params: Any) -> list[str]:
     prefix = "EXPLAIN " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
     with engine.connect() as conn:
         rows = conn.exec_driver_sql(prefix + statement, params).all()
@@ -242,7 +243,7 @@ def peers_run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
         out[peer] = {
             "small": small,
             "large": large,
-            "empty_poll_cost_ratio_large_vs_small": _ratio(
+            "empty_poll_cost_ratio_large_vs_small": poll_ratio(
                 (large.get("empty_poll") or {}).get("p50_ms"),
                 (small.get("empty_poll") or {}).get("p50_ms"),
             ),
@@ -257,15 +258,17 @@ def run(dbs: Databases, sizes: Sizes, *, peers: bool = True) -> dict[str, Any]:
         try:
             large, large_url = measure(dbs, backend, sizes.scale_large, sizes)
             try:
-                small_probe, large_probe = _probe([small_url, large_url], sizes.scale_probes)
+                small_probe, large_probe = probe_empty_polls(
+                    [small_url, large_url], sizes.scale_probes
+                )
             finally:
                 dbs.drop(large_url)
         finally:
             dbs.drop(small_url)
         small.update(small_probe)
         large.update(large_probe)
-        ratio = _ratio(large["empty_poll_claim"]["p50_ms"], small["empty_poll_claim"]["p50_ms"])
-        in_run = _ratio(
+        ratio = poll_ratio(large["empty_poll_claim"]["p50_ms"], small["empty_poll_claim"]["p50_ms"])
+        in_run = poll_ratio(
             (large.get("in_run_claim") or {}).get("p50_ms"),
             (small.get("in_run_claim") or {}).get("p50_ms"),
         )
@@ -292,7 +295,7 @@ def run(dbs: Databases, sizes: Sizes, *, peers: bool = True) -> dict[str, Any]:
     return out
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def poll_ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b <= 0:
         return None
     return round(a / b, 2)

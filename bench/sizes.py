@@ -24,10 +24,32 @@ class Sizes:
     scale_warmup: float
     scale_probes: int
     multi_n: int
+    #: One-time tasks due evenly over ``once_window`` seconds (bench/once.py, part 1).
+    once_n: int
+    once_window: float
+    #: Pending (future) one-time tasks of the small and the large database (part 2), the
+    #: tasks due at each of ``pending_due_polls`` due polls, and the empty-poll probes.
+    pending_small: int
+    pending_large: int
+    pending_due: int
+    pending_due_polls: int
+    pending_probes: int
     exporter_tasks: int
     exporter_requests: int
     telemetry_n: int
     telemetry_repeats: int
+    #: Runtime adds (bench/runtime_adds.py): tasks per add_tasks call and per peer, how often
+    #: schedctl's call is repeated (median), and add_task calls timed one by one.
+    adds_n: int
+    adds_repeats: int
+    adds_one_by_one: int
+    #: HTTP creates: requests per second, seconds, and requests sent one at a time first.
+    http_rate: float
+    http_seconds: float
+    http_sequential: int
+    #: Start-up: tasks in the generated file, and how often each start is measured.
+    startup_tasks: int
+    startup_repeats: int
     #: Concurrency of every contender: schedctl's max_running and the peers' pool size.
     workers: int = 64
 
@@ -49,10 +71,25 @@ SIZE_COLUMNS: dict[str, tuple[Any, Any, Any]] = {
     "scale_warmup": (3.0, 3.0, 0.5),
     "scale_probes": (200, 200, 10),
     "multi_n": (2_000, 500, 60),
+    "once_n": (100_000, 20_000, 50),
+    "once_window": (60.0, 12.0, 2.0),
+    "pending_small": (1_000, 1_000, 200),
+    "pending_large": (1_000_000, 100_000, 2_000),
+    "pending_due": (50, 50, 5),
+    "pending_due_polls": (20, 20, 3),
+    "pending_probes": (200, 200, 10),
     "exporter_tasks": (10_000, 1_000, 30),
     "exporter_requests": (200, 50, 5),
     "telemetry_n": (500, 200, 20),
     "telemetry_repeats": (3, 2, 1),
+    "adds_n": (10_000, 2_000, 50),
+    "adds_repeats": (3, 1, 1),
+    "adds_one_by_one": (1_000, 300, 20),
+    "http_rate": (200.0, 200.0, 50.0),
+    "http_seconds": (30.0, 5.0, 1.0),
+    "http_sequential": (100, 50, 5),
+    "startup_tasks": (10_000, 5_000, 50),
+    "startup_repeats": (3, 1, 1),
     "workers": (64, 64, 8),
 }
 

@@ -159,7 +159,7 @@ def _schedctl(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
         "scheduler_peak_rss_mib": max(peak_rss, rss["peak_rss_mib"]),
         # Where the scheduler's CPU goes, by thread role (a worker that exited in the
         # window is not counted; the pool's threads live as long as the scheduler).
-        "scheduler_cpu_percent_by_thread": _by_thread(threads0, threads1, wall),
+        "scheduler_cpu_percent_by_thread": cpu_by_thread(threads0, threads1, wall),
         "postgres_cpu_percent_of_one_core": None
         if pg_cpu is None
         else round(pg_cpu / wall * 100, 1),
@@ -179,7 +179,9 @@ def _schedctl(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
     }
 
 
-def _by_thread(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+def cpu_by_thread(
+    before: dict[str, float], after: dict[str, float], wall: float
+) -> dict[str, float]:
     """Per thread role, percent of one core over the window, largest first."""
     used = {role: seconds - before.get(role, 0.0) for role, seconds in after.items()}
     return {

@@ -4,9 +4,7 @@ measure is correct (every run recorded, no tick run twice). Never timings: CI ma
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -25,15 +23,6 @@ from scheduler_core.db import create_db_engine
 from scheduler_core.models import schedules
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def dbs(pg_server: Any) -> Iterator[Databases]:
-    databases = Databases().attach(pg_server)
-    try:
-        yield databases
-    finally:
-        databases.stop()
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
