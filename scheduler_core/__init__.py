@@ -1,8 +1,9 @@
 """schedctl's scheduler core: persistent schedules, safe claiming and run telemetry in SQL.
 
 The public API: :class:`Client` (tasks and runs from any process), :func:`task` (a function
-that declares its schedule), :class:`Scheduler` (a scheduler inside this process) and the
-errors they raise.
+that declares its schedule), :class:`Scheduler` (a scheduler inside this process),
+:func:`current_run` (inside a task's callable: which run this is, a :class:`RunContext`)
+and the errors they raise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from scheduler_core.errors import (
     TaskConflictError,
     TaskLookupError,
 )
+from scheduler_core.runtime.run_context import RunContext, current_run
 from scheduler_core.version import __version__
 
 __all__ = [
@@ -26,11 +28,13 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "DatabaseUnavailableError",
+    "RunContext",
     "RunLookupError",
     "Scheduler",
     "SchemaVersionError",
     "TaskConflictError",
     "TaskLookupError",
     "__version__",
+    "current_run",
     "task",
 ]

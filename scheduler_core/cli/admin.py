@@ -10,8 +10,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from scheduler_core.cli.common import UsageError, actor, open_engine
+from scheduler_core.cli.common import UsageError, actor, open_engine, read_store
 from scheduler_core.cli.output import fmt_time, print_json, table
+from scheduler_core.cli.run_show import show_run
 from scheduler_core.clock import DatabaseClock
 from scheduler_core.db import current_revision, head_revision, redact_url, upgrade_schema
 from scheduler_core.durations import format_duration
@@ -73,15 +74,6 @@ _RUNS_HEADERS = [
 ]  # fmt: skip
 
 
-def read_store(args: argparse.Namespace, query: Callable[[Store], T]) -> T:
-    """``query`` on a read-only store for the command's database, then let the engine go."""
-    engine = open_engine(args, read_only=True)
-    try:
-        return query(Store(engine))
-    finally:
-        engine.dispose()
-
-
 def cmd_tasks_list(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     tasks = read_store(args, lambda store: store.list_tasks(now=now))
@@ -102,13 +94,24 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        if args.run_id is None:
+            raise UsageError("name the run: schedctl runs show RUN_ID")
+        return show_run(args, args.run_id)
+    if args.action is not None or args.run_id is not None:
+        raise UsageError(f"unknown runs action {args.action!r}: use 'schedctl runs show RUN_ID'")
     filters = {"task": args.task, "status": args.status, "since": args.since}
+    limit = 1 if args.last else args.limit
     runs = read_store(
         args,
         lambda store: store.list_runs(
-            **filters, instance_id=args.instance, limit=args.limit, before_id=args.before_id
+            **filters, instance_id=args.instance, limit=limit, before_id=args.before_id
         ),
     )
+    if args.output:
+        for run in runs:
+            show_run(args, run["id"])
+        return 0
     if args.json:
         print_json(runs)
         return 0
@@ -124,7 +127,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             r["instance_id"] or "-", detail,
         ])  # fmt: skip
     print(table(rows, _RUNS_HEADERS))
-    if len(runs) == args.limit:
+    if len(runs) == limit and not args.last:
         print(f"\nmore: schedctl runs --before-id {runs[-1]['id']} (plus the same filters)")
     return 0
 
@@ -206,6 +209,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     ]
     headers = ["TASK", "TOTAL", "OK", "FAILED", "CANCELLED", "MISSED", "SUCCESS", "AVG", "P95"]
     print(table(rows, [*headers, "LAST SUCCESS", "LAST FAILURE"]))
+    totals = [
+        [s["task"], key, f"{value:g}"] for s in stats for key, value in s["result_totals"].items()
+    ]
+    if totals:
+        print("\nresult totals (result_metrics, summed over every run):")
+        print(table(totals, ["TASK", "KEY", "TOTAL"]))
     return 0
 
 

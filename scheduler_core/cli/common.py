@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -14,6 +16,9 @@ from scheduler_core.client import default_actor
 from scheduler_core.db import DEFAULT_DATABASE_URL, check_schema, create_db_engine
 from scheduler_core.durations import SINCE_FORMS, parse_duration, parse_since
 from scheduler_core.liveness import parse_listen
+from scheduler_core.store import Store
+
+T = TypeVar("T")
 
 __all__ = [
     "UsageError",
@@ -24,6 +29,7 @@ __all__ = [
     "listen_address",
     "open_engine",
     "positive_int",
+    "read_store",
     "since_arg",
     "url_password",
 ]
@@ -97,3 +103,12 @@ def listen_address(value: str) -> str:
 def actor() -> str:
     """Who runs this command: ``user@host`` (the audit events' actor)."""
     return default_actor()
+
+
+def read_store(args: argparse.Namespace, query: Callable[[Store], T]) -> T:
+    """``query`` on a read-only store for the command's database, then let the engine go."""
+    engine = open_engine(args, read_only=True)
+    try:
+        return query(Store(engine))
+    finally:
+        engine.dispose()

@@ -27,7 +27,8 @@ EXAMPLES = {
     "demo": "schedctl demo    # SQLite file ./schedctl.db, example tasks, exporter on :9464",
     "validate": "schedctl validate examples/tasks.yaml",
     "tasks": "schedctl tasks list --json",
-    "runs": "schedctl runs --task nightly-backup --status failure --since 2d",
+    "runs": "schedctl runs --task nightly-backup --status failure --since 2d\n"
+    "  schedctl runs --task nightly-backup --last --output\n  schedctl runs show 4711",
     "db": "schedctl db upgrade --database-url postgresql://sched@db/sched",
     "pause": 'schedctl pause nightly-backup --reason "storage migration, see OPS-123"',
     "resume": "schedctl resume nightly-backup",
@@ -231,13 +232,18 @@ def _add_readers(sub: Subparsers) -> None:
     _add_admin_flags(p)
     _add_task_changes(tasks)
 
-    p = _command(sub, "runs", "run history, newest first", admin.cmd_runs)
+    text = "run history, newest first; runs show RUN_ID: one run"
+    p = _command(sub, "runs", text, admin.cmd_runs)
+    p.add_argument("action", nargs="?", choices=["show"], help="show: one run, whole")
+    p.add_argument("run_id", nargs="?", type=positive_int, help="the run to show")
     p.add_argument("--task")
     p.add_argument("--status", choices=RUN_STATUSES)
     p.add_argument("--since", type=since_arg, help="ISO time, or a duration back from now (1h, 2d)")
     p.add_argument("--instance", help="instance id")
     p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--before-id", type=positive_int, help="page: runs older than this id")
+    p.add_argument("--last", action="store_true", help="only the newest run matching")
+    p.add_argument("--output", action="store_true", help="each run whole, with its output")
     p.add_argument("--json", action="store_true")
     _add_admin_flags(p)
 

@@ -1,5 +1,6 @@
 """The running scheduler: its loop (``loop``), the lifecycle of its runs (``lifecycle``),
-how an action runs (``runners``), where runs execute (``workers``), its tuning
+how an action runs (``runners``), what a run leaves (``capture``: output, logs, result),
+who a run is (``run_context``), where runs execute (``workers``), its tuning
 (``settings``) and its signal handling (``signals``)."""
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from opentelemetry import trace
 
 from scheduler_core.clock import Clock
 from scheduler_core.errors import error_reason
+from scheduler_core.runtime.kept import kept_of
+from scheduler_core.runtime.run_context import RunContext, run_environment, running_as
 from scheduler_core.runtime.runners import (
     ActionResult,
     RunHandle,
@@ -33,7 +35,7 @@ from scheduler_core.runtime.runners import (
 from scheduler_core.runtime.settings import FINALIZE_DEFER_S, EngineSettings
 from scheduler_core.runtime.workers import AsyncLoopThread, WorkerPool
 from scheduler_core.store import DispatchedRun, RunOutcome, Store
-from scheduler_core.tasks import CallableAction, CommandAction
+from scheduler_core.tasks import CallableAction, CommandAction, TaskDefinition
 from scheduler_core.telemetry import RateLimitedLogger, TelemetryWriter, tracer
 from scheduler_core.telemetry.otel import tracing_installed
 
@@ -78,6 +80,9 @@ class RunLifecycle:
         #: ``expected_interval`` per schedule object (a cron expression computes it).
         self._intervals: dict[int, float | None] = {}
         self._db_errors = RateLimitedLogger(log, 30.0)
+        #: Redacted from every run's output and result, with the tasks' own patterns.
+        password = store.engine.url.password
+        self._secrets: tuple[str, ...] = (str(password),) if password else ()
 
     @property
     def running_count(self) -> int:
@@ -184,19 +189,23 @@ class RunLifecycle:
         if not self._begin(handle):
             return
         span = self._span(run)
-        with _current(span):
+        context = _run_context(run)
+        policies = run.definition.policies
+        with _current(span), running_as(context):
             action = run.definition.action
             try:
                 if isinstance(action, CommandAction):
                     result = run_command(
                         action,
                         handle,
-                        timeout=run.definition.policies.timeout,
-                        grace=run.definition.policies.timeout_grace,
+                        timeout=policies.timeout,
+                        grace=policies.timeout_grace,
+                        output_limit=policies.output.output_limit,
+                        extra_env=run_environment(context),
                     )
                 else:
                     assert isinstance(action, CallableAction)
-                    result = run_callable(action, handle)
+                    result = run_callable(action, handle, **_capture(run.definition))
             except Exception as exc:  # the executor itself must never lose a run
                 result = ActionResult(
                     status="failure", error_message=f"schedctl executor error: {exc!r}"
@@ -208,9 +217,12 @@ class RunLifecycle:
             return
         span = self._span(run)
         assert isinstance(run.definition.action, CallableAction)
-        with _current(span):
+        with _current(span), running_as(_run_context(run)):
             result = await run_async_callable(
-                run.definition.action, handle, run.definition.policies.timeout
+                run.definition.action,
+                handle,
+                run.definition.policies.timeout,
+                **_capture(run.definition),
             )
         self._complete(run, handle, result, span)
 
@@ -243,6 +255,7 @@ class RunLifecycle:
                 pid=result.pid or handle.pid,
                 thread_name=threading.current_thread().name,
                 trace_id=trace_id,
+                kept=kept_of(run.definition, result, secrets=self._secrets),
             )
         )
         if self._next_tick_is_near(run, finished_at):
@@ -409,6 +422,28 @@ def _current(span: Any) -> contextlib.AbstractContextManager[Any]:
     if span is None:
         return contextlib.nullcontext()
     return trace.use_span(span, end_on_exit=False)
+
+
+def _run_context(run: DispatchedRun) -> RunContext:
+    """Who the run is, for ``current_run()`` and a command's environment."""
+    return RunContext(
+        run_id=run.run_id,
+        task=run.task_name,
+        scheduled_for=run.scheduled_for,
+        attempt=run.attempt,
+        trigger=run.trigger,
+    )
+
+
+def _capture(definition: TaskDefinition) -> dict[str, Any]:
+    """How a callable's run captures what it says (nothing when its task keeps nothing and
+    declares no result keys)."""
+    output = definition.policies.output
+    return {
+        "capture": output.keep_output != "never" or bool(output.result_metrics),
+        "log_level": logging.getLevelName(output.log_level),
+        "output_limit": output.output_limit,
+    }
 
 
 def _is_async(action: CallableAction) -> bool:

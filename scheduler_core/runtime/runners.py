@@ -1,6 +1,8 @@
 """Action runners: how one task action runs and ends (sync callables in the calling worker
 thread, async callables on the event loop, commands as subprocesses in their own process
-group, so timeout and cancel kill children), and ``RunHandle``, a run in flight."""
+group, so timeout and cancel kill children), what it leaves (a command's output, a
+callable's log lines and return value, see ``runtime.capture``), and ``RunHandle``, a run
+in flight."""
 
 from __future__ import annotations
 
@@ -14,10 +16,17 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
+from scheduler_core.runtime.capture import (
+    DEFAULT_OUTPUT_LIMIT,
+    CapturedOutput,
+    capturing,
+    output_from_file,
+)
 from scheduler_core.store.records import DispatchedRun
 from scheduler_core.tasks import CallableAction, CommandAction, TaskDefinition
 
@@ -45,6 +54,11 @@ class ActionResult:
     error_traceback: str | None = None
     exit_code: int | None = None
     pid: int | None = None
+    #: What the run wrote (a command, always) or logged (a callable run with ``capture``),
+    #: within the output limit.
+    output: CapturedOutput | None = None
+    #: A callable's return value as it returned it (with ``capture`` only).
+    result: object = None
 
 
 @dataclass
@@ -92,31 +106,48 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def run_callable(action: CallableAction, handle: RunHandle) -> ActionResult:
-    """Call a sync callable in the current (worker) thread."""
+def _call(func: Callable[..., Any], action: CallableAction, keep_result: bool) -> ActionResult:
     try:
-        func = action.resolve()
-    except ValueError as exc:
-        return ActionResult(status="failure", error_message=f"cannot load callable: {exc}")
-    try:
-        func(*action.args, **dict(action.kwargs))
+        value = func(*action.args, **dict(action.kwargs))
     except Exception as exc:
         return ActionResult(
             status="failure", error_message=_error_text(exc), error_traceback=traceback.format_exc()
         )
-    return ActionResult(status="success")
+    return ActionResult(status="success", result=value if keep_result else None)
 
 
-async def run_async_callable(
-    action: CallableAction, handle: RunHandle, timeout: float | None
+def run_callable(
+    action: CallableAction,
+    handle: RunHandle,
+    *,
+    capture: bool = False,
+    log_level: int = logging.INFO,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> ActionResult:
-    """Await an async callable with the task's timeout; cancellation maps to ``cancelled``."""
+    """Call a sync callable in the current (worker) thread. With ``capture``, the log
+    records of ``log_level`` and up it makes in this thread become the result's ``output``
+    (within ``output_limit`` bytes) and its return value the result's ``result``."""
     try:
         func = action.resolve()
     except ValueError as exc:
         return ActionResult(status="failure", error_message=f"cannot load callable: {exc}")
+    if not capture:
+        return _call(func, action, keep_result=False)
+    with capturing(log_level, output_limit) as buffer:
+        outcome = _call(func, action, keep_result=True)
+    outcome.output = buffer.value()
+    return outcome
+
+
+async def _await(
+    func: Callable[..., Any],
+    action: CallableAction,
+    handle: RunHandle,
+    timeout: float | None,
+    keep_result: bool,
+) -> ActionResult:
     try:
-        await asyncio.wait_for(func(*action.args, **dict(action.kwargs)), timeout)
+        value = await asyncio.wait_for(func(*action.args, **dict(action.kwargs)), timeout)
     except TimeoutError:
         return ActionResult(
             status="timeout", error_message=f"timed out after {timeout:g}s (task cancelled)"
@@ -127,7 +158,32 @@ async def run_async_callable(
         return ActionResult(
             status="failure", error_message=_error_text(exc), error_traceback=traceback.format_exc()
         )
-    return ActionResult(status="success")
+    return ActionResult(status="success", result=value if keep_result else None)
+
+
+async def run_async_callable(
+    action: CallableAction,
+    handle: RunHandle,
+    timeout: float | None,
+    *,
+    capture: bool = False,
+    log_level: int = logging.INFO,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
+) -> ActionResult:
+    """Await an async callable with the task's timeout; cancellation maps to ``cancelled``.
+    With ``capture``, as ``run_callable``: the capture is set inside this coroutine, so
+    its asyncio task (and the tasks it starts) hold it, and other runs on the loop do not;
+    a run that times out or is cancelled keeps what it logged until then."""
+    try:
+        func = action.resolve()
+    except ValueError as exc:
+        return ActionResult(status="failure", error_message=f"cannot load callable: {exc}")
+    if not capture:
+        return await _await(func, action, handle, timeout, keep_result=False)
+    with capturing(log_level, output_limit) as buffer:
+        outcome = await _await(func, action, handle, timeout, keep_result=True)
+    outcome.output = buffer.value()
+    return outcome
 
 
 def command_environment(action: CommandAction) -> dict[str, str]:
@@ -153,6 +209,37 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
         proc.wait(timeout=5)
 
 
+def _wait(
+    proc: subprocess.Popen[bytes],
+    handle: RunHandle,
+    timeout: float | None,
+    grace: float,
+    poll: float,
+) -> tuple[str | None, str | None]:
+    """Wait for the command to end: (None, None) when it exits by itself, else the status
+    and message of how it was stopped (timeout or cancel)."""
+    started = time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=poll)
+            return None, None
+        except subprocess.TimeoutExpired:
+            pass
+        if handle.cancel_requested:
+            _kill_group(proc, grace)
+            return "cancelled", handle.cancel_reason or "cancelled"
+        if timeout is not None and time.monotonic() - started > timeout:
+            _kill_group(proc, grace)
+            return "timeout", f"timed out after {timeout:g}s (process group killed)"
+
+
+def _output_tail(output: IO[bytes]) -> str:
+    """The last ``OUTPUT_TAIL_BYTES`` of the output, for a failure's message."""
+    size = output.seek(0, os.SEEK_END)
+    output.seek(max(0, size - OUTPUT_TAIL_BYTES))
+    return output.read().decode("utf-8", errors="replace").strip()
+
+
 def run_command(
     action: CommandAction,
     handle: RunHandle,
@@ -160,13 +247,29 @@ def run_command(
     timeout: float | None,
     grace: float,
     poll: float = 0.05,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    extra_env: Mapping[str, str] | None = None,
 ) -> ActionResult:
-    """Run a command; stop it (SIGTERM, then SIGKILL after ``grace``) on timeout or cancel."""
+    """Run a command; stop it (SIGTERM, then SIGKILL after ``grace``) on timeout or cancel.
+
+    Its stdout and stderr share one temporary file (stderr=STDOUT), which keeps the order
+    in which they were written exactly. Marking each line with its stream would take two
+    pipes read by a thread, and lose that order: what the two wrote between two reads
+    could no longer be put back in sequence. Whatever the outcome, ``ActionResult.output``
+    keeps the output's head and tail within ``output_limit`` bytes, read from the file once
+    the command ended (nothing per line): a command stopped at its timeout or cancelled
+    keeps what it wrote before (what a program buffered and never wrote is lost: e.g.
+    ``PYTHONUNBUFFERED=1`` for Python). A failure's message ends with the output's last
+    4,000 bytes, as before. ``extra_env`` (the run's ``SCHEDCTL_*`` and ``TRACEPARENT``)
+    is added to the command's environment last."""
+    env = command_environment(action)
+    if extra_env:
+        env.update(extra_env)
     with tempfile.TemporaryFile() as output:
         try:
             proc = subprocess.Popen(
                 list(action.argv),
-                env=command_environment(action),
+                env=env,
                 cwd=action.cwd or None,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -178,38 +281,25 @@ def run_command(
                 status="failure", error_message=f"cannot start {action.argv[0]!r}: {exc}"
             )
         handle.pid = proc.pid
-        started = time.monotonic()
-        status: str | None = None
-        message: str | None = None
-        while True:
-            try:
-                proc.wait(timeout=poll)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if handle.cancel_requested:
-                _kill_group(proc, grace)
-                status, message = "cancelled", handle.cancel_reason or "cancelled"
-                break
-            if timeout is not None and time.monotonic() - started > timeout:
-                _kill_group(proc, grace)
-                status, message = "timeout", f"timed out after {timeout:g}s (process group killed)"
-                break
+        status, message = _wait(proc, handle, timeout, grace, poll)
         # A finished leader may leave children in its group; they must not outlive the run.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        output.seek(0, os.SEEK_END)
-        size = output.tell()
-        output.seek(max(0, size - OUTPUT_TAIL_BYTES))
-        tail = output.read().decode("utf-8", errors="replace").strip()
+        captured = output_from_file(output, output_limit)
         code = proc.returncode
         if status is not None:
-            return ActionResult(status=status, error_message=message, exit_code=code, pid=proc.pid)
+            return ActionResult(
+                status=status, error_message=message, exit_code=code, pid=proc.pid,
+                output=captured,
+            )  # fmt: skip
         if code == 0:
-            return ActionResult(status="success", exit_code=0, pid=proc.pid)
+            return ActionResult(status="success", exit_code=0, pid=proc.pid, output=captured)
+        tail = _output_tail(output)
         what = f"signal {-code}" if code < 0 else f"exit code {code}"
         text = f"command failed with {what}" + (f": {tail}" if tail else "")
-        return ActionResult(status="failure", error_message=text, exit_code=code, pid=proc.pid)
+        return ActionResult(
+            status="failure", error_message=text, exit_code=code, pid=proc.pid, output=captured
+        )
 
 
 def name_os_thread() -> None:

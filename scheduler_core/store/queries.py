@@ -148,6 +148,7 @@ class QueriesPart(StoreBase):
                     "last_success_at": r.last_success_at,
                     "last_failure_at": r.last_failure_at,
                     "consecutive_failures": r.consecutive_failures,
+                    "result_totals": json.loads(r.result_totals) if r.result_totals else {},
                 }
             )
         return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from scheduler_core.tasks import TaskDefinition
 
@@ -155,15 +155,16 @@ class RunOutcome:
         cls, run: RunIdentity, status: str, finished_at: datetime, *,
         error_message: str | None = None, error_traceback: str | None = None,
         exit_code: int | None = None, pid: int | None = None, thread_name: str | None = None,
-        trace_id: str | None = None,
+        trace_id: str | None = None, kept: Mapping[str, Any] | None = None,
     ) -> RunOutcome:  # fmt: skip
-        """How ``run`` (a dispatched run, or the engine's handle of one) ended."""
+        """How ``run`` (a dispatched run, or the engine's handle of one) ended; ``kept``:
+        what it said, as its output policy keeps it (``runtime.kept.kept_of``)."""
         return cls(
             run_id=run.run_id, task_name=run.task_name, scheduled_for=run.scheduled_for,
             attempt=run.attempt, started_at=run.started_at, status=status,
             finished_at=finished_at, error_message=error_message,
             error_traceback=error_traceback, exit_code=exit_code, pid=pid,
-            thread_name=thread_name, trace_id=trace_id,
+            thread_name=thread_name, trace_id=trace_id, **(kept or {}),
         )  # fmt: skip
 
 

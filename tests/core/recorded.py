@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
-__all__ = ["CALLS", "greet", "greet_then_fail", "reset"]
+__all__ = ["CALLS", "CHATTY_RUNS", "chatty", "greet", "greet_then_fail", "moved", "reset"]
 
 #: (args, kwargs) of every call of :func:`greet`, in this process.
 CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
@@ -26,3 +27,24 @@ def greet_then_fail(*args: Any, **kwargs: Any) -> None:
 def reset() -> None:
     with _LOCK:
         CALLS.clear()
+
+
+#: Eight runs of :func:`chatty` meet here, so that all of them log while all are in flight.
+CHATTY_RUNS = 8
+_CHATTY = threading.Barrier(CHATTY_RUNS, timeout=10)
+
+
+def chatty(tag: str) -> dict[str, Any]:
+    """Log ten lines tagged ``tag`` while the other chatty runs log theirs; return a dict."""
+    log = logging.getLogger(f"tests.chatty.{tag}")
+    _CHATTY.wait()
+    for i in range(10):
+        log.info("<%s> line %d", tag, i)
+        if i == 4:
+            _CHATTY.wait()
+    return {"tag": tag, "files_moved": 3, "bytes_moved": 1024.5, "note": "not a declared key"}
+
+
+def moved(files: int) -> dict[str, Any]:
+    """A sync's result: how much it moved."""
+    return {"files_moved": files, "bytes_moved": files * 100}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from scheduler_core.db import create_db_engine
 from scheduler_core.models import task_runs
+from scheduler_core.store import Store
 from tests.core.test_cli import wait_for
 
 
@@ -84,6 +86,22 @@ def attributes(span: object) -> dict[str, object]:
     return out
 
 
+def start_traced_scheduler(config: Path, url: str, receiver: Receiver) -> subprocess.Popen[str]:
+    """``schedctl scheduler`` on ``config`` with OTEL_* pointing at ``receiver``."""
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_SERVICE_NAME": "schedctl-test",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "scheduler_core.cli", "scheduler", "--config", str(config), "--database-url",
+         url, "--health-listen", "off", "--poll-interval", "100ms", "--no-cleanup"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
 def test_otlp_receiver_gets_spans_and_metrics_of_runs(
     sqlite_url: str, tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -92,18 +110,7 @@ def test_otlp_receiver_gets_spans_and_metrics_of_runs(
     config.write_text(
         "tasks:\n  - {name: traced, callable: 'os:getpid', every: 1s}\n  - {name: broken, command: ['false'], every: 1s}\n"
     )
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
-        "OTEL_METRIC_EXPORT_INTERVAL": "500",
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "OTEL_SERVICE_NAME": "schedctl-test",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler_core.cli", "scheduler", "--config", str(config), "--database-url",
-         sqlite_url, "--health-listen", "off", "--poll-interval", "100ms", "--no-cleanup"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc = start_traced_scheduler(config, sqlite_url, receiver)
     try:
         assert wait_for(
             lambda: len(receiver.spans) >= 4 and "schedctl.runs" in receiver.metric_names, 30
@@ -130,3 +137,47 @@ def test_otlp_receiver_gets_spans_and_metrics_of_runs(
     received = {s.trace_id.hex() for s in receiver.spans}  # type: ignore[attr-defined]
     assert trace_ids, "no trace id stored on the run rows"
     assert trace_ids <= received, f"{len(trace_ids - received)} run(s) whose span never arrived"
+
+
+def test_a_command_gets_its_run_and_span_context_in_its_environment(
+    sqlite_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """A command sees TRACEPARENT (its run span: the run row's trace id, the span's id) and
+    SCHEDCTL_RUN_ID, SCHEDCTL_TASK, SCHEDCTL_ATTEMPT and SCHEDCTL_SCHEDULED_FOR."""
+    config = tmp_path / "tasks.yaml"
+    config.write_text(
+        "tasks:\n  - {name: env-echo, every: 1s, command: [sh, -c, 'echo $TRACEPARENT"
+        " $SCHEDCTL_RUN_ID $SCHEDCTL_TASK $SCHEDCTL_ATTEMPT $SCHEDCTL_SCHEDULED_FOR']}\n"
+    )
+    proc = start_traced_scheduler(config, sqlite_url, receiver)
+    try:
+        assert wait_for(lambda: len(receiver.spans) >= 2, 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    engine = create_db_engine(sqlite_url)
+    try:
+        store = Store(engine)
+        with engine.connect() as conn:
+            run_ids = list(conn.execute(sa.select(task_runs.c.id)).scalars())
+        runs = [store.get_run(i) for i in run_ids]
+    finally:
+        engine.dispose()
+    spans = {s.span_id.hex(): s for s in receiver.spans}  # type: ignore[attr-defined]
+    checked = matched = 0
+    for run in runs:
+        if run["output"] is None:
+            continue
+        traceparent, run_id, task, attempt, scheduled_for = run["output"].split()
+        version, trace_id, span_id, _flags = traceparent.split("-")
+        assert version == "00" and trace_id == run["trace_id"]
+        if span_id in spans:  # the run span itself (one ending as the scheduler stops may not
+            span = spans[span_id]  # have been exported)
+            assert span.name == "schedctl.run env-echo"  # type: ignore[attr-defined]
+            assert attributes(span)["schedctl.run_id"] == run["id"]
+            matched += 1
+        assert (int(run_id), task, int(attempt)) == (run["id"], "env-echo", run["attempt"])
+        assert datetime.fromisoformat(scheduled_for) == run["scheduled_for"]
+        checked += 1
+    assert checked and matched, f"{checked} run(s) kept output, {matched} span(s) matched"

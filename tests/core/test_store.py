@@ -116,12 +116,7 @@ def test_a_claimer_reads_definitions_it_has_not_seen_and_keeps_a_bounded_cache(
     name), and past the cache limit it drops older ones and reads them again when needed."""
     monkeypatch.setattr("scheduler_core.store.base.DEFINITION_CACHE_LIMIT", 4)
     Store(db_engine, instance_id="syncer").sync_tasks(
-        tasks(
-            *(
-                {"name": f"t{i}", "command": ["echo", str(i)], "every": "1m"}
-                for i in range(10)
-            )
-        ),
+        tasks(*({"name": f"t{i}", "command": ["echo", str(i)], "every": "1m"} for i in range(10))),
         now=T0,
     )
     claimer = Store(db_engine, instance_id="inst-b")

@@ -1,0 +1,399 @@
+"""What a run leaves behind, bounded: its output (a command's file, a callable's log lines)
+as head + tail with the count of bytes dropped between them, and its result as JSON.
+
+- ``output_from_file``: a command's output file, read from disk at both ends only.
+- ``OutputBuffer``: the same bound for text written piece by piece (log lines).
+- ``capturing()``: while active, log records made in this thread or asyncio task (and the
+  asyncio tasks it starts) are written, formatted, to its buffer; concurrent runs in other
+  threads or tasks each have their own. See ``capturing`` for the logging levels.
+- ``result_json``: a callable's return value as JSON text, bounded, always valid JSON.
+
+The run's identity (``RunContext``, ``current_run``, ``running_as``, ``run_environment``)
+lives in ``runtime.run_context``; it is re-exported here.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import copy
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from scheduler_core.runtime.run_context import (
+    RunContext,
+    current_run,
+    run_environment,
+    running_as,
+)
+
+__all__ = [
+    "DEFAULT_OUTPUT_LIMIT",
+    "LOG_FORMAT",
+    "CapturedOutput",
+    "OutputBuffer",
+    "RunContext",
+    "RunLogCapture",
+    "capturing",
+    "current_run",
+    "install_log_capture",
+    "output_from_file",
+    "result_json",
+    "run_environment",
+    "running_as",
+]
+
+#: Bytes of output (and of a result's JSON) a run keeps by default: half head, half tail.
+DEFAULT_OUTPUT_LIMIT = 65536
+#: How a captured log record reads (``asctime`` in UTC: ``2026-03-01T12:00:00.123Z``).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass(frozen=True)
+class CapturedOutput:
+    """Output kept within a limit: all of it, or its head, a marker line
+    ``\\n[... N bytes dropped ...]\\n`` and its tail. ``total_bytes`` is what was written
+    (UTF-8), ``dropped_bytes`` what ``text`` leaves out."""
+
+    text: str
+    total_bytes: int
+    dropped_bytes: int
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise ValueError(f"an output limit cannot be negative, got {limit!r}")
+
+
+def _whole_head(data: bytes) -> bytes:
+    """``data`` without an incomplete UTF-8 character cut at its end."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: look further back for the lead
+            continue
+        needed = 2 if byte >= 0xC0 else 1
+        needed = 3 if byte >= 0xE0 else needed
+        needed = 4 if byte >= 0xF0 else needed
+        return data[:-back] if needed > back else data
+    return data
+
+
+def _whole_tail(data: bytes) -> bytes:
+    """``data`` without the rest of a UTF-8 character cut at its start."""
+    skip = 0
+    while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+        skip += 1
+    return data[skip:]
+
+
+def _captured(head: bytes, tail: bytes, total: int) -> CapturedOutput:
+    """Head and tail of ``total`` bytes as text (both ends, when bytes lie between them)."""
+    if len(head) + len(tail) >= total:  # nothing between them: one piece
+        return CapturedOutput((head + tail).decode("utf-8", "replace"), total, 0)
+    head, tail = _whole_head(head), _whole_tail(tail)
+    dropped = total - len(head) - len(tail)
+    text = (
+        head.decode("utf-8", "replace")
+        + f"\n[... {dropped} bytes dropped ...]\n"
+        + tail.decode("utf-8", "replace")
+    )
+    return CapturedOutput(text, total, dropped)
+
+
+def output_from_file(f: BinaryIO, limit: int) -> CapturedOutput:
+    """The file's first ``limit // 2`` and last ``limit - limit // 2`` bytes (all of it if
+    it is no longer than ``limit``), read from disk, decoded as UTF-8 (invalid bytes
+    replaced; a character cut at either end is left out and counted as dropped)."""
+    _check_limit(limit)
+    size = f.seek(0, os.SEEK_END)
+    if size <= limit:
+        f.seek(0)
+        data = f.read(size)
+        return _captured(data, b"", len(data))
+    head_size = limit // 2
+    tail_size = limit - head_size
+    f.seek(0)
+    head = f.read(head_size)
+    f.seek(size - tail_size)
+    tail = f.read(tail_size)
+    return _captured(head, tail, size)
+
+
+class OutputBuffer:
+    """Text written piece by piece, kept within ``limit`` UTF-8 bytes: the first
+    ``limit // 2`` bytes, and the last ``limit - limit // 2`` in a deque of chunks trimmed
+    at the front (each write costs O(its length), whatever was written before).
+    Thread-safe."""
+
+    __slots__ = ("_head", "_head_room", "_lock", "_tail", "_tail_budget", "_tail_size", "_total")
+
+    def __init__(self, limit: int) -> None:
+        _check_limit(limit)
+        self._head = bytearray()
+        self._head_room = limit // 2
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_budget = limit - limit // 2
+        self._tail_size = 0
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        if not data:
+            return
+        with self._lock:
+            self._total += len(data)
+            if self._head_room:
+                taken = data[: self._head_room]
+                self._head += taken
+                self._head_room -= len(taken)
+                data = data[len(taken) :]
+                if not data:
+                    return
+            self._append_tail(data)
+
+    def _append_tail(self, data: bytes) -> None:
+        budget = self._tail_budget
+        if len(data) >= budget:  # it replaces the whole tail
+            self._tail.clear()
+            data = data[len(data) - budget :]
+            self._tail_size = 0
+            if not data:
+                return
+        self._tail.append(data)
+        self._tail_size += len(data)
+        excess = self._tail_size - budget
+        while excess > 0:
+            first = self._tail[0]
+            if len(first) <= excess:
+                self._tail.popleft()
+                cut = len(first)
+            else:
+                self._tail[0] = first[excess:]
+                cut = excess
+            self._tail_size -= cut
+            excess -= cut
+
+    def value(self) -> CapturedOutput:
+        """What was written so far, head and tail (see ``CapturedOutput``)."""
+        with self._lock:
+            head, tail, total = bytes(self._head), b"".join(self._tail), self._total
+        return _captured(head, tail, total)
+
+
+# ---------------------------------------------------------------------- log capture
+@dataclass(frozen=True)
+class _Capture:
+    buffer: OutputBuffer
+    level: int
+
+
+#: The capture of the current thread or asyncio task (asyncio tasks copy it at creation).
+_ACTIVE: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar(
+    "schedctl_log_capture", default=None
+)
+#: Set while a record is formatted: a record made meanwhile (an argument's ``__str__``
+#: that logs) is not captured, instead of recursing.
+_FORMATTING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "schedctl_log_capture_formatting", default=False
+)
+
+
+class RunLogCapture(logging.Handler):
+    """Writes each log record made inside ``capturing()`` to that capture's buffer,
+    formatted with ``LOG_FORMAT``, and ignores every other record. It never raises into
+    the code that logged (a record it cannot format leaves a note instead).
+
+    It sees each record as it is made (``install_log_capture`` hooks the log record
+    factory), not through a logger's handlers: it must not make ``logging.basicConfig()``
+    a no-op or silence Python's last-resort handler, as a handler on the root logger would.
+    Its filters (``addFilter``) and formatter (``setFormatter``) apply as on any handler,
+    to a copy of the record (fields given with ``extra=`` are not on it yet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        formatter = logging.Formatter(LOG_FORMAT)
+        formatter.converter = time.gmtime
+        formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+        formatter.default_msec_format = "%s.%03dZ"
+        self.setFormatter(formatter)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        active = _ACTIVE.get()
+        if active is None or record.levelno < max(active.level, self.level):
+            return False
+        if _FORMATTING.get():
+            return False
+        token = _FORMATTING.set(True)
+        try:
+            # A copy: formatting caches fields on the record, and filters may change it,
+            # under the eyes of the logger's own handlers.
+            # (Not makeLogRecord: it calls the record factory, which calls this.)
+            clone = copy.copy(record)
+            if not self.filter(clone):
+                return False
+            active.buffer.write(self.format(clone) + "\n")
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                note = f"[schedctl: a log record could not be captured: {exc!r}]\n"
+                active.buffer.write(note)
+        finally:
+            _FORMATTING.reset(token)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle(record)
+
+
+class _RootLevel:
+    """Lets captures see records that unconfigured logging would not even make.
+
+    A logger makes a record only at or above its effective level, which is the root
+    logger's (WARNING) unless logging was configured: ``logging.getLogger("myjob").info``
+    makes nothing, before any handler. While captures are active and the root logger has
+    no handlers (logging unconfigured: nothing but Python's last-resort handler, which
+    shows warnings and up only, would see those records), the root level is lowered to
+    the lowest capture level, and restored when the last capture ends (unless something
+    set another level meanwhile). Configured logging is never changed: then a capture
+    gets what its configuration lets through (the scheduler's CLI sets the root to INFO;
+    a logger's own ``setLevel`` raises or lowers it for its records)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved: int | None = None
+        self._applied: int | None = None
+
+    def enter(self, level: int) -> None:
+        with self._lock:
+            self._active += 1
+            root = logging.getLogger()
+            if root.level > level and not root.handlers:
+                if self._saved is None:
+                    self._saved = root.level
+                root.setLevel(level)
+                self._applied = level
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active or self._saved is None:
+                return
+            root = logging.getLogger()
+            if root.level == self._applied:
+                root.setLevel(self._saved)
+            self._saved = self._applied = None
+
+
+_ROOT_LEVEL = _RootLevel()
+_INSTALLED: RunLogCapture | None = None
+_INSTALL_LOCK = threading.Lock()
+
+
+def install_log_capture() -> RunLogCapture:
+    """Hook run log capture into logging (once; later calls return the same handler).
+
+    The handler is called by a wrapper around the log record factory in place, so it sees
+    every record made, whatever loggers and handlers are configured. Code that later
+    replaces the record factory without calling the one it found turns capture off."""
+    global _INSTALLED
+    with _INSTALL_LOCK:
+        if _INSTALLED is not None:
+            return _INSTALLED
+        handler = RunLogCapture()
+        previous = logging.getLogRecordFactory()
+
+        def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            if _ACTIVE.get() is not None:
+                handler.handle(record)
+            return record
+
+        logging.setLogRecordFactory(make_record)
+        _INSTALLED = handler
+        return handler
+
+
+@contextlib.contextmanager
+def capturing(
+    level: int = logging.INFO, limit: int = DEFAULT_OUTPUT_LIMIT
+) -> Iterator[OutputBuffer]:
+    """Capture the log records of ``level`` and up made in this thread or asyncio task (and
+    in asyncio tasks started inside) into a new ``OutputBuffer`` of ``limit`` bytes.
+
+    Records of other threads and tasks do not reach it, nor do those of threads the code
+    inside starts itself (a new thread does not inherit the context; ``asyncio.to_thread``
+    and ``loop.run_in_executor`` with a copied context do). With logging unconfigured,
+    records below WARNING are made while captures are active (see ``_RootLevel``)."""
+    install_log_capture()
+    buffer = OutputBuffer(limit)
+    token = _ACTIVE.set(_Capture(buffer, level))
+    _ROOT_LEVEL.enter(level)
+    try:
+        yield buffer
+    finally:
+        _ROOT_LEVEL.leave()
+        _ACTIVE.reset(token)
+
+
+# ---------------------------------------------------------------------- result
+def _dumps(value: object) -> tuple[str, int]:
+    """Strict JSON for ``value`` and its size in UTF-8 bytes; characters outside ASCII
+    stay as they are, unless a lone surrogate (which UTF-8 cannot hold) makes the text
+    escape them all."""
+    text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    try:
+        return text, len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        text = json.dumps(value, allow_nan=False)
+        return text, len(text)
+
+
+def _json_string(text: str, limit: int) -> tuple[str | None, int]:
+    """The longest start of ``text`` whose JSON string is at most ``limit`` UTF-8 bytes,
+    as that JSON string, and its length in characters (None if not even ``""`` fits)."""
+    n = min(len(text), limit)
+    while True:
+        encoded, size = _dumps(text[:n])
+        if size <= limit:
+            return encoded, n
+        if n == 0:
+            return None, 0
+        n = max(0, min(n - 1, n * limit // size - 1))
+
+
+def result_json(value: object, limit: int = DEFAULT_OUTPUT_LIMIT) -> tuple[str | None, str | None]:
+    """A return value as ``(json_text, note)``: ``(None, None)`` for None; the JSON text
+    (tuples become lists) with no note if it fits in ``limit`` UTF-8 bytes; otherwise, and
+    for a value JSON cannot hold (a set, an object, NaN), a JSON string holding the start
+    of its JSON text or of its ``repr``, with a note saying so. The text is always valid
+    JSON that UTF-8 can hold (or None, with a note, when ``limit`` is under 2 bytes)."""
+    _check_limit(limit)
+    if value is None:
+        return None, None
+    try:
+        text, size = _dumps(value)
+    except Exception as exc:  # TypeError, ValueError (NaN, a cycle), RecursionError...
+        try:
+            shown = repr(value)
+        except Exception as repr_exc:
+            shown = f"<{type(value).__qualname__} object; repr failed: {repr_exc!r}>"
+        stored, chars = _json_string(shown, limit)
+        note = f"not JSON ({exc}): stored as its repr"
+        if chars < len(shown):
+            note += f", truncated to {chars} of {len(shown)} characters"
+        return stored, note
+    if size <= limit:
+        return text, None
+    stored, chars = _json_string(text, limit)
+    return stored, (
+        f"result is {size} bytes of JSON, over the {limit}-byte limit: "
+        f"stored as a string of its first {chars} of {len(text)} characters"
+    )
