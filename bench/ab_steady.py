@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("extra", nargs="*", help="more profile_steady arguments (after --)")
+    parser.add_argument(
+        "--after-args",
+        default="",
+        help="profile_steady arguments of the after side only (one string): compares two "
+        "workloads on one tree, e.g. --after-args '--callable bench.jobs:say_1kb'",
+    )
     args = parser.parse_args(argv)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     for side, tree in trees.items():
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs: list[dict[str, dict[str, Any]]] = []
     for i in range(args.pairs):
         print(f"[ab] pair {i + 1} of {args.pairs}", file=sys.stderr, flush=True)
-        pair = _pair(command, trees)
+        pair = _pair(command, trees, shlex.split(args.after_args))
         for side in SIDES:
             print(json.dumps({"pair": i + 1, "side": side, **pair[side]}), flush=True)
         pairs.append(pair)
@@ -67,11 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _pair(command: list[str], trees: dict[str, Path]) -> dict[str, dict[str, Any]]:
+def _pair(
+    command: list[str], trees: dict[str, Path], after_args: list[str]
+) -> dict[str, dict[str, Any]]:
     """Both sides at once; each side's figures (or the error that stopped it)."""
     procs = {
         side: subprocess.Popen(
-            command,
+            command + (after_args if side == "after" else []),
             cwd=tree,
             env={**os.environ, "PYTHONPATH": str(tree)},
             stdout=subprocess.PIPE,

@@ -255,18 +255,26 @@ def one_shot_tasks(n: int, due: datetime, *, prefix: str = "burst") -> list[Task
 
 
 def interval_tasks(
-    n: int, every: float, *, prefix: str = "steady", spread: bool = True
+    n: int,
+    every: float,
+    *,
+    prefix: str = "steady",
+    spread: bool = True,
+    callable_ref: str = "bench.jobs:noop",
+    fields: dict[str, Any] | None = None,
 ) -> list[TaskDefinition]:
-    """``n`` no-op tasks ``every`` seconds; with ``spread`` their grids are offset evenly
-    (an anchor per task), so the load is ``n / every`` runs per second, not one burst."""
+    """``n`` tasks calling ``callable_ref`` (a no-op) ``every`` seconds, with more task-file
+    ``fields`` if given; with ``spread`` their grids are offset evenly (an anchor per task),
+    so the load is ``n / every`` runs per second, not one burst."""
     step = every / n
     return parse_task_document(
         {
             "tasks": [
                 {
                     "name": f"{prefix}-{i:06d}",
-                    "callable": "bench.jobs:noop",
+                    "callable": callable_ref,
                     "every": f"{every:g}s",
+                    **(fields or {}),
                     **(
                         {"anchor": datetime.fromtimestamp(i * step, UTC).isoformat()}
                         if spread

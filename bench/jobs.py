@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
-__all__ = ["CALLS", "noop", "reset"]
+__all__ = ["CALLS", "noop", "reset", "say_1kb"]
 
 #: (seconds late when called, wall time when it returned) per call, for in-process runs.
 CALLS: list[tuple[float, float]] = []
@@ -18,6 +19,16 @@ def noop(due: float | None = None) -> None:
         called = time.time()
         with _lock:
             CALLS.append((called - due, time.time()))
+
+
+_SAY = logging.getLogger("bench.say")
+_LINE = "x" * 120
+
+
+def say_1kb() -> None:
+    """Log 8 lines of ~128 bytes (1 KB of output a run, as the output benchmark asks)."""
+    for i in range(8):
+        _SAY.warning("%d %s", i, _LINE)
 
 
 def reset() -> None:

@@ -27,6 +27,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import yaml
+
 from bench.common import (
     Databases,
     catch_up_after_start,
@@ -62,13 +64,29 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="override a number EngineSettings field, e.g. --set caught_up_interval=0.2",
     )
+    parser.add_argument(
+        "--callable", default="bench.jobs:noop", help="what every task calls (module:function)"
+    )
+    parser.add_argument(
+        "--task-field",
+        metavar="KEY=YAML",
+        action="append",
+        default=[],
+        help="a task-file field of every task, e.g. --task-field keep_output=always",
+    )
     args = parser.parse_args(argv)
     overrides = _overrides(parser, args.set)
+    fields = {k: yaml.safe_load(v) for k, _, v in (f.partition("=") for f in args.task_field)}
 
     dbs = Databases().start()
     try:
         url = dbs.new("postgresql")
-        sync(url, interval_tasks(args.tasks, args.every, prefix="steady"))
+        sync(
+            url,
+            interval_tasks(
+                args.tasks, args.every, prefix="steady", callable_ref=args.callable, fields=fields
+            ),
+        )
         engine = create_db_engine(url, pool_size=5, pre_ping=False)  # as `schedctl run`
         scheduler = Scheduler(
             engine=engine,
