@@ -742,9 +742,10 @@ def _runs_api_links() -> list[Json]:
     """The panel link to the task's run history, with errors, in the exporter's JSON API."""
     return [
         _link(
-            "Recent runs and last error (JSON API)",
+            "Recent runs, errors and output (JSON API)",
             "${exporter_url}/api/v1/tasks/${task}/runs",
-            "The exporter's read-only JSON API: run history with error messages",
+            "The exporter's read-only JSON API: run history with error messages; each run's"
+            " output_url opens what it printed or logged",
         )
     ]
 

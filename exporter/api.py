@@ -200,6 +200,9 @@ def fetch_runs(engine: sa.Engine, query: RunsQuery) -> dict[str, Any] | None:
     for run in runs:
         run["task"] = run.pop("task_name")
         run["cancel_requested"] = bool(run["cancel_requested"])
+        # Where its output is: a dashboard's recent-runs link lands here, one click from it.
+        run["output_url"] = f"/api/v1/runs/{run['id']}/output"
+        run["url"] = f"/api/v1/runs/{run['id']}"
     return {
         "task": query.task,
         "limit": query.limit,

@@ -34,20 +34,26 @@ from scheduler_core.runtime.run_context import (
     running_as,
 )
 
+CaptureToken = contextvars.Token["LogCapture | None"]
+
 __all__ = [
     "DEFAULT_OUTPUT_LIMIT",
     "LOG_FORMAT",
+    "CaptureToken",
     "CapturedOutput",
+    "LogCapture",
     "OutputBuffer",
     "RunContext",
     "RunLogCapture",
     "capturing",
     "current_run",
+    "end_capture",
     "install_log_capture",
     "output_from_file",
     "result_json",
     "run_environment",
     "running_as",
+    "start_capture",
 ]
 
 #: Bytes of output (and of a result's JSON) a run keeps by default: half head, half tail.
@@ -189,14 +195,33 @@ class OutputBuffer:
 
 
 # ---------------------------------------------------------------------- log capture
-@dataclass(frozen=True)
-class _Capture:
-    buffer: OutputBuffer
-    level: int
+class LogCapture:
+    """One run's log capture: records of ``level`` and up, kept within ``limit`` bytes.
+    The buffer is made at the first record: most runs log nothing."""
+
+    __slots__ = ("_buffer", "level", "limit")
+
+    def __init__(self, level: int, limit: int) -> None:
+        _check_limit(limit)
+        self.level, self.limit = level, limit
+        self._buffer: OutputBuffer | None = None
+
+    def write(self, text: str) -> None:
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = OutputBuffer(self.limit)
+        buffer.write(text)
+
+    def value(self) -> CapturedOutput:
+        """What was captured so far (see ``CapturedOutput``)."""
+        return _NOTHING if self._buffer is None else self._buffer.value()
+
+
+_NOTHING = CapturedOutput("", 0, 0)
 
 
 #: The capture of the current thread or asyncio task (asyncio tasks copy it at creation).
-_ACTIVE: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar(
+_ACTIVE: contextvars.ContextVar[LogCapture | None] = contextvars.ContextVar(
     "schedctl_log_capture", default=None
 )
 #: Set while a record is formatted: a record made meanwhile (an argument's ``__str__``
@@ -239,11 +264,11 @@ class RunLogCapture(logging.Handler):
             clone = copy.copy(record)
             if not self.filter(clone):
                 return False
-            active.buffer.write(self.format(clone) + "\n")
+            active.write(self.format(clone) + "\n")
         except Exception as exc:
             with contextlib.suppress(Exception):
                 note = f"[schedctl: a log record could not be captured: {exc!r}]\n"
-                active.buffer.write(note)
+                active.write(note)
         finally:
             _FORMATTING.reset(token)
         return True
@@ -306,23 +331,37 @@ def install_log_capture() -> RunLogCapture:
         return handler
 
 
-@contextlib.contextmanager
-def capturing(
-    level: int = logging.INFO, limit: int = DEFAULT_OUTPUT_LIMIT
-) -> Iterator[OutputBuffer]:
-    """Capture the log records of ``level`` and up made in this thread or asyncio task (and
-    in asyncio tasks started inside) into a new ``OutputBuffer`` of ``limit`` bytes.
+def start_capture(level: int = logging.INFO, limit: int = DEFAULT_OUTPUT_LIMIT) -> CaptureToken:
+    """Start capturing the log records of ``level`` and up made in this thread or asyncio
+    task (and in asyncio tasks started inside) into a new ``LogCapture`` of ``limit``
+    bytes; :func:`end_capture` with the token returns what it got. The run path's form of
+    ``capturing()``: a generator context manager cost a few microseconds a run.
 
     Records of other threads and tasks do not reach it, nor do those of threads the code
     inside starts itself (a new thread does not inherit the context; ``asyncio.to_thread``
     and ``loop.run_in_executor`` with a copied context do). With logging unconfigured,
-    records below WARNING are made while captures are active (see ``_RootLevel``)."""
-    install_log_capture()
-    buffer = OutputBuffer(limit)
-    token = _ACTIVE.set(_Capture(buffer, level))
+    records below WARNING are made once a capture has started (see ``_RootLevel``)."""
+    if _INSTALLED is None:
+        install_log_capture()
     _ROOT_LEVEL.enter(level)
+    return _ACTIVE.set(LogCapture(level, limit))
+
+
+def end_capture(token: CaptureToken) -> CapturedOutput:
+    """Stop the capture ``token`` started; what it captured."""
+    capture = _ACTIVE.get()
+    _ACTIVE.reset(token)
+    return _NOTHING if capture is None else capture.value()
+
+
+@contextlib.contextmanager
+def capturing(level: int = logging.INFO, limit: int = DEFAULT_OUTPUT_LIMIT) -> Iterator[LogCapture]:
+    """``start_capture`` / ``end_capture`` around a block; yields the ``LogCapture``."""
+    token = start_capture(level, limit)
     try:
-        yield buffer
+        capture = _ACTIVE.get()
+        assert capture is not None
+        yield capture
     finally:
         _ACTIVE.reset(token)
 

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from scheduler_core.redaction import Redactor
@@ -21,6 +22,9 @@ from scheduler_core.runtime.runners import ActionResult
 from scheduler_core.tasks import TaskDefinition
 
 __all__ = ["kept_of", "redactor_for", "result_values"]
+
+
+_NOTHING_KEPT: Mapping[str, Any] = MappingProxyType({})
 
 
 @functools.lru_cache(maxsize=256)
@@ -46,11 +50,14 @@ def result_values(result: object, keys: Sequence[str]) -> dict[str, float]:
 
 def kept_of(
     definition: TaskDefinition, result: ActionResult, *, secrets: tuple[str, ...] = ()
-) -> dict[str, Any]:
+) -> Mapping[str, Any]:
     """The ``RunOutcome`` fields ``result`` keeps under ``definition``'s output policy:
     ``output``, ``output_bytes``, ``output_dropped_bytes``, ``result``, ``result_note`` and
     ``result_values`` (each only when there is something)."""
     policy = definition.policies.output
+    captured = result.output
+    if result.result is None and (captured is None or not captured.total_bytes):
+        return _NOTHING_KEPT  # the common case: a silent run, nothing to look at
     kept: dict[str, Any] = {}
     values = result_values(result.result, policy.result_metrics)
     if values:
@@ -58,7 +65,6 @@ def kept_of(
     if not policy.keeps(result.status):
         return kept
     redactor = redactor_for(policy.redact, secrets)
-    captured = result.output
     if captured is not None and captured.total_bytes > 0:
         kept["output"] = redactor.redact(captured.text)
         kept["output_bytes"] = captured.total_bytes

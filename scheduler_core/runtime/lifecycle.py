@@ -9,6 +9,7 @@ transaction instead of one commit per run. The loop (``runtime.loop``) drives it
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -23,8 +24,15 @@ from opentelemetry import trace
 
 from scheduler_core.clock import Clock
 from scheduler_core.errors import error_reason
+from scheduler_core.output_policy import OutputPolicy
 from scheduler_core.runtime.kept import kept_of
-from scheduler_core.runtime.run_context import RunContext, run_environment, running_as
+from scheduler_core.runtime.run_context import (
+    RunContext,
+    enter_run,
+    leave_run,
+    run_environment,
+    running_as,
+)
 from scheduler_core.runtime.runners import (
     ActionResult,
     RunHandle,
@@ -35,7 +43,7 @@ from scheduler_core.runtime.runners import (
 from scheduler_core.runtime.settings import FINALIZE_DEFER_S, EngineSettings
 from scheduler_core.runtime.workers import AsyncLoopThread, WorkerPool
 from scheduler_core.store import DispatchedRun, RunOutcome, Store
-from scheduler_core.tasks import CallableAction, CommandAction, TaskDefinition
+from scheduler_core.tasks import CallableAction, CommandAction
 from scheduler_core.telemetry import RateLimitedLogger, TelemetryWriter, tracer
 from scheduler_core.telemetry.otel import tracing_installed
 
@@ -191,7 +199,8 @@ class RunLifecycle:
         span = self._span(run)
         context = _run_context(run)
         policies = run.definition.policies
-        with _current(span), running_as(context):
+        token = enter_run(context)
+        with _current(span):
             action = run.definition.action
             try:
                 if isinstance(action, CommandAction):
@@ -205,11 +214,13 @@ class RunLifecycle:
                     )
                 else:
                     assert isinstance(action, CallableAction)
-                    result = run_callable(action, handle, **_capture(run.definition))
+                    result = run_callable(action, handle, **_capture(policies.output))
             except Exception as exc:  # the executor itself must never lose a run
                 result = ActionResult(
                     status="failure", error_message=f"schedctl executor error: {exc!r}"
                 )
+            finally:
+                leave_run(token)
         self._complete(run, handle, result, span)
 
     async def _execute_async(self, run: DispatchedRun, handle: RunHandle) -> None:
@@ -222,7 +233,7 @@ class RunLifecycle:
                 run.definition.action,
                 handle,
                 run.definition.policies.timeout,
-                **_capture(run.definition),
+                **_capture(run.definition.policies.output),
             )
         self._complete(run, handle, result, span)
 
@@ -435,10 +446,10 @@ def _run_context(run: DispatchedRun) -> RunContext:
     )
 
 
-def _capture(definition: TaskDefinition) -> dict[str, Any]:
+@functools.lru_cache(maxsize=256)
+def _capture(output: OutputPolicy) -> dict[str, Any]:
     """How a callable's run captures what it says (nothing when its task keeps nothing and
-    declares no result keys)."""
-    output = definition.policies.output
+    declares no result keys); once per distinct policy (tasks share a handful)."""
     return {
         "capture": output.keep_output != "never" or bool(output.result_metrics),
         "log_level": logging.getLevelName(output.log_level),

@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["RunContext", "current_run", "run_environment", "running_as"]
+__all__ = [
+    "RunContext",
+    "RunToken",
+    "current_run",
+    "enter_run",
+    "leave_run",
+    "run_environment",
+    "running_as",
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,18 @@ def current_run() -> RunContext | None:
     """The run this code executes in (a task's callable, in its thread or asyncio task,
     and the asyncio tasks it starts), or None outside a run."""
     return _CURRENT.get()
+
+
+RunToken = contextvars.Token["RunContext | None"]
+
+
+def enter_run(ctx: RunContext) -> RunToken:
+    """Make ``ctx`` the current run until :func:`leave_run` (the run path's ``running_as``)."""
+    return _CURRENT.set(ctx)
+
+
+def leave_run(token: RunToken) -> None:
+    _CURRENT.reset(token)
 
 
 @contextlib.contextmanager

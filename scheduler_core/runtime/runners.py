@@ -24,8 +24,9 @@ from typing import IO, Any
 from scheduler_core.runtime.capture import (
     DEFAULT_OUTPUT_LIMIT,
     CapturedOutput,
-    capturing,
+    end_capture,
     output_from_file,
+    start_capture,
 )
 from scheduler_core.store.records import DispatchedRun
 from scheduler_core.tasks import CallableAction, CommandAction, TaskDefinition
@@ -133,9 +134,12 @@ def run_callable(
         return ActionResult(status="failure", error_message=f"cannot load callable: {exc}")
     if not capture:
         return _call(func, action, keep_result=False)
-    with capturing(log_level, output_limit) as buffer:
+    token = start_capture(log_level, output_limit)
+    try:
         outcome = _call(func, action, keep_result=True)
-    outcome.output = buffer.value()
+    finally:
+        captured = end_capture(token)
+    outcome.output = captured
     return outcome
 
 
@@ -180,9 +184,12 @@ async def run_async_callable(
         return ActionResult(status="failure", error_message=f"cannot load callable: {exc}")
     if not capture:
         return await _await(func, action, handle, timeout, keep_result=False)
-    with capturing(log_level, output_limit) as buffer:
+    token = start_capture(log_level, output_limit)
+    try:
         outcome = await _await(func, action, handle, timeout, keep_result=True)
-    outcome.output = buffer.value()
+    finally:
+        captured = end_capture(token)
+    outcome.output = captured
     return outcome
 
 

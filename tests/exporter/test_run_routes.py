@@ -13,8 +13,10 @@ import pytest
 
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
+from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine
 from scheduler_core.models import run_output, task_runs
+from scheduler_core.store import Store
 
 READ = "read-token-0123456789"
 
@@ -34,6 +36,10 @@ def get(url: str, token: str | None = READ) -> tuple[int, str, dict[str, str]]:
 def run_id(db_url: str) -> Iterator[int]:
     engine = create_db_engine(db_url)
     now = datetime.now(UTC)
+    task = parse_task_document(
+        {"tasks": [{"name": "t", "command": ["true"], "every": "1h"}]}, source="t"
+    )
+    Store(engine).sync_tasks(task, now=now)
     with engine.begin() as conn:
         run = conn.execute(
             task_runs.insert().returning(task_runs.c.id),
@@ -88,3 +94,14 @@ def test_unknown_runs_and_missing_tokens(base: str, run_id: int) -> None:
         assert status == 404 and json.loads(body)["error"]["code"] == "unknown_run"
     for path in (f"/api/v1/runs/{run_id}", f"/api/v1/runs/{run_id}/output"):
         assert get(base + path, token=None)[0] == 401
+
+
+def test_the_run_history_links_each_run_to_its_output(base: str, run_id: int) -> None:
+    """/api/v1/tasks/{name}/runs (where the dashboards' recent-runs links land) gives each
+    run's own URL and its output's."""
+    status, body, _ = get(f"{base}/api/v1/tasks/t/runs")
+    assert status == 200, body
+    [run] = json.loads(body)["runs"]
+    assert run["url"] == f"/api/v1/runs/{run_id}"
+    assert run["output_url"] == f"/api/v1/runs/{run_id}/output"
+    assert get(base + run["output_url"])[1] == "line 1\n<b>line 2</b>\n"
