@@ -9,7 +9,6 @@ transaction instead of one commit per run. The loop (``runtime.loop``) drives it
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import queue
 import threading
@@ -52,6 +51,10 @@ __all__ = ["RunLifecycle"]
 log = logging.getLogger(__name__)
 
 
+#: Entries of the per-object memos below before they start again.
+_MEMO_LIMIT = 10_000
+
+
 class RunLifecycle:
     """The runs of one instance, from launch to their written outcome (the ``Scheduler``
     base: its loop thread launches, finalizes and cancels; workers execute and complete)."""
@@ -85,8 +88,11 @@ class RunLifecycle:
         #: Set when an outcome should be written now (``_next_tick_is_near``): it ends the
         #: pause between passes and skips the finalize's deferral.
         self._hurry = threading.Event()
-        #: ``expected_interval`` per schedule object (a cron expression computes it).
-        self._intervals: dict[int, float | None] = {}
+        #: ``expected_interval`` per schedule object (a cron expression computes it), and the
+        #: capture arguments per output policy object; each keyed by id with the object kept
+        #: (the store may drop and the collector free a definition: its id can be reused).
+        self._intervals: dict[int, tuple[object, float | None]] = {}
+        self._captures: dict[int, tuple[object, dict[str, Any]]] = {}
         self._db_errors = RateLimitedLogger(log, 30.0)
         #: Redacted from every run's output and result, with the tasks' own patterns.
         password = store.engine.url.password
@@ -214,7 +220,7 @@ class RunLifecycle:
                     )
                 else:
                     assert isinstance(action, CallableAction)
-                    result = run_callable(action, handle, **_capture(policies.output))
+                    result = run_callable(action, handle, **self._capture(policies.output))
             except Exception as exc:  # the executor itself must never lose a run
                 result = ActionResult(
                     status="failure", error_message=f"schedctl executor error: {exc!r}"
@@ -233,7 +239,7 @@ class RunLifecycle:
                 run.definition.action,
                 handle,
                 run.definition.policies.timeout,
-                **_capture(run.definition.policies.output),
+                **self._capture(run.definition.policies.output),
             )
         self._complete(run, handle, result, span)
 
@@ -279,17 +285,33 @@ class RunLifecycle:
         may already hold that tick, and decides its overlap from this run's row, so the
         outcome is written at once instead of with the next batch."""
         schedule = run.definition.schedule
-        # By id: the store keeps every parsed definition (and its schedule) for the
-        # process's life, so an id is never reused for another schedule.
-        try:
-            interval = self._intervals[id(schedule)]
-        except KeyError:
-            interval = self._intervals[id(schedule)] = schedule.expected_interval
+        # By id, checked against the object kept: hashing a schedule costs more.
+        entry = self._intervals.get(id(schedule))
+        if entry is None or entry[0] is not schedule:
+            if len(self._intervals) > _MEMO_LIMIT:  # one-time tasks: each a new schedule
+                self._intervals.clear()
+            entry = self._intervals[id(schedule)] = (schedule, schedule.expected_interval)
+        interval = entry[1]
         if interval is None:
             return False
         settings = self.settings
         margin = settings.look_ahead + settings.caught_up_interval
         return (finished_at - run.scheduled_for).total_seconds() + margin >= interval
+
+    def _capture(self, output: OutputPolicy) -> dict[str, Any]:
+        """How a callable's run captures what it says (nothing when its task keeps nothing
+        and declares no result keys); once per policy object (tasks share a handful)."""
+        entry = self._captures.get(id(output))
+        if entry is None or entry[0] is not output:
+            arguments = {
+                "capture": output.keep_output != "never" or bool(output.result_metrics),
+                "log_level": logging.getLevelName(output.log_level),
+                "output_limit": output.output_limit,
+            }
+            if len(self._captures) > _MEMO_LIMIT:
+                self._captures.clear()
+            entry = self._captures[id(output)] = (output, arguments)
+        return entry[1]
 
     def _record_without_worker(self, handle: RunHandle, status: str, message: str) -> None:
         """Finish a run from the loop thread (timeout of a sync callable, cancel, drain)."""
@@ -444,17 +466,6 @@ def _run_context(run: DispatchedRun) -> RunContext:
         attempt=run.attempt,
         trigger=run.trigger,
     )
-
-
-@functools.lru_cache(maxsize=256)
-def _capture(output: OutputPolicy) -> dict[str, Any]:
-    """How a callable's run captures what it says (nothing when its task keeps nothing and
-    declares no result keys); once per distinct policy (tasks share a handful)."""
-    return {
-        "capture": output.keep_output != "never" or bool(output.result_metrics),
-        "log_level": logging.getLevelName(output.log_level),
-        "output_limit": output.output_limit,
-    }
 
 
 def _is_async(action: CallableAction) -> bool:
