@@ -140,7 +140,7 @@ def test_otlp_receiver_gets_spans_and_metrics_of_runs(
 
 
 def test_a_command_gets_its_run_and_span_context_in_its_environment(
-    sqlite_url: str, tmp_path: Path, receiver: Receiver
+    db_url: str, tmp_path: Path, receiver: Receiver
 ) -> None:
     """A command sees TRACEPARENT (its run span: the run row's trace id, the span's id) and
     SCHEDCTL_RUN_ID, SCHEDCTL_TASK, SCHEDCTL_ATTEMPT and SCHEDCTL_SCHEDULED_FOR."""
@@ -149,14 +149,14 @@ def test_a_command_gets_its_run_and_span_context_in_its_environment(
         "tasks:\n  - {name: env-echo, every: 1s, command: [sh, -c, 'echo $TRACEPARENT"
         " $SCHEDCTL_RUN_ID $SCHEDCTL_TASK $SCHEDCTL_ATTEMPT $SCHEDCTL_SCHEDULED_FOR']}\n"
     )
-    proc = start_traced_scheduler(config, sqlite_url, receiver)
+    proc = start_traced_scheduler(config, db_url, receiver)
     try:
         assert wait_for(lambda: len(receiver.spans) >= 2, 30)
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
-    engine = create_db_engine(sqlite_url)
+    engine = create_db_engine(db_url)
     try:
         store = Store(engine)
         with engine.connect() as conn:
