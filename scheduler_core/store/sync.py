@@ -22,7 +22,7 @@ from scheduler_core.errors import TaskConflictError
 from scheduler_core.gc_pause import gc_paused
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
 from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, schedules
-from scheduler_core.store.base import StoreBase, chunks
+from scheduler_core.store.base import StoreBase, chunks, upsert
 from scheduler_core.store.records import OUTCOME_COUNTERS, SyncResult
 from scheduler_core.tasks import TaskDefinition
 
@@ -83,12 +83,11 @@ _NEW_TASK_ZEROS: dict[str, Any] = {
 #: The insert of new tasks with those zeros written into its SQL, not sent per row: a row
 #: then binds ~17 values, not ~60, which keeps the statement within psycopg's parse cache
 #: (50 parameters at most); parsing it again took 0.56 of a create's ~3 ms.
-_NEW_TASK_INSERT = schedules.insert().values(
-    {
-        column: sa.false() if value is False else sa.literal_column(str(value))
-        for column, value in _NEW_TASK_ZEROS.items()
-    }
-)
+_NEW_TASK_LITERALS: dict[str, Any] = {
+    column: sa.false() if value is False else sa.literal_column(str(value))
+    for column, value in _NEW_TASK_ZEROS.items()
+}
+_NEW_TASK_INSERT = schedules.insert().values(_NEW_TASK_LITERALS)
 
 
 def _schedule_row(
@@ -160,17 +159,28 @@ def owners_of(conn: sa.Connection, names: Sequence[str]) -> dict[str, str]:
 
 
 def insert_tasks(
-    conn: sa.Connection, definitions: Sequence[TaskDefinition], *, now: datetime, source: str
+    conn: sa.Connection,
+    definitions: Sequence[TaskDefinition],
+    *,
+    now: datetime,
+    source: str,
+    skip_existing: bool = False,
 ) -> list[dict[str, Any]]:
     """Insert new tasks owned by ``source``: the one path of a sync's new tasks and of
     ``add_tasks``. A name that exists already fails the statement (IntegrityError, which
-    :func:`names_taken_as_conflict` turns into TaskConflictError naming the owner). Returns
-    the rows written."""
+    :func:`names_taken_as_conflict` turns into TaskConflictError naming the owner), unless
+    ``skip_existing`` (a sync: another instance syncing the same file at the same moment
+    may have inserted the row; its owner was checked under the sync lock). Returns the rows
+    meant to be written."""
     with gc_paused():  # 10,000 new rows are ~1M objects, none of them garbage
         rows = new_schedule_rows(definitions, now, source=source)
         sent = [{k: v for k, v in row.items() if k not in _NEW_TASK_ZEROS} for row in rows]
+        statement = _NEW_TASK_INSERT
+        if skip_existing:
+            statement = upsert(conn, schedules).values(_NEW_TASK_LITERALS)
+            statement = statement.on_conflict_do_nothing(index_elements=["name"])
         for chunk in chunks(sent, 1000):
-            conn.execute(_NEW_TASK_INSERT, list(chunk))
+            conn.execute(statement, list(chunk))
     return rows
 
 
@@ -240,7 +250,7 @@ class SyncPart(StoreBase):
                 if disable_missing and n not in wanted and row.enabled and row.source == source
             ]
             self._write_sync(conn, updates, gone, now)
-            insert_tasks(conn, inserts, now=now, source=source)
+            insert_tasks(conn, inserts, now=now, source=source, skip_existing=True)
             result.disabled.extend(gone)
         return result
 
