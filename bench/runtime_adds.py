@@ -458,17 +458,10 @@ def http_creates(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-def _http_creates(url: str, postmaster_pid: int | None, sizes: Sizes) -> dict[str, Any]:
-    """Start the exporter on ``url``, run the open-loop client against it, stop it."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+def start_schedctl(*args: str) -> tuple[subprocess.Popen[str], _LogLines]:
+    """``schedctl *args`` from this tree, its stderr read line by line in the background."""
     proc = subprocess.Popen(
-        [
-            *schedctl_command(),
-            "exporter",
-            *("--database-url", url, "--listen", f"127.0.0.1:{port}"),
-            *("--enable-admin-api", "--admin-token", ADMIN_TOKEN),
-        ],
+        [*schedctl_command(), *args],
         cwd=REPO,
         env=child_env(),
         stdout=subprocess.DEVNULL,
@@ -476,8 +469,20 @@ def _http_creates(url: str, postmaster_pid: int | None, sizes: Sizes) -> dict[st
         text=True,
     )
     assert proc.stderr is not None
-    log = _LogLines(proc.stderr)
-    log.start()
+    lines = _LogLines(proc.stderr)
+    lines.start()
+    return proc, lines
+
+
+def _http_creates(url: str, postmaster_pid: int | None, sizes: Sizes) -> dict[str, Any]:
+    """Start the exporter on ``url``, run the open-loop client against it, stop it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc, log = start_schedctl(
+        "exporter",
+        *("--database-url", url, "--listen", f"127.0.0.1:{port}"),
+        *("--enable-admin-api", "--admin-token", ADMIN_TOKEN),
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
@@ -661,22 +666,11 @@ def first_claim(url: str, config: Path, instance_id: str, after_id: int) -> dict
     """Launch ``schedctl scheduler --config`` on ``url`` (the probe task already due) and
     time its first claim; stop it again. Seconds from the launch to each stage."""
     launched = time.time()
-    proc = subprocess.Popen(
-        [
-            *schedctl_command(),
-            "scheduler",
-            *("--config", str(config), "--database-url", url),
-            *("--instance-id", instance_id, "--health-listen", "off", "--log-level", "INFO"),
-        ],
-        cwd=REPO,
-        env=child_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, lines = start_schedctl(
+        "scheduler",
+        *("--config", str(config), "--database-url", url),
+        *("--instance-id", instance_id, "--health-listen", "off", "--log-level", "INFO"),
     )
-    assert proc.stderr is not None
-    lines = _LogLines(proc.stderr)
-    lines.start()
     found: tuple[int, datetime] | None = None
     try:
         deadline = time.monotonic() + 120
