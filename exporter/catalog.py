@@ -104,6 +104,12 @@ scheduler_task_run_duration_seconds histogram task
     Run durations, from histogram buckets persisted in SQL.
 scheduler_task_start_delay_seconds histogram task
     Actual start minus scheduled time of runs, from buckets persisted in SQL.
+scheduler_task_alert_threshold gauge task,kind
+    A threshold the task's alerts block sets, one series per kind, in the kind's unit.
+scheduler_task_alert_policy_info gauge task,severity
+    The severity the task's alerts block sets for its alerts; always 1.
+scheduler_task_deadline_missed gauge task
+    1 when the task's deadline passed without a success since the tick before it, else 0.
 scheduler_alarm_open gauge task,kind
     1 while the scheduler has an alarm of this kind open for the task, else 0.
 scheduler_instance_last_heartbeat_timestamp_seconds gauge instance_id
@@ -217,6 +223,10 @@ def task_samples(task: TaskSnapshot) -> dict[str, list[Sample]]:
         task.start_delay.cumulative(),
         task.start_delay.sum,
     )
+    # Filled from the task's alerts block (scheduler_core.alert_policy).
+    out["scheduler_task_alert_threshold"] = []
+    out["scheduler_task_alert_policy_info"] = []
+    out["scheduler_task_deadline_missed"] = []
     kinds = [*ALARM_KINDS, *sorted(task.open_alarms.difference(ALARM_KINDS))]
     out["scheduler_alarm_open"] = [
         ("scheduler_alarm_open", (("task", name), ("kind", kind)),
