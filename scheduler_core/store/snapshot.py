@@ -25,6 +25,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from scheduler_core import models
+from scheduler_core.alert_policy import AlertPolicy
 from scheduler_core.db import select_rows
 from scheduler_core.histograms import HistogramCounts
 from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, HistogramColumns
@@ -93,6 +94,10 @@ class TaskSnapshot:
     badge: Badge
     #: Totals of the result keys the task declares (``result_metrics``), persisted in SQL.
     result_totals: Mapping[str, float] = field(default_factory=dict)
+    #: The task's ``alerts:`` block (scheduler_core.alert_policy), None when it has none.
+    alert_policy: AlertPolicy | None = None
+    #: Whether its deadline was missed (alert_policy.deadline_missed); None without a deadline.
+    deadline_missed: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
