@@ -1,5 +1,6 @@
-"""The admin commands: validate, db, tasks list, runs, stats, audit, and the controls
-(pause, resume, run-now, cancel, emergency-stop, cleanup), each recorded with its actor."""
+"""The admin commands: db, tasks list, runs, stats, audit, and the controls (pause, resume,
+run-now, cancel, emergency-stop, cleanup), each recorded with its actor. (``validate``, which
+needs no database, is in ``scheduler_core.cli.validate``.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from scheduler_core.db import current_revision, head_revision, redact_url, upgra
 from scheduler_core.durations import format_duration
 from scheduler_core.retention import RetentionPolicy, run_cleanup
 from scheduler_core.store import Store
-from scheduler_core.task_files import load_task_file
 
 __all__ = [
     "cmd_audit",
@@ -32,16 +32,7 @@ __all__ = [
     "cmd_runs",
     "cmd_stats",
     "cmd_tasks_list",
-    "cmd_validate",
 ]
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    definitions = load_task_file(args.config)
-    print(f"{args.config}: {len(definitions)} task(s) OK")
-    for d in definitions:
-        print(f"  {d.name}: {d.action.kind}, {d.schedule.describe()}")
-    return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

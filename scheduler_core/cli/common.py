@@ -1,22 +1,26 @@
 """What every ``schedctl`` command shares: configuration from flags and ``SCHEDCTL_*``
-variables, the database engine, argument types, and who is acting."""
+variables, the database engine, argument types, and who is acting.
+
+The database modules (SQLAlchemy, the store, the client) are imported by the functions that
+use them, not here: the parser and ``schedctl validate`` import this module and never touch
+a database.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
-from scheduler_core.client import default_actor
-from scheduler_core.db import DEFAULT_DATABASE_URL, check_schema, create_db_engine
 from scheduler_core.durations import SINCE_FORMS, parse_duration, parse_since
-from scheduler_core.liveness import parse_listen
-from scheduler_core.store import Store
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from scheduler_core.store import Store
 
 T = TypeVar("T")
 
@@ -26,6 +30,7 @@ __all__ = [
     "database_url",
     "duration_seconds",
     "env_default",
+    "json_arg",
     "listen_address",
     "open_engine",
     "positive_int",
@@ -44,10 +49,16 @@ def env_default(name: str, default: str | None = None) -> str | None:
 
 
 def database_url(args: argparse.Namespace) -> str:
+    from scheduler_core.db import DEFAULT_DATABASE_URL
+
     return str(args.database_url or env_default("SCHEDCTL_DATABASE_URL") or DEFAULT_DATABASE_URL)
 
 
 def url_password(url: str) -> str | None:
+    if not url:
+        return None
+    from sqlalchemy.engine import make_url
+
     try:
         return make_url(url).password
     except Exception:
@@ -57,6 +68,8 @@ def url_password(url: str) -> str | None:
 def open_engine(
     args: argparse.Namespace, *, check: bool = True, read_only: bool = False, pre_ping: bool = True
 ) -> sa.Engine:
+    from scheduler_core.db import check_schema, create_db_engine
+
     url = database_url(args)
     try:
         engine = create_db_engine(url, read_only=read_only, pre_ping=pre_ping)
@@ -93,6 +106,8 @@ def duration_seconds(value: str) -> float:
 
 
 def listen_address(value: str) -> str:
+    from scheduler_core.liveness import parse_listen  # brings http.server: daemons only
+
     try:
         parse_listen(value)
     except ValueError as exc:
@@ -100,13 +115,25 @@ def listen_address(value: str) -> str:
     return value
 
 
+def json_arg(value: str) -> Any:
+    """A JSON command-line value (``--args '[1, 2]'``)."""
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {value!r} ({exc})") from None
+
+
 def actor() -> str:
     """Who runs this command: ``user@host`` (the audit events' actor)."""
+    from scheduler_core.client import default_actor
+
     return default_actor()
 
 
 def read_store(args: argparse.Namespace, query: Callable[[Store], T]) -> T:
     """``query`` on a read-only store for the command's database, then let the engine go."""
+    from scheduler_core.store import Store
+
     engine = open_engine(args, read_only=True)
     try:
         return query(Store(engine))

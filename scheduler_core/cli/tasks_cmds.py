@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from scheduler_core.cli.common import UsageError, actor, database_url
 from scheduler_core.cli.output import fmt_time, print_json, table
@@ -13,15 +12,7 @@ from scheduler_core.client import Client
 from scheduler_core.durations import format_duration
 from scheduler_core.task_files import load_task_file
 
-__all__ = ["cmd_run_now", "cmd_tasks_add", "cmd_tasks_remove", "cmd_tasks_show", "json_arg"]
-
-
-def json_arg(value: str) -> Any:
-    """A JSON command-line value (``--args '[1, 2]'``)."""
-    try:
-        return json.loads(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {value!r} ({exc})") from None
+__all__ = ["cmd_run_now", "cmd_tasks_add", "cmd_tasks_remove", "cmd_tasks_show"]
 
 
 def _client(args: argparse.Namespace) -> Client:
