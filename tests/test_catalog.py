@@ -3,7 +3,8 @@
 - The `## Metrics` table lists exactly the families of exporter/catalog.py (what the exporter
   serves), with the same type and label names in the same order.
 - The `## Alerts` table lists exactly the alerts of alerts/schedctl-rules.yml, with the same
-  severity and `for`, and links to the alert's heading in alerts/runbook.md.
+  severity (for a task alert, the default its per-task severity template falls back to) and
+  `for`, and links to the alert's heading in alerts/runbook.md.
 - The `## OpenTelemetry (scheduler)` table lists exactly the instruments of scheduler_core/telemetry/otel.py.
 - The `## SQL tables` table lists exactly the tables of scheduler_core/models.py.
 
@@ -21,6 +22,7 @@ import yaml
 
 from exporter.catalog import CATALOG, MetricSpec
 from scheduler_core import models
+from tests.alerts.severity import default_severity
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "metrics.md"
@@ -101,14 +103,15 @@ def test_alert_table_lists_exactly_the_shipped_alerts() -> None:
 
 @pytest.mark.parametrize("alertname", sorted(_rule_alerts()))
 def test_alert_row_has_the_rule_severity_for_and_runbook(alertname: str) -> None:
-    """The row states the rule's severity and `for`, and links the rule's runbook anchor, which
-    is a heading of alerts/runbook.md."""
+    """The row states the rule's severity (a task alert's default: the fallback of its
+    per-task severity template) and `for`, and links the rule's runbook anchor, which is a
+    heading of alerts/runbook.md."""
     row = _table("Alerts").get(alertname)
     assert row is not None, f"{alertname} has no row"
     severity, for_, meaning, runbook = row
     rule = _rule_alerts()[alertname]
     assert severity in SEVERITIES
-    assert severity == rule["labels"]["severity"]
+    assert severity == default_severity(rule["labels"]["severity"])
     assert for_ == rule["for"]
     assert len(meaning) > 20, f"{alertname}: say when it fires"
     anchor = alertname.lower()

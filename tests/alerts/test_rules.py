@@ -1,6 +1,7 @@
 """The shipped Prometheus rules: promtool accepts and tests them, they implement every alert of
 the catalog in docs/metrics.md with its labels and annotations, they read only metrics of its
-metric table, and no query pages once per exporter replica."""
+metric table, no query pages once per exporter replica, and every task alert takes the task's
+own severity from its `alerts:` block."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from scheduler_core.alert_policy import MIN_RUNS_FOR_USUAL
 from tests.alerts.promql_checks import raw_metric_names, unaggregated_selectors
+from tests.alerts.severity import SEVERITIES, default_severity, is_per_task
 
 pytestmark = pytest.mark.prometheus
 
@@ -25,9 +28,9 @@ RUNBOOK = REPO / "alerts" / "runbook.md"
 ALERTMANAGER_EXAMPLE = REPO / "alerts" / "alertmanager" / "alertmanager.example.yml"
 
 REQUIRED_ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
-SEVERITIES = {"critical", "warning", "info"}
 RUNBOOK_BASE = "https://github.com/schedctl/schedctl/blob/main/alerts/runbook.md#"
 TARGET_LABELS = {"instance", "job", "pod"}
+SEVERITY_JOIN = "task:scheduler_task_alert_severity:join"
 
 
 def _tool(name: str) -> str:
@@ -42,7 +45,8 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _groups() -> list[dict[str, Any]]:
-    return yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    groups: list[dict[str, Any]] = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    return groups
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -103,7 +107,7 @@ def test_promtool_unit_tests_pass() -> None:
 def test_catalog_alert_list_is_read() -> None:
     """The alert names are parsed from docs/metrics.md (guards the tests below against a vacuous
     list)."""
-    assert len(_catalog_alerts()) == 10, _catalog_alerts()
+    assert len(_catalog_alerts()) == 13, _catalog_alerts()
 
 
 @pytest.mark.parametrize("alertname", _catalog_alerts())
@@ -113,7 +117,7 @@ def test_catalog_alert_has_for_severity_and_annotations(alertname: str) -> None:
     assert rules, f"{alertname} is not defined in {RULES.name}"
     for rule in rules:
         assert rule.get("for"), f"{alertname} has no `for`"
-        assert rule.get("labels", {}).get("severity") in SEVERITIES, alertname
+        assert default_severity(rule.get("labels", {}).get("severity", "")) in SEVERITIES
         annotations = rule.get("annotations", {})
         assert set(annotations) >= REQUIRED_ANNOTATIONS, alertname
         assert all(annotations[key].strip() for key in REQUIRED_ANNOTATIONS), alertname
@@ -156,6 +160,41 @@ def test_alert_expressions_hold_no_threshold_literals() -> None:
             expr = re.sub(r'"[^"]*"|\[[^\]]*\]|\w*:\w[\w:]*|[A-Za-z_]\w*', " ", rule["expr"])
             literals = set(re.findall(r"\d+(?:\.\d+)?", expr))
             assert literals <= {"0", "1"}, f"{name}: {literals}"
+
+
+def _recorded(name: str) -> dict[str, Any]:
+    return next(rule for rule in _rules() if rule.get("record") == name)
+
+
+def test_task_alerts_take_the_severity_of_the_task() -> None:
+    """Every SchedulerTask* alert joins the task's severity and templates its label from it,
+    falling back to its own default; the other alerts have a fixed severity."""
+    join = re.compile(rf"\)\s*\* on \(task\) group_left \(severity\) {SEVERITY_JOIN}\s*$")
+    for name, rules in _alerts().items():
+        for rule in rules:
+            label = rule["labels"]["severity"]
+            if name.startswith("SchedulerTask"):
+                assert is_per_task(label), f"{name}: {label!r}"
+                assert join.search(rule["expr"]), f"{name} does not end with the severity join"
+            else:
+                assert label in SEVERITIES, name
+
+
+def test_severity_join_covers_every_task_an_alert_can_name() -> None:
+    """The join has a series for every task the first series of each task alert names, else
+    the alert would vanish for tasks without a severity of their own."""
+    universe = _recorded(SEVERITY_JOIN)["expr"].split("group by (task)", 1)[1]
+    for name, rules in _alerts().items():
+        if name.startswith("SchedulerTask"):
+            for rule in rules:
+                first = re.search(r"task\w*:[\w:]+", rule["expr"])
+                assert first and re.search(rf"\b{first.group(0)}\b", universe), name
+
+
+def test_slower_than_usual_min_runs_matches_the_sql_side() -> None:
+    """The rules and scheduler_core.alert_policy agree on how many runs make a median usual."""
+    expr = _recorded("schedctl:threshold:slower_than_usual_min_runs")["expr"]
+    assert expr == f"vector({MIN_RUNS_FOR_USUAL})"
 
 
 def test_rules_only_read_metrics_of_the_catalog() -> None:
@@ -262,10 +301,22 @@ def test_alertmanager_example_is_valid() -> None:
 
 
 @pytest.mark.parametrize(
-    ("severity", "receiver"), [("critical", "schedctl-pager"), ("warning", "schedctl-chat")]
+    ("alertname", "severity", "receiver"),
+    [
+        ("SchedulerTaskFailing", "critical", "schedctl-pager"),
+        ("SchedulerTaskFailing", "warning", "schedctl-chat"),
+        ("SchedulerTaskFailing", "info", "schedctl-chat"),
+        ("SchedulerTaskDeadlineMissed", "critical", "schedctl-pager"),
+        ("SchedulerTaskDeadlineMissed", "info", "schedctl-chat"),
+        ("SchedulerTaskSlow", "warning", "schedctl-chat"),
+        ("SchedulerNoInstances", "critical", "schedctl-pager"),
+    ],
 )
-def test_alertmanager_example_routes_by_severity(severity: str, receiver: str) -> None:
-    """Critical schedctl alerts reach the pager receiver, warnings the chat receiver."""
+def test_alertmanager_example_routes_by_severity(
+    alertname: str, severity: str, receiver: str
+) -> None:
+    """Critical schedctl alerts reach the pager receiver, warnings the chat receiver, and info
+    (a task's `alerts: {severity: info}`) only the chat receiver: it never pages."""
     result = _run(
         _tool("amtool"),
         "config",
@@ -273,7 +324,7 @@ def test_alertmanager_example_routes_by_severity(severity: str, receiver: str) -
         "test",
         f"--config.file={ALERTMANAGER_EXAMPLE}",
         f"--verify.receivers={receiver}",
-        "alertname=SchedulerTaskFailing",
+        f"alertname={alertname}",
         f"severity={severity}",
         "task=backup",
     )
