@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from scheduler_core import states
+from scheduler_core.alert_policy import MIN_RUNS_FOR_USUAL, THRESHOLD_KINDS
 
 __all__ = [
+    "CONSECUTIVE_FAILURES",
     "DASHBOARD_FILES",
     "HEARTBEAT_STALE_SECONDS",
     "LATE_GRACE_SECONDS",
+    "NO_SUCCESS_INTERVALS",
+    "NO_SUCCESS_SLACK_SECONDS",
     "all_queries",
     "badge_conditions",
     "build_all",
@@ -50,6 +54,11 @@ TAGS = ["schedctl"]
 LATE_GRACE_SECONDS = int(states.LATE_GRACE_SECONDS)
 assert LATE_GRACE_SECONDS == states.LATE_GRACE_SECONDS, "the late grace must be whole seconds"
 HEARTBEAT_STALE_SECONDS = 120
+# The global thresholds a task's alerts: block overrides (schedctl:threshold:consecutive_failures,
+# :no_success_intervals and :no_success_slack_seconds), for the overview's thresholds table.
+CONSECUTIVE_FAILURES = 3
+NO_SUCCESS_INTERVALS = 2
+NO_SUCCESS_SLACK_SECONDS = 120
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 DEFAULT_EXPORTER_URL = "http://127.0.0.1:9464"
@@ -532,6 +541,75 @@ def _overview_counts(layout: _Layout) -> list[Json]:
     ]
 
 
+def _alert_threshold(key: str, selector: str = "") -> str:
+    """PromQL: per task, the threshold its alerts: block sets for the field ``key`` (a key of
+    scheduler_core.alert_policy.THRESHOLD_KINDS); no series where the task sets none."""
+    return _by_task(
+        "scheduler_task_alert_threshold", _selector(selector, f'kind="{THRESHOLD_KINDS[key]}"')
+    )
+
+
+#: The overview's thresholds table: (alerts: field, column title) per threshold kind.
+THRESHOLD_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("failures", "failures"),
+    ("late_after", "late after (s)"),
+    ("no_success_for", "no success for (s)"),
+    ("min_duration", "min duration (s)"),
+    ("max_duration", "max duration (s)"),
+    ("slower_than_usual", "slower than usual (x median)"),
+)
+assert {key for key, _ in THRESHOLD_COLUMNS} == set(THRESHOLD_KINDS), "a column per kind"
+
+
+def _overview_thresholds_table(layout: _Layout) -> Json:
+    """One row per task: the alert thresholds its alerts: block sets, "default" elsewhere."""
+    # Query A lists every task; "Value #X" is the threshold of query X, absent (null, shown
+    # as "default") where the task sets none; "severity" is the policy info's label.
+    refs = "BCDEFG"
+    values = {
+        f"Value #{ref}": title for ref, (_, title) in zip(refs, THRESHOLD_COLUMNS, strict=True)
+    }
+    return _table_panel(
+        layout,
+        sort_by="task",
+        size=(24, 8),
+        title="Alert thresholds per task",
+        description=(
+            "The thresholds each task's alerts: block sets (scheduler_task_alert_threshold,"
+            ' durations in seconds) and the severity it gives its alerts. "default" means the'
+            " task sets none and the global value applies (the schedctl:threshold:* rules in"
+            f" alerts/schedctl-rules.yml): {CONSECUTIVE_FAILURES} failures in a row, late after"
+            f" {LATE_GRACE_SECONDS} s, no success for {NO_SUCCESS_INTERVALS} expected intervals"
+            f" plus {NO_SUCCESS_SLACK_SECONDS} s, no duration check, each alert's own severity."
+            " A threshold column shows once some task sets it."
+        ),
+        targets=[
+            _instant(_by_task("scheduler_task_info"), table=True),
+            *(
+                _instant(_alert_threshold(key), ref, table=True)
+                for ref, (key, _) in zip(refs, THRESHOLD_COLUMNS, strict=True)
+            ),
+            _instant("max by (task, severity) (scheduler_task_alert_policy_info)", "H", table=True),
+        ],
+        unit="none",
+        # Strings (task names, severities) are never null, so only empty cells say "default".
+        mappings=[
+            {
+                "type": "special",
+                "options": {"match": "null", "result": {"text": "default", "index": 0}},
+            }
+        ],
+        transformations=[
+            _merge(),
+            _organize(
+                exclude=["Time", "Value #A", "Value #H"],
+                index=["task", *values, "severity"],
+                rename=values,
+            ),
+        ],
+    )
+
+
 def _overview_tasks_table(layout: _Layout) -> Json:
     """One row per task, each linking to the task dashboard."""
     # Column "Value #X" comes from query X; "state" is the status query's label.
@@ -704,7 +782,8 @@ def build_overview() -> Json:
             title="Open alarms",
             description=(
                 "Alarms the scheduler has opened and not yet closed (scheduler_alarm_events):"
-                " consecutive failures, stuck or missed runs."
+                " consecutive failures, stuck or missed runs, and for tasks with an alerts: block"
+                " too fast or slow runs and missed deadlines."
             ),
             expr="max by (task, kind) (scheduler_alarm_open) == 1",
             sort_by="task",
@@ -722,6 +801,7 @@ def build_overview() -> Json:
             sort_by="alertname",
             no_value="No schedctl alert is firing",
         ),
+        _overview_thresholds_table(layout),
     ]
     return _dashboard(
         uid=OVERVIEW_UID,
@@ -882,6 +962,62 @@ def _task_latencies(layout: _Layout) -> list[Json]:
     ]
 
 
+def _task_alerting(layout: _Layout) -> list[Json]:
+    """The task's run durations against the bounds of its alerts: block, and its alarms."""
+    buckets = f"scheduler_task_run_duration_seconds_bucket{TASK_SELECTOR}"
+    # Over every persisted run, as "slower than usual" judges (scheduler_core.alert_policy).
+    median = f"histogram_quantile(0.5, max by (le) ({buckets}))"
+    all_runs = _selector(TASK_SELECTOR, 'le="+Inf"')
+    runs = _by_task("scheduler_task_run_duration_seconds_bucket", all_runs)
+    factor = _alert_threshold("slower_than_usual", TASK_SELECTOR)
+    usual_bound = f"{median}\n* on () {factor}\nand on () ({runs} >= {MIN_RUNS_FOR_USUAL})"
+    return [
+        _timeseries_panel(
+            layout,
+            title="Run duration against its alert thresholds",
+            description=(
+                "The last finished run's duration, the median of all the task's runs (from the"
+                " persisted histogram) and the bounds its alerts: block sets: min_duration (a"
+                " faster success is suspicious), max_duration, and slower_than_usual times the"
+                f" median, once the task has {MIN_RUNS_FOR_USUAL} runs. A bound the task does"
+                " not set is not drawn."
+            ),
+            targets=[
+                _target(
+                    _by_task("scheduler_task_last_duration_seconds", TASK_SELECTOR),
+                    "A",
+                    legend="last run",
+                ),
+                _target(median, "B", legend="median"),
+                _target(
+                    _alert_threshold("min_duration", TASK_SELECTOR), "C", legend="min_duration"
+                ),
+                _target(
+                    _alert_threshold("max_duration", TASK_SELECTOR), "D", legend="max_duration"
+                ),
+                _target(usual_bound, "E", legend="slower_than_usual x median"),
+            ],
+            unit="s",
+        ),
+        _timeseries_panel(
+            layout,
+            title="Alarms",
+            description=(
+                "1 while the scheduler has an alarm of the kind open for the task: consecutive"
+                " failures, stuck, missed, and with an alerts: block too_fast, slow and"
+                " deadline_missed."
+            ),
+            targets=[
+                _target(
+                    f"max by (kind) (scheduler_alarm_open{TASK_SELECTOR})", "A", legend="{{kind}}"
+                )
+            ],
+            unit="bool",
+            steps=True,
+        ),
+    ]
+
+
 def _task_runs(layout: _Layout) -> list[Json]:
     """The task's finished runs by outcome, its missed runs, the runs in the time range."""
     runs = f"scheduler_task_runs_total{TASK_SELECTOR}"
@@ -992,13 +1128,17 @@ def build_task() -> Json:
         *_task_state(layout),
         *_task_timing(layout),
         *_task_latencies(layout),
+        *_task_alerting(layout),
         *_task_runs(layout),
         _task_running(layout),
     ]
     return _dashboard(
         uid=TASK_UID,
         title="schedctl / Task",
-        description="One schedctl task in depth: state, durations, start delays, outcomes, runs.",
+        description=(
+            "One schedctl task in depth: state, durations against its alert thresholds, alarms,"
+            " start delays, outcomes, runs."
+        ),
         panels=panels,
         variables=_task_variables(),
     )

@@ -65,6 +65,10 @@ def _task_document(task: TaskSnapshot) -> dict[str, Any]:
         "runs_total": dict(task.runs_total),
         "missed_runs_total": task.missed_runs_total,
         "open_alarms": sorted(task.open_alarms),
+        # The task's alerts: block, durations in seconds ({} without one), and whether its
+        # deadline was missed (null without a deadline).
+        "alerts": {} if task.alert_policy is None else task.alert_policy.to_dict(),
+        "deadline_missed": task.deadline_missed,
     }
 
 

@@ -15,7 +15,14 @@ from typing import Literal, cast
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go
 
 from exporter.refresh import RefreshState
-from scheduler_core.store.snapshot import ALARM_KINDS, OUTCOMES, Snapshot, TaskSnapshot
+from scheduler_core.alert_policy import AlertPolicy
+from scheduler_core.store.snapshot import (
+    ALARM_KINDS,
+    OUTCOMES,
+    POLICY_ALARM_KINDS,
+    Snapshot,
+    TaskSnapshot,
+)
 
 #: prometheus_client's own float formatting (untyped upstream), so our output matches its.
 _go_float = cast(Callable[[float], str], _untyped_float_to_go)
@@ -223,17 +230,69 @@ def task_samples(task: TaskSnapshot) -> dict[str, list[Sample]]:
         task.start_delay.cumulative(),
         task.start_delay.sum,
     )
-    # Filled from the task's alerts block (scheduler_core.alert_policy).
-    out["scheduler_task_alert_threshold"] = []
-    out["scheduler_task_alert_policy_info"] = []
-    out["scheduler_task_deadline_missed"] = []
-    kinds = [*ALARM_KINDS, *sorted(task.open_alarms.difference(ALARM_KINDS))]
+    policy = task.alert_policy
+    if policy is None:  # most tasks: no alerts block, so the always-on alarm kinds only
+        out["scheduler_task_alert_threshold"] = []
+        out["scheduler_task_alert_policy_info"] = []
+        out["scheduler_task_deadline_missed"] = []
+        kinds = [*ALARM_KINDS, *sorted(task.open_alarms.difference(ALARM_KINDS))]
+    else:
+        _policy_samples(out, task, policy)
+        always = (*ALARM_KINDS, *_policy_alarm_kinds(policy))
+        kinds = [*always, *sorted(task.open_alarms.difference(always))]
     out["scheduler_alarm_open"] = [
         ("scheduler_alarm_open", (("task", name), ("kind", kind)),
          1.0 if kind in task.open_alarms else 0.0)
         for kind in kinds
     ]  # fmt: skip
     return out
+
+
+#: The policy alarm kinds (scheduler_core.telemetry.alarm_rules.policy_alarms) and the fields
+#: of an alerts block that open them: a task whose policy sets one gets a series of that kind
+#: even while it is closed (0), so "alarm open" alerts see 0 rather than no series.
+_POLICY_ALARM_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("too_fast", ("min_duration",)),
+    ("slow", ("max_duration", "slower_than_usual")),
+    ("deadline_missed", ("deadline",)),
+)
+assert tuple(kind for kind, _ in _POLICY_ALARM_FIELDS) == POLICY_ALARM_KINDS
+
+
+def _policy_alarm_kinds(policy: AlertPolicy) -> tuple[str, ...]:
+    """The policy alarm kinds ``policy`` can open, in POLICY_ALARM_KINDS order."""
+    return tuple(
+        kind
+        for kind, keys in _POLICY_ALARM_FIELDS
+        if any(getattr(policy, key) is not None for key in keys)
+    )
+
+
+def _policy_samples(out: dict[str, list[Sample]], task: TaskSnapshot, policy: AlertPolicy) -> None:
+    """The alerts-block families of a task that has a policy: its thresholds (by kind), its
+    severity and, when it sets a deadline, whether that was missed."""
+    name = task.name
+    out["scheduler_task_alert_threshold"] = [
+        ("scheduler_task_alert_threshold", (("task", name), ("kind", kind)), value)
+        for kind, value in sorted(policy.thresholds().items())
+    ]
+    out["scheduler_task_alert_policy_info"] = (
+        []
+        if policy.severity is None
+        else [
+            (
+                "scheduler_task_alert_policy_info",
+                (("task", name), ("severity", policy.severity)),
+                1.0,
+            )
+        ]
+    )
+    missed = task.deadline_missed
+    out["scheduler_task_deadline_missed"] = (
+        []
+        if missed is None
+        else [("scheduler_task_deadline_missed", (("task", name),), 1.0 if missed else 0.0)]
+    )
 
 
 def global_samples(state: RefreshState, version: str) -> Iterator[tuple[str, Sample]]:

@@ -17,6 +17,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from dashboards import build
+from scheduler_core.alert_policy import MIN_RUNS_FOR_USUAL, THRESHOLD_KINDS
 from tests.alerts.promql_checks import raw_metric_names, unaggregated_selectors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,7 +246,8 @@ def test_queries_read_only_metrics_of_the_catalog() -> None:
 
 
 def test_dashboard_thresholds_match_alert_rules() -> None:
-    """The late grace and heartbeat staleness on the dashboards equal the alert thresholds."""
+    """The late grace, heartbeat staleness and the global thresholds the overview's alert
+    thresholds table names as defaults equal the alert thresholds."""
     recorded = {
         rule["record"]: rule["expr"]
         for group in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
@@ -256,6 +258,54 @@ def test_dashboard_thresholds_match_alert_rules() -> None:
     stale = recorded["schedctl:threshold:heartbeat_stale_seconds"]
     assert grace == f"vector({build.LATE_GRACE_SECONDS})"
     assert stale == f"vector({build.HEARTBEAT_STALE_SECONDS})"
+    for name, value in (
+        ("consecutive_failures", build.CONSECUTIVE_FAILURES),
+        ("no_success_intervals", build.NO_SUCCESS_INTERVALS),
+        ("no_success_slack_seconds", build.NO_SUCCESS_SLACK_SECONDS),
+    ):
+        assert recorded[f"schedctl:threshold:{name}"] == f"vector({value})", name
+
+
+def _panel(uid: str, title: str) -> dict[str, Any]:
+    return next(panel for panel in _panels(_committed(uid)) if panel["title"] == title)
+
+
+def test_thresholds_table_has_a_column_per_threshold_kind_and_severity() -> None:
+    """The overview's thresholds table reads every kind of scheduler_task_alert_threshold
+    (one query each, so one column each), the severity label, and lists every task; a task
+    without a value shows "default"."""
+    panel = _panel("schedctl-overview", "Alert thresholds per task")
+    exprs = [target["expr"] for target in panel["targets"]]
+    kinds = {
+        m for e in exprs for m in re.findall(r'scheduler_task_alert_threshold\{kind="(\w+)"', e)
+    }
+    assert kinds == set(THRESHOLD_KINDS.values())
+    assert exprs[0] == "max by (task) (scheduler_task_info)"
+    assert exprs[-1] == "max by (task, severity) (scheduler_task_alert_policy_info)"
+    organize = panel["transformations"][-1]["options"]
+    assert organize["indexByName"]["task"] == 0 and organize["indexByName"]["severity"] == 7
+    assert set(organize["excludeByName"]) == {"Time", "Value #A", "Value #H"}
+    [default] = panel["fieldConfig"]["defaults"]["mappings"]
+    assert default["options"] == {"match": "null", "result": {"text": "default", "index": 0}}
+
+
+def test_duration_panel_draws_median_and_the_policy_bounds() -> None:
+    """The task dashboard draws the last duration against the median of all runs and the
+    min_duration / max_duration / slower_than_usual bounds of the task's alerts block."""
+    panel = _panel("schedctl-task", "Run duration against its alert thresholds")
+    exprs = {target["legendFormat"]: target["expr"] for target in panel["targets"]}
+    buckets = 'scheduler_task_run_duration_seconds_bucket{task="$task"}'
+    median = f"histogram_quantile(0.5, max by (le) ({buckets}))"
+    assert exprs["median"] == median
+    assert exprs["min_duration"] == (
+        'max by (task) (scheduler_task_alert_threshold{task="$task", kind="min_duration_seconds"})'
+    )
+    assert exprs["max_duration"] == (
+        'max by (task) (scheduler_task_alert_threshold{task="$task", kind="max_duration_seconds"})'
+    )
+    assert exprs["last run"] == 'max by (task) (scheduler_task_last_duration_seconds{task="$task"})'
+    assert exprs["slower_than_usual x median"].startswith(median)
+    assert panel["fieldConfig"]["defaults"]["unit"] == "s"
 
 
 def test_table_transformations_refer_to_existing_queries() -> None:
@@ -410,6 +460,88 @@ def test_status_badge_gives_each_task_one_state(tmp_path: Path) -> None:
                         ],
                     }
                 ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.prometheus
+def test_duration_bounds_evaluate_per_task_across_replicas(tmp_path: Path) -> None:
+    """With two exporter replicas, the duration panel's lines are one series each, and the
+    slower-than-usual bound is the factor times the median only once the task has
+    MIN_RUNS_FOR_USUAL runs (evaluated by promtool)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is required (Debian: prometheus)")
+    panel = _panel("schedctl-task", "Run duration against its alert thresholds")
+    # task -> cumulative bucket counts: 10 runs took up to 1 s, the others up to 2 s; only
+    # "seasoned" has the runs its median needs to count as usual.
+    buckets = {
+        task: {"1": 10, "2": runs, "+Inf": runs}
+        for task, runs in (("seasoned", MIN_RUNS_FOR_USUAL), ("young", MIN_RUNS_FOR_USUAL - 1))
+    }
+    series = []
+    for task, counts in buckets.items():
+        per_task = {
+            "scheduler_task_last_duration_seconds|": "2.5",
+            'scheduler_task_alert_threshold|kind="min_duration_seconds", ': "0.5",
+            'scheduler_task_alert_threshold|kind="max_duration_seconds", ': "30",
+            'scheduler_task_alert_threshold|kind="slower_than_usual_factor", ': "3",
+            **{
+                f'scheduler_task_run_duration_seconds_bucket|le="{le}", ': str(count)
+                for le, count in counts.items()
+            },
+        }
+        series += [
+            {
+                "series": f"{metric.partition('|')[0]}{{{metric.partition('|')[2]}"
+                f'task="{task}", job="schedctl", instance="{ip}", pod="{pod}"}}',
+                "values": f"{value}x10",
+            }
+            for metric, value in per_task.items()
+            for ip, pod in (("10.0.0.1:9464", "schedctl-0"), ("10.0.0.2:9464", "schedctl-1"))
+        ]
+    # histogram_quantile: rank 0.5 x runs within the first bucket (10 runs in 0..1 s).
+    median = {task: 0.5 * counts["+Inf"] / 10 for task, counts in buckets.items()}
+    expected = {
+        "last run": lambda task: [(f'{{task="{task}"}}', 2.5)],
+        "median": lambda task: [("{}", median[task])],
+        "min_duration": lambda task: [(f'{{task="{task}"}}', 0.5)],
+        "max_duration": lambda task: [(f'{{task="{task}"}}', 30.0)],
+        "slower_than_usual x median": lambda task: (
+            [("{}", 3 * median[task])] if task == "seasoned" else []
+        ),
+    }
+    tests = [
+        {
+            "expr": build.substitute(target["expr"], {"task": task}),
+            "eval_time": "5m",
+            "exp_samples": [
+                {"labels": labels, "value": value}
+                for labels, value in expected[target["legendFormat"]](task)
+            ],
+        }
+        for target in panel["targets"]
+        for task in buckets
+    ]
+    assert len(tests) == 2 * len(expected)
+    (tmp_path / "none.yml").write_text("groups: []\n", encoding="utf-8")
+    test_file = tmp_path / "durations_test.yml"
+    test_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["none.yml"],
+                "evaluation_interval": "1m",
+                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
             }
         ),
         encoding="utf-8",

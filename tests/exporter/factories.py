@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,10 +18,24 @@ import sqlalchemy as sa
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core import models
+from scheduler_core.alert_policy import AlertPolicy, Deadline
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
+from scheduler_core.store.snapshot import OUTCOMES, TaskSnapshot
 
 #: The "now" the seeded rows are relative to (a fixed instant keeps expected values exact).
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+#: An ``alerts:`` block that sets every field (durations in seconds, as stored).
+FULL_ALERTS = AlertPolicy(
+    failures=2,
+    late_after=600.0,
+    no_success_for=86400.0,
+    max_duration=1800.0,
+    min_duration=2.0,
+    slower_than_usual=3.0,
+    deadline=Deadline(at=time(6, 0), timezone="Europe/Berlin"),
+    severity="critical",
+)
 
 
 def schedule_row(name: str, *, now: datetime = NOW, **overrides: Any) -> dict[str, Any]:
@@ -49,6 +63,7 @@ def schedule_row(name: str, *, now: datetime = NOW, **overrides: Any) -> dict[st
         **{f"runs_{outcome}_total": 0 for outcome in models.TERMINAL_STATUSES},
         "missed_runs_total": 0,
         "result_totals": None,
+        "alert_policy": None,
         **histogram_columns(
             HistogramCounts.empty(DURATION_BUCKETS), HistogramCounts.empty(START_DELAY_BUCKETS)
         ),
@@ -195,7 +210,8 @@ def delay_histogram(*values: float) -> HistogramCounts:
 
 
 def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Expected]:
-    """One task per badge (plus a never-run one), two instances, alarms; returns expectations.
+    """One task per badge (plus a never-run one and ``alerting-task``, whose alerts block sets
+    every field), two instances, alarms; returns expectations.
 
     Instance ``node-a:1`` runs ``running-task`` and ``stuck-task``; ``node-b:2`` is draining.
     ``ok-task`` ran on both instances: the newer finish (on node-b) must win.
@@ -257,6 +273,16 @@ def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Exp
             due_at=now - timedelta(minutes=10),
             missed_runs_total=3,
         ),
+        # Every field of an alerts: block; its last success (a day ago, in 0.5 s) was faster
+        # than min_duration and before today's 06:00 Berlin deadline: both alarms are open.
+        schedule_row(
+            "alerting-task",
+            now=now,
+            alert_policy=FULL_ALERTS.to_json(),
+            runs_success_total=1,
+            last_success_at=now - timedelta(days=1),
+            **histogram_columns(duration_histogram(0.5), delay_histogram(0.01)),
+        ),
         schedule_row(
             "once-task",
             now=now,
@@ -308,6 +334,15 @@ def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Exp
             last_status="success",
         ),
         health_row(
+            "alerting-task",
+            a,
+            now=now,
+            last_started_at=now - timedelta(days=1, seconds=0.5),
+            last_finished_at=now - timedelta(days=1),
+            last_duration_seconds=0.5,
+            last_status="success",
+        ),
+        health_row(
             "stuck-task",
             a,
             now=now,
@@ -355,6 +390,8 @@ def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Exp
             alarm_row("failing-task", "consecutive_failures", now=now),
             alarm_row("stuck-task", "stuck", now=now),
             alarm_row("late-task", "missed", now=now, closed_at=now - timedelta(minutes=1)),
+            alarm_row("alerting-task", "too_fast", now=now),
+            alarm_row("alerting-task", "deadline_missed", now=now),
         ],
     )
     return {
@@ -366,6 +403,7 @@ def seed_every_state(engine: sa.Engine, *, now: datetime = NOW) -> dict[str, Exp
         "disabled-task": Expected("disabled"),
         "late-task": Expected("late"),
         "once-task": Expected("ok"),
+        "alerting-task": Expected("ok", last_status="success"),
     }
 
 
@@ -405,6 +443,46 @@ def seed_many(engine: sa.Engine, count: int, *, now: datetime = NOW, instances: 
         ),
     )  # fmt: skip
     insert(engine, models.instances, (instance_row(iid, now=now) for iid in ids))
+
+
+def task_snapshot(name: str = "job", **overrides: Any) -> TaskSnapshot:
+    """A TaskSnapshot built directly (no database): an idle, enabled ``every 5m`` task that
+    succeeded a minute ago, with ``overrides`` applied."""
+    fields: dict[str, Any] = {
+        "name": name,
+        "schedule_type": "every",
+        "schedule": "every 5m",
+        "timezone": "UTC",
+        "action_kind": "callable",
+        "enabled": True,
+        "paused": False,
+        "pause_reason": None,
+        "paused_by": None,
+        "paused_at": None,
+        "next_run_at": NOW + timedelta(minutes=4),
+        "last_started_at": NOW - timedelta(minutes=1, seconds=3),
+        "last_finished_at": NOW - timedelta(minutes=1),
+        "last_success_at": NOW - timedelta(minutes=1),
+        "last_failure_at": None,
+        "last_duration_seconds": 3.0,
+        "last_status": "success",
+        "last_error_message": None,
+        "last_heartbeat_at": NOW,
+        "consecutive_failures": 0,
+        "max_runtime_seconds": None,
+        "expected_interval_seconds": 300.0,
+        "running": 0,
+        "stuck": False,
+        "late": False,
+        "runs_total": {**dict.fromkeys(OUTCOMES, 0), "success": 1},
+        "missed_runs_total": 0,
+        "duration": duration_histogram(3.0),
+        "start_delay": delay_histogram(0.01),
+        "open_alarms": frozenset(),
+        "badge": "ok",
+    }
+    fields.update(overrides)
+    return TaskSnapshot(**fields)
 
 
 class FakeClock:

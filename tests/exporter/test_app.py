@@ -14,14 +14,26 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Gauge
 
+from exporter.api import status_document
 from exporter.app import REFRESHER, create_app
 from exporter.database import create_reader_engine
+from exporter.refresh import RefreshState
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core import models
+from scheduler_core.alert_policy import AlertPolicy
 from scheduler_core.db import create_db_engine
+from scheduler_core.store.snapshot import Snapshot
 from tests.exporter.conftest import with_client
-from tests.exporter.factories import NOW, FakeClock, insert, run_row, seed_every_state
+from tests.exporter.factories import (
+    FULL_ALERTS,
+    NOW,
+    FakeClock,
+    insert,
+    run_row,
+    seed_every_state,
+    task_snapshot,
+)
 from tests.support.pgserver import PostgresServer
 from tests.support.prometheus import free_port, wait_until
 
@@ -56,6 +68,15 @@ def test_promtool_accepts_the_metrics_of_every_state(seeded_sqlite, clock):
     finally:
         engine.dispose()
     assert b'scheduler_task_stuck{task="stuck-task"} 1.0' in body
+    # The alerts-block families, from alerting-task (every field of an alerts: block set).
+    for line in (
+        b'scheduler_task_alert_threshold{kind="slower_than_usual_factor",task="alerting-task"} 3.0',
+        b'scheduler_task_alert_policy_info{severity="critical",task="alerting-task"} 1.0',
+        b'scheduler_task_deadline_missed{task="alerting-task"} 1.0',
+        b'scheduler_alarm_open{kind="too_fast",task="alerting-task"} 1.0',
+        b'scheduler_alarm_open{kind="slow",task="alerting-task"} 0.0',
+    ):
+        assert line in body, line
     result = subprocess.run(
         ["/usr/bin/promtool", "check", "metrics"], input=body, capture_output=True, timeout=60
     )
@@ -417,9 +438,9 @@ def test_status_reports_instances_counts_and_badges(api_db, clock):
     [(status, body, _)] = api_calls(url, clock, [("/api/v1/status", None, None)])
     assert status == 200
     assert body["database_up"] is True
-    assert body["task_count"] == 8
+    assert body["task_count"] == 9
     assert body["task_counts"] == {
-        "disabled": 1, "paused": 1, "stuck": 1, "running": 1, "failing": 1, "late": 1, "ok": 2,
+        "disabled": 1, "paused": 1, "stuck": 1, "running": 1, "failing": 1, "late": 1, "ok": 3,
     }  # fmt: skip
     assert body["any_stuck"] is True and body["stuck_tasks"] == ["stuck-task"]
     badges = {t["name"]: t["badge"] for t in body["tasks"]}
@@ -430,6 +451,45 @@ def test_status_reports_instances_counts_and_badges(api_db, clock):
         "node-a:1": 2,
         "node-b:2": 0,
     }
+
+
+def test_status_tasks_carry_their_alerts_block_and_deadline(api_db, clock):
+    """Each task document has ``alerts`` (the alerts: block, durations in seconds; {} without
+    one) and ``deadline_missed`` (null without a deadline)."""
+    url, _ = api_db
+    [(status, body, _)] = api_calls(url, clock, [("/api/v1/status", None, None)])
+    assert status == 200
+    tasks = {t["name"]: t for t in body["tasks"]}
+    alerting = tasks["alerting-task"]
+    assert alerting["alerts"] == {
+        "failures": 2, "late_after": 600.0, "no_success_for": 86400.0, "max_duration": 1800.0,
+        "min_duration": 2.0, "slower_than_usual": 3.0,
+        "deadline": {"at": "06:00:00", "timezone": "Europe/Berlin"}, "severity": "critical",
+    }  # fmt: skip
+    assert alerting["alerts"] == json.loads(json.dumps(FULL_ALERTS.to_dict()))
+    assert alerting["deadline_missed"] is True
+    assert alerting["open_alarms"] == ["deadline_missed", "too_fast"]
+    assert (tasks["ok-task"]["alerts"], tasks["ok-task"]["deadline_missed"]) == ({}, None)
+
+
+def test_task_document_alerts_from_a_snapshot():
+    """Built from snapshots directly: a partial policy gives only its fields, a deadline not
+    missed is false, and the document stays plain JSON."""
+    tasks = (
+        task_snapshot("a", alert_policy=AlertPolicy(max_duration=60.0, severity="info")),
+        task_snapshot("b", alert_policy=FULL_ALERTS, deadline_missed=False),
+        task_snapshot("c"),
+    )
+    state = RefreshState(
+        snapshot=Snapshot(taken_at=NOW, tasks=tasks, instances=()), up=True, last_success_at=NOW
+    )
+    documents = json.loads(json.dumps(status_document(state, NOW)))["tasks"]
+    assert [(d["alerts"], d["deadline_missed"]) for d in documents] == [
+        ({"max_duration": 60.0, "severity": "info"}, None),
+        (FULL_ALERTS.to_dict() | {"deadline": {"at": "06:00:00", "timezone": "Europe/Berlin"}},
+         False),
+        ({}, None),
+    ]  # fmt: skip
 
 
 def test_status_before_any_snapshot_is_a_503_envelope(api_db, clock):

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter.catalog import CATALOG
+from exporter.catalog import CATALOG, TASK_METRICS, task_samples
 from exporter.collector import SnapshotCollector
 from exporter.exposition import CatalogRenderer
 from exporter.refresh import RefreshState
+from scheduler_core.alert_policy import AlertPolicy
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS
-from scheduler_core.store.snapshot import OUTCOMES, read_snapshot
-from tests.exporter.factories import NOW, StatementCounter, delay_histogram, duration_histogram
+from scheduler_core.store.snapshot import ALARM_KINDS, OUTCOMES, Snapshot, read_snapshot
+from tests.exporter.factories import (
+    FULL_ALERTS,
+    NOW,
+    StatementCounter,
+    delay_histogram,
+    duration_histogram,
+    task_snapshot,
+)
 
 
 @pytest.fixture
@@ -159,6 +168,134 @@ def test_alarm_series_exist_for_every_task_and_kind(registry):
     assert value(registry, "scheduler_alarm_open", task="stuck-task", kind="stuck") == 1
     assert value(registry, "scheduler_alarm_open", task="late-task", kind="missed") == 0
     assert value(registry, "scheduler_alarm_open", task="ok-task", kind="stuck") == 0
+
+
+def _alerts(task: str = "job", **overrides: object) -> dict[str, list]:
+    """The alerts-block families and the alarm family of one directly built task."""
+    samples = task_samples(task_snapshot(task, **overrides))
+    families = (
+        "scheduler_task_alert_threshold",
+        "scheduler_task_alert_policy_info",
+        "scheduler_task_deadline_missed",
+        "scheduler_alarm_open",
+    )
+    return {f: [(dict(labels), v) for _, labels, v in samples[f]] for f in families}
+
+
+def test_a_full_alerts_policy_gives_its_thresholds_severity_deadline_and_alarm_series():
+    """Every threshold kind in its unit (sorted by kind), the severity, the deadline flag, and
+    a series for each alarm kind the policy can open, 1 while open and 0 while closed."""
+    got = _alerts(
+        alert_policy=FULL_ALERTS, deadline_missed=True, open_alarms=frozenset({"deadline_missed"})
+    )
+    assert got["scheduler_task_alert_threshold"] == [
+        ({"task": "job", "kind": kind}, value)
+        for kind, value in (
+            ("consecutive_failures", 2.0),
+            ("late_seconds", 600.0),
+            ("max_duration_seconds", 1800.0),
+            ("min_duration_seconds", 2.0),
+            ("no_success_seconds", 86400.0),
+            ("slower_than_usual_factor", 3.0),
+        )
+    ]
+    assert got["scheduler_task_alert_policy_info"] == [({"task": "job", "severity": "critical"}, 1)]
+    assert got["scheduler_task_deadline_missed"] == [({"task": "job"}, 1.0)]
+    alarms = {labels["kind"]: v for labels, v in got["scheduler_alarm_open"]}
+    assert list(alarms) == [*ALARM_KINDS, "too_fast", "slow", "deadline_missed"]
+    closed = dict.fromkeys((*ALARM_KINDS, "too_fast", "slow"), 0.0)
+    assert alarms == {**closed, "deadline_missed": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("policy", "kinds"),
+    [
+        (AlertPolicy(min_duration=1.0), ["too_fast"]),
+        (AlertPolicy(max_duration=60.0), ["slow"]),
+        (AlertPolicy(slower_than_usual=2.0), ["slow"]),
+        (AlertPolicy(failures=1, late_after=60.0, severity="info"), []),
+    ],
+    ids=["min_duration", "max_duration", "slower_than_usual", "no-policy-kinds"],
+)
+def test_a_policy_alarm_kind_has_a_series_only_where_the_policy_can_open_it(policy, kinds):
+    """too_fast needs min_duration, slow max_duration or slower_than_usual, deadline_missed a
+    deadline; a policy without a deadline has no deadline series, one without severity no
+    info series."""
+    got = _alerts(alert_policy=policy)
+    assert [labels["kind"] for labels, _ in got["scheduler_alarm_open"]] == [*ALARM_KINDS, *kinds]
+    assert got["scheduler_task_deadline_missed"] == []
+    severity = [labels.get("severity") for labels, _ in got["scheduler_task_alert_policy_info"]]
+    assert severity == ([policy.severity] if policy.severity else [])
+    assert [labels["kind"] for labels, _ in got["scheduler_task_alert_threshold"]] == sorted(
+        policy.thresholds()
+    )
+
+
+def test_a_task_without_a_policy_has_no_alerts_series_but_keeps_other_open_alarms():
+    """No alerts block: no threshold, info or deadline series and only the always-on alarm
+    kinds, plus any other kind still open (a policy alarm left from a removed policy)."""
+    got = _alerts(open_alarms=frozenset({"slow", "stuck"}))
+    assert got["scheduler_task_alert_threshold"] == []
+    assert got["scheduler_task_alert_policy_info"] == []
+    assert got["scheduler_task_deadline_missed"] == []
+    alarms = {labels["kind"]: v for labels, v in got["scheduler_alarm_open"]}
+    assert alarms == {**dict.fromkeys(ALARM_KINDS, 0.0), "stuck": 1.0, "slow": 1.0}
+    policy_got = _alerts(
+        alert_policy=AlertPolicy(min_duration=1.0), open_alarms=frozenset({"slow", "odd"})
+    )
+    kinds = [(labels["kind"], v) for labels, v in policy_got["scheduler_alarm_open"]]
+    assert kinds[len(ALARM_KINDS) :] == [("too_fast", 0.0), ("odd", 1.0), ("slow", 1.0)]
+
+
+def test_deadline_met_is_zero_and_every_family_is_declared():
+    """A deadline not missed reports 0; task_samples yields exactly the TASK_METRICS families."""
+    samples = task_samples(task_snapshot(alert_policy=FULL_ALERTS, deadline_missed=False))
+    assert set(samples) == set(TASK_METRICS)
+    assert samples["scheduler_task_deadline_missed"] == [
+        ("scheduler_task_deadline_missed", (("task", "job"),), 0.0)
+    ]
+
+
+def test_the_seeded_alerts_task_is_read_from_sql(registry):
+    """The alerts block stored with alerting-task reaches /metrics: its thresholds, severity,
+    missed deadline and its open policy alarms (too_fast, deadline_missed; slow closed)."""
+    task = "alerting-task"
+    assert value(registry, "scheduler_task_alert_threshold", task=task, kind="late_seconds") == 600
+    assert value(registry, "scheduler_task_alert_policy_info", task=task, severity="critical") == 1
+    assert value(registry, "scheduler_task_deadline_missed", task=task) == 1
+    for kind, expected in (("too_fast", 1), ("slow", 0), ("deadline_missed", 1)):
+        assert value(registry, "scheduler_alarm_open", task=task, kind=kind) == expected, kind
+    assert value(registry, "scheduler_alarm_open", task="ok-task", kind="slow") is None
+    assert (
+        value(registry, "scheduler_task_alert_threshold", task="ok-task", kind="late_seconds")
+        is None
+    )
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_fast_renderer_matches_prometheus_client_with_alerts_policies(state, openmetrics):
+    """Tasks with alerts policies (full, partial, deadline met) render byte for byte as
+    prometheus_client renders them, also when a policy changes between two states."""
+    snapshot = state.snapshot
+    assert isinstance(snapshot, Snapshot)
+    full = task_snapshot(
+        "zz-full", alert_policy=FULL_ALERTS, deadline_missed=False, open_alarms=frozenset({"slow"})
+    )
+    partial = task_snapshot("zz-min", alert_policy=AlertPolicy(min_duration=0.5))
+    dropped = dataclasses.replace(full, alert_policy=None, deadline_missed=None)
+    reference = generate_openmetrics if openmetrics else generate_latest
+    renderer = CatalogRenderer(version="9.9.9")
+    line = 'scheduler_task_alert_threshold{kind="late_seconds",task="zz-full"} 600.0'
+    for generation, last in enumerate(((full, partial), (dropped, partial)), start=1):
+        tasks = (*snapshot.tasks, *last)
+        later = dataclasses.replace(
+            state, snapshot=dataclasses.replace(snapshot, tasks=tasks), generation=generation
+        )
+        registry = CollectorRegistry()
+        registry.register(SnapshotCollector(lambda s=later: s, version="9.9.9"))
+        expected = reference(registry).decode().removesuffix("# EOF\n")
+        assert renderer.render(later, openmetrics=openmetrics) == expected
+        assert (line in expected) is (generation == 1)
 
 
 def test_instance_and_exporter_metrics(registry, state):

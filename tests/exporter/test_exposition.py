@@ -20,7 +20,7 @@ from scheduler_core import models
 from scheduler_core.db import create_db_engine
 from scheduler_core.store.snapshot import Snapshot, TaskSnapshot, read_snapshot
 from tests.exporter.conftest import with_client
-from tests.exporter.factories import NOW, FakeClock
+from tests.exporter.factories import FULL_ALERTS, NOW, FakeClock
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 
@@ -79,6 +79,37 @@ def test_changed_tasks_are_patched_into_the_sections(snapshot, openmetrics):
         after["scheduler_task_consecutive_failures"]
         is not before["scheduler_task_consecutive_failures"]
     )
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_an_alerts_policy_set_and_removed_patches_its_sections(snapshot, openmetrics):
+    """A task gaining a full alerts block (and alerting-task losing its own) renders as
+    prometheus_client does; only the alerts families and the alarm family are rewritten."""
+    renderer = CatalogRenderer(version="1")
+    first = _state(snapshot, 1)
+    renderer.render(first, openmetrics=openmetrics)
+    before = dict(renderer.prepare(first))
+    tasks = {task.name: task for task in snapshot.tasks}
+    tasks["ok-task"] = dataclasses.replace(
+        tasks["ok-task"], alert_policy=FULL_ALERTS, deadline_missed=False
+    )
+    tasks["alerting-task"] = dataclasses.replace(
+        tasks["alerting-task"], alert_policy=None, deadline_missed=None
+    )
+    later = _state(dataclasses.replace(snapshot, tasks=tuple(tasks.values())), 2)
+    rendered = renderer.render(later, openmetrics=openmetrics)
+    assert rendered == _reference(later, openmetrics=openmetrics)
+    assert 'scheduler_task_deadline_missed{task="ok-task"} 0.0\n' in rendered
+    assert 'scheduler_alarm_open{kind="slow",task="ok-task"} 0.0\n' in rendered
+    # Its alarms stay open until the scheduler closes them: still shown, as 1.
+    assert 'scheduler_alarm_open{kind="too_fast",task="alerting-task"} 1.0\n' in rendered
+    assert 'scheduler_alarm_open{kind="slow",task="alerting-task"}' not in rendered
+    after = renderer.prepare(later)
+    changed = {name for name in after if after[name] is not before[name]}
+    assert changed == {
+        "scheduler_task_alert_threshold", "scheduler_task_alert_policy_info",
+        "scheduler_task_deadline_missed", "scheduler_alarm_open",
+    }  # fmt: skip
 
 
 def test_added_and_removed_tasks_render_like_a_fresh_renderer(snapshot):

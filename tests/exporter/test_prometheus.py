@@ -120,11 +120,11 @@ def test_two_replicas_aggregate_with_max_by_task(exporters, prometheus):
     )
     assert failures["failing-task"] == 3
     stuck = prometheus.query_values("max by (task) (scheduler_task_stuck)", "task")
-    assert stuck == {name: float(name == "stuck-task") for name in stuck} and len(stuck) == 8
+    assert stuck == {name: float(name == "stuck-task") for name in stuck} and len(stuck) == 9
     fleet_total = prometheus.query(
         'sum(max by (task) (scheduler_task_runs_total{outcome="success"}))'
     )
-    assert float(fleet_total[0]["value"][1]) == 7 + 1 + 4
+    assert float(fleet_total[0]["value"][1]) == 7 + 1 + 4 + 1
     p50 = prometheus.query_values(
         "histogram_quantile(0.5, max by (task, le) (scheduler_task_run_duration_seconds_bucket))",
         "task",

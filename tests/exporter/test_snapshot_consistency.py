@@ -16,17 +16,30 @@ from exporter.database import create_reader_engine
 from scheduler_core import models
 from scheduler_core.db import create_db_engine
 from scheduler_core.store.snapshot import TaskSnapshot, read_snapshot
-from tests.exporter.factories import NOW, health_row, insert, running_run_row, schedule_row
+from tests.exporter.factories import (
+    FULL_ALERTS,
+    NOW,
+    health_row,
+    insert,
+    running_run_row,
+    schedule_row,
+)
 from tests.pgbouncer.conftest import bouncer_db, bouncer_url, pg_bouncer  # noqa: F401 (fixtures)
 
 
 def _seed(engine: sa.Engine) -> None:
-    """A task with one run in flight, after a failure."""
+    """A task with one run in flight, after a failure, and no success since before today's
+    deadline (its alerts block sets every field): the deadline is missed until it succeeds."""
     insert(
         engine,
         models.schedules,
-        [schedule_row("job", runs_success_total=3, runs_failure_total=1, consecutive_failures=1)],
-    )
+        [
+            schedule_row(
+                "job", runs_success_total=3, runs_failure_total=1, consecutive_failures=1,
+                alert_policy=FULL_ALERTS.to_json(),
+            )
+        ],
+    )  # fmt: skip
     insert(
         engine,
         models.task_health,
@@ -87,11 +100,12 @@ def _state(task: TaskSnapshot) -> tuple[Any, ...]:
         task.last_status,
         task.last_finished_at,
         task.badge,
+        task.deadline_missed,
     )
 
 
-BEFORE = (1, 3, 1, "failure", NOW - timedelta(minutes=6), "running")
-AFTER = (0, 4, 0, "success", NOW, "ok")
+BEFORE = (1, 3, 1, "failure", NOW - timedelta(minutes=6), "running", True)
+AFTER = (0, 4, 0, "success", NOW, "ok", False)
 
 
 @pytest.fixture(
