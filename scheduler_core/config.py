@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from scheduler_core.alert_policy import merge_alert_policies, parse_alert_policy
 from scheduler_core.durations import parse_duration
 from scheduler_core.errors import ConfigError, ConfigIssue
 from scheduler_core.output_policy import OUTPUT_KEYS, parse_output_fields
@@ -42,7 +43,7 @@ MAX_NAME_LENGTH = 200
 POLICY_KEYS = frozenset(
     {
         "timezone", "max_runtime", "timeout", "timeout_grace", "retries", "overlap",
-        "max_concurrency", "misfire", "misfire_grace", "catchup_window", "enabled",
+        "max_concurrency", "misfire", "misfire_grace", "catchup_window", "enabled", "alerts",
     }
 ) | OUTPUT_KEYS  # fmt: skip
 ACTION_KEYS = frozenset({"callable", "command"})
@@ -165,11 +166,12 @@ def _parse_policies(
         if retries is not None:
             values["retries"] = retries
     output, issues = parse_output_fields(data)
-    for field, value, message in issues:
+    alerts, alert_issues = parse_alert_policy(data.get("alerts"))
+    for field, value, message in [*issues, *alert_issues]:
         out.add(task, field, value, message)
     if output:
         values["output"] = dataclasses.replace(base.output, **output)
-    merged = {**base.__dict__, **values}
+    merged = {**base.__dict__, **values, "alerts": merge_alert_policies(base.alerts, alerts)}
     return Policies(**merged)
 
 

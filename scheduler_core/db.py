@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 #: ``migrations/versions`` (``tests/test_migrations.py`` checks that it is Alembic's head).
 #: A constant, so that checking the schema needs no Alembic: the scheduler and the exporter
 #: never import it, nor Mako and Pygments with it (~11 MB of resident memory each).
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 #: Where Alembic stamps the revision (its default table, in the default schema).
 _VERSION_TABLE = "alembic_version"
 

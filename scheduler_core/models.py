@@ -16,7 +16,9 @@ from sqlalchemy.engine import Dialect
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
 
 __all__ = [
+    "ALARM_KINDS",
     "DURATION_HISTOGRAM",
+    "POLICY_ALARM_KINDS",
     "RUN_STATUSES",
     "START_DELAY_HISTOGRAM",
     "TERMINAL_STATUSES",
@@ -45,7 +47,12 @@ RUN_STATUSES = (
 )
 #: Statuses a finished run ends in; each has a persisted counter on the schedule row.
 TERMINAL_STATUSES = ("success", "failure", "timeout", "cancelled", "abandoned", "skipped")
+#: Alarm kinds every task may have (opened by its runs and the global thresholds).
 ALARM_KINDS = ("consecutive_failures", "stuck", "missed")
+#: Alarm kinds only a task with an ``alerts:`` policy gets (the periodic policy check,
+#: scheduler_core.telemetry.alarm_rules): its last success was faster than ``min_duration``,
+#: its last run slower than ``max_duration`` or ``slower_than_usual``, its ``deadline`` passed.
+POLICY_ALARM_KINDS = ("too_fast", "slow", "deadline_missed")
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -193,8 +200,19 @@ schedules = sa.Table(
     # "embedded" (Scheduler.from_url(tasks=...)) or "api" (created at runtime). A sync
     # touches only its own source's tasks (scheduler_core.store.tasks_part).
     sa.Column("source", sa.String(200), nullable=False, server_default="file"),
+    # The task's alerts: block (scheduler_core.alert_policy.AlertPolicy.to_json): JSON, durations
+    # in seconds; NULL when it has none (most tasks), so the exporter and the alarm check
+    # read the policy-bearing rows only.
+    sa.Column("alert_policy", sa.Text),
     sa.Index("ix_scheduler_schedules_due_at", "due_at"),
     sa.Index("ix_scheduler_schedules_source", "source"),
+    # The tasks with a policy, for the periodic policy alarm check (a few rows of many).
+    sa.Index(
+        "ix_scheduler_schedules_alert_policy",
+        "name",
+        postgresql_where=sa.text("alert_policy IS NOT NULL"),
+        sqlite_where=sa.text("alert_policy IS NOT NULL"),
+    ),
 )
 
 task_runs = sa.Table(

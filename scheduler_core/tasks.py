@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from scheduler_core.alert_policy import AlertPolicy
 from scheduler_core.output_policy import OutputPolicy
 from scheduler_core.schedules import AtSchedule, CronSchedule, IntervalSchedule, Schedule
 
@@ -174,6 +175,8 @@ class Policies:
     enabled: bool = True
     timeout_grace: float = 10.0
     output: OutputPolicy = field(default_factory=OutputPolicy)
+    #: The task's ``alerts:`` block over its file's defaults (scheduler_core.alert_policy).
+    alerts: AlertPolicy = field(default_factory=AlertPolicy)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,6 +254,9 @@ class TaskDefinition:
                 **p.output.to_dict(),
             }
         )
+        alerts = p.alerts.to_dict()
+        if alerts:  # only when set: a task without alerts keeps the digest it had before
+            out["alerts"] = alerts
         return out
 
     def schedule_json(self) -> str:

@@ -19,6 +19,7 @@ from scheduler_core.models import (
     task_health,
     task_runs,
 )
+from scheduler_core.store.alert_inputs import stored_policy
 from scheduler_core.store.base import StoreBase
 from scheduler_core.store.outputs import run_output_of
 from scheduler_core.store.records import OUTCOME_COUNTERS
@@ -32,7 +33,11 @@ def task_document(
 ) -> dict[str, Any]:
     """One task as ``list_tasks`` shows it: its schedule row ``r`` (a row, or any object with
     its columns as attributes), health aggregate ``h`` and most recent finish ``ls`` (either
-    may be None), and the starts of its runs in flight."""
+    may be None), and the starts of its runs in flight. ``grace`` is the late grace of a task
+    whose ``alerts:`` policy sets no ``late_after`` of its own."""
+    policy = stored_policy(r.alert_policy) if r.alert_policy is not None else None
+    if policy is not None and policy.late_after is not None:
+        grace = policy.late_after
     return {
         "name": r.name,
         "schedule": r.schedule_expr,
@@ -165,7 +170,8 @@ class QueriesPart(StoreBase):
 
         The badge is the one ``/api/v1/status`` shows: :func:`scheduler_core.states.assess` of
         the same inputs, as of ``now`` (the wall clock by default), with the exporter's default
-        late grace unless ``late_grace`` is given. On PostgreSQL the reads are one snapshot.
+        late grace unless ``late_grace`` is given (a task's own ``alerts.late_after`` is its
+        grace). On PostgreSQL the reads are one snapshot.
         """
         now = datetime.now(UTC) if now is None else now
         grace = states.LATE_GRACE_SECONDS if late_grace is None else late_grace

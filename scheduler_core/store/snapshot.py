@@ -7,6 +7,13 @@ rows, in-flight runs (via the ``(status, instance_id)`` index; history is never 
 instances and open alarms, in one transaction that reads one moment of the database (see
 :meth:`SnapshotReader.read`). Nothing is written. Badges come from the one state rule,
 :mod:`scheduler_core.states`.
+
+A task's ``alerts:`` policy (``alert_policy``, NULL for most tasks) comes with its row: its
+``late_after`` is that task's late grace, and a deadline is judged by
+:func:`scheduler_core.alert_policy.deadline_missed` as of the snapshot time, against the
+task's schedule, rebuilt from its stored definition once per digest
+(:class:`scheduler_core.store.alert_inputs.DeadlineSchedules`; a sixth SELECT reads the
+definitions of deadlines a reader has not seen yet).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from types import MappingProxyType
@@ -29,17 +36,20 @@ from scheduler_core.alert_policy import AlertPolicy
 from scheduler_core.db import select_rows
 from scheduler_core.histograms import HistogramCounts
 from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, HistogramColumns
+from scheduler_core.schedules import Schedule
 from scheduler_core.states import (
     BADGES,
     LATE_GRACE_SECONDS,
     Badge,
     assess,
 )
+from scheduler_core.store.alert_inputs import DeadlineSchedules, judge_deadline, stored_policy
 
 __all__ = [
     "ALARM_KINDS",
     "BADGES",
     "OUTCOMES",
+    "POLICY_ALARM_KINDS",
     "Badge",
     "InstanceSnapshot",
     "Snapshot",
@@ -52,6 +62,9 @@ __all__ = [
 OUTCOMES: tuple[str, ...] = tuple(models.TERMINAL_STATUSES)
 #: Alarm kinds that get a ``scheduler_alarm_open`` series for every task, open or not.
 ALARM_KINDS: tuple[str, ...] = tuple(models.ALARM_KINDS)
+#: Alarm kinds only a task with an ``alerts:`` policy can have (``too_fast``, ``slow``,
+#: ``deadline_missed``): in ``open_alarms`` while open, not series for every task.
+POLICY_ALARM_KINDS: tuple[str, ...] = tuple(models.POLICY_ALARM_KINDS)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -207,7 +220,10 @@ _SCHEDULE_COLUMNS = (
     _S.expected_interval_seconds,
     *(models.schedules.c[f"runs_{outcome}_total"] for outcome in OUTCOMES),
     _S.missed_runs_total, _Packed(DURATION_HISTOGRAM), _Packed(START_DELAY_HISTOGRAM),
-    _S.result_totals,
+    _S.result_totals, _S.alert_policy,
+    # What a deadline is judged with, NULL (nothing sent) for a task without a policy.
+    sa.case((_S.alert_policy.is_not(None), _S.definition_hash)),
+    sa.case((_S.alert_policy.is_not(None), _S.created_at)),
 )  # fmt: skip
 _H = models.task_health.c
 _HEALTH_COLUMNS = (
@@ -239,6 +255,7 @@ class SnapshotReader:
         self._late_grace = late_grace
         self._previous: dict[str, TaskSnapshot] = {}
         self._histograms: dict[_HistogramKey, HistogramCounts] = {}
+        self._deadlines = DeadlineSchedules()
 
     def read(self, bind: sa.Engine | sa.Connection, now: datetime) -> Snapshot:
         """Read one snapshot. From an engine, the statements read one moment of the database:
@@ -281,21 +298,47 @@ class SnapshotReader:
         """Every task in name order; pops the tasks it reads from ``health`` and ``alarms``."""
         previous, current = self._previous, {}
         shared = _Shared(self._histograms)
+        deadlines = self._deadlines
         empty_health = _Health()
         tasks: list[TaskSnapshot] = []
+        #: Tasks whose deadline needs a schedule not known yet: (index, digest, created_at).
+        unjudged: list[tuple[int, str, datetime | None]] = []
         for row in select_rows(conn, sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name)):
             h = health.pop(row[0], empty_health)
             starts = running_by_task.get(row[0], ())
             open_alarms = frozenset(alarms.pop(row[0], ())) or _NO_ALARMS
-            task = _task(row, h, starts, open_alarms, now, self._late_grace, shared)
+            policy = schedule = None
+            if row[_POLICY] is not None:
+                policy = stored_policy(row[_POLICY])
+                if policy is not None and policy.deadline is not None:
+                    known, schedule = deadlines.get(row[_DIGEST])
+                    if not known:
+                        unjudged.append((len(tasks), row[_DIGEST], row[_CREATED]))
+            task = _task(
+                row, h, starts, open_alarms, now, self._late_grace, shared, policy, schedule
+            )
             old = previous.get(task.name)
             if old is not None and old == task:
                 task = old
             current[task.name] = task
             tasks.append(task)
+        if unjudged:
+            deadlines.learn(conn, {digest: tasks[i].name for i, digest, _c in unjudged})
+            for i, digest, created_at in unjudged:
+                t = tasks[i]
+                missed = judge_deadline(
+                    t.alert_policy, deadlines.get(digest)[1], timezone=t.timezone, now=now,
+                    last_success_at=t.last_success_at, created_at=created_at,
+                )  # fmt: skip
+                tasks[i] = current[t.name] = replace(t, deadline_missed=missed)
+        deadlines.keep_used()
         self._previous = current
         self._histograms = shared.histograms_used
         return tuple(tasks)
+
+
+#: Where a schedule row holds the policy columns: the last three of ``_SCHEDULE_COLUMNS``.
+_POLICY, _DIGEST, _CREATED = -3, -2, -1
 
 
 def _health_by_task(conn: sa.Connection) -> dict[str, _Health]:
@@ -397,13 +440,17 @@ def _task(
     now: datetime,
     late_grace: float,
     shared: _Shared,
+    policy: AlertPolicy | None,
+    deadline_schedule: Schedule | None,
 ) -> TaskSnapshot:
     (
         name, schedule_type, schedule_expr, timezone, action_kind, enabled, paused,
         pause_reason, paused_by, paused_at, next_run_at, consecutive_failures, last_success_at,
         last_failure_at, max_runtime, expected_interval, *counts, missed, duration_packed,
-        delay_packed, result_totals,
+        delay_packed, result_totals, _policy, _digest, created_at,
     ) = row  # fmt: skip
+    if policy is not None and policy.late_after is not None:
+        late_grace = policy.late_after  # the task's own grace (alerts.late_after)
     enabled, paused = bool(enabled), bool(paused)
     consecutive_failures = int(consecutive_failures or 0)
     last_finished_at, last_status, last_duration, last_error = h.last_finished
@@ -430,5 +477,11 @@ def _task(
         runs_total=shared.counters(tuple(int(c or 0) for c in counts)),
         missed_runs_total=int(missed or 0), duration=shared.histogram(duration_packed, 0),
         start_delay=shared.histogram(delay_packed, 1), open_alarms=open_alarms, badge=state.badge,
-        result_totals=shared.totals(result_totals),
+        result_totals=shared.totals(result_totals), alert_policy=policy,
+        deadline_missed=None
+        if deadline_schedule is None
+        else judge_deadline(
+            policy, deadline_schedule, timezone=timezone, now=now,
+            last_success_at=last_success_at, created_at=created_at,
+        ),
     )  # fmt: skip

@@ -12,7 +12,7 @@ and ``writes`` (the best-effort transaction).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,19 @@ __all__ = ["RateLimitedLogger", "TelemetryWriter", "otel_instruments", "tracer"]
 
 #: One logger for all telemetry errors (the name operators and tests filter on).
 log = logging.getLogger(__name__)
+
+
+def _failure_thresholds(
+    failures: Mapping[str, int], definitions: Mapping[str, Any]
+) -> dict[str, int]:
+    """The own ``alerts.failures`` of the tasks of ``failures`` that set one, from the
+    definitions their runs ran with (the others open at the global threshold)."""
+    own: dict[str, int] = {}
+    for name, count in failures.items():
+        definition = definitions.get(name) if count else None
+        if definition is not None and definition.policies.alerts.failures is not None:
+            own[name] = definition.policies.alerts.failures
+    return own
 
 
 class TelemetryWriter:
@@ -73,7 +86,10 @@ class TelemetryWriter:
         if not outcomes:
             return
         failures = result.consecutive_failures
-        self.alarms.update_failure_alarms(failures, result.recovered, latest, now=now)
+        self.alarms.update_failure_alarms(
+            failures, result.recovered, latest, now=now,
+            thresholds=_failure_thresholds(failures, definitions),
+        )  # fmt: skip
         instruments = otel_instruments()
         add, record = instruments.runs.add, instruments.duration.record
         for o in outcomes:
@@ -83,9 +99,11 @@ class TelemetryWriter:
         instruments.failures.update(failures)
 
     def check_alarms(self, *, now: datetime) -> set[str]:
-        """The periodic alarm checks (each heartbeat): stuck runs, and ``missed`` alarms
-        whose task has succeeded since. Returns the names of stuck tasks."""
+        """The periodic alarm checks (each heartbeat): stuck runs, ``missed`` alarms whose
+        task has succeeded since, and the alarms of tasks' ``alerts:`` policies (too fast,
+        slow, deadline missed). Returns the names of stuck tasks."""
         self.alarms.close_recovered_missed(now=now)
+        self.alarms.check_policy_alarms(now=now)
         return self.check_stuck(now=now)
 
     def check_stuck(self, *, now: datetime) -> set[str]:

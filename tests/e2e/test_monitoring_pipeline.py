@@ -26,6 +26,7 @@ import yaml
 
 from dashboards.build import all_queries, substitute
 from exporter.server import ExporterServer
+from scheduler_core.alert_policy import MIN_RUNS_FOR_USUAL
 from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine, upgrade_schema
 from scheduler_core.models import TERMINAL_STATUSES, schedules
@@ -49,6 +50,9 @@ FAILING = "e2e-failing"
 STUCK = "e2e-stuck"
 LATE = "e2e-late"
 HEALTHY = "e2e-healthy"
+#: Fails its one run and pages for it, at its own threshold (1) and with its own severity.
+STRICT = "e2e-strict"
+STRICT_ALERTS = {"failures": 1, "severity": "warning"}
 #: Registered in-process: the stuck task's runs block on an event the test sets to recover.
 HOLD_CALLABLE = "e2e-hold-until-released"
 #: The alert each fault must raise, with the task it must name.
@@ -72,7 +76,7 @@ RESOLVE_TIMEOUT = 60.0
 CONVERGE_TIMEOUT = 30.0
 
 
-def task_definitions(*, failing_command: str) -> list[TaskDefinition]:
+def task_definitions(*, failing_command: str, strict_at: datetime) -> list[TaskDefinition]:
     return parse_task_document(
         {
             "tasks": [
@@ -82,12 +86,33 @@ def task_definitions(*, failing_command: str) -> list[TaskDefinition]:
                     "command": [failing_command],
                     "every": "1s",
                     "max_runtime": "30s",
+                    # Only so that the dashboards' threshold columns and duration lines have
+                    # values (slower than usual needs MIN_RUNS_FOR_USUAL runs first).
+                    "alerts": {
+                        "min_duration": "1ms",
+                        "max_duration": "30s",
+                        "slower_than_usual": 1000,
+                    },
                 },
-                {"name": STUCK, "callable": HOLD_CALLABLE, "every": "2s", "max_runtime": "2s"},
+                {
+                    "name": STUCK,
+                    "callable": HOLD_CALLABLE,
+                    "every": "2s",
+                    "max_runtime": "2s",
+                    # Far from paging: only so that every threshold column has a value.
+                    "alerts": {"late_after": "1h", "no_success_for": "1d"},
+                },
                 {"name": LATE, "callable": "os:getpid", "every": "1h"},
                 # Every 1 s: through refresh + scrape + evaluation its last success looks older
                 # than 2 intervals; the rules' no-success slack must keep it from paging.
                 {"name": HEALTHY, "callable": "os:getpid", "every": "1s"},
+                # One run, one failure: at the default threshold (3) it would never page.
+                {
+                    "name": STRICT,
+                    "command": ["/bin/false"],
+                    "at": strict_at.isoformat(),
+                    "alerts": STRICT_ALERTS,
+                },
             ]
         },
         source="e2e",
@@ -169,6 +194,14 @@ def template_pattern(template: str, task: str) -> re.Pattern[str]:
     return re.compile(regex, re.DOTALL)
 
 
+def default_severity(rule: dict[str, Any]) -> str:
+    """The severity an alert rule gives a task whose alerts block sets none: its label, or the
+    `else` branch of its label template."""
+    label = str(rule["labels"]["severity"])
+    match = re.search(r"\{\{\s*else\s*\}\}\s*(\w+)\s*\{\{\s*end\s*\}\}", label)
+    return match.group(1) if match else label
+
+
 def committed_alert_rules() -> dict[str, dict[str, Any]]:
     document = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
     return {
@@ -190,6 +223,8 @@ class RunningScheduler:
     scheduler: Scheduler
     thread: threading.Thread
     release: threading.Event
+    #: When the strict task's one run is due.
+    strict_at: datetime
 
     def stop(self) -> None:
         self.release.set()
@@ -276,7 +311,11 @@ def running_scheduler(database_url: str) -> Iterator[RunningScheduler]:
     running: RunningScheduler | None = None
     try:
         store = Store(engine, instance_id="e2e-setup")
-        store.sync_tasks(task_definitions(failing_command="/bin/false"), now=datetime.now(UTC))
+        strict_at = datetime.now(UTC) + timedelta(seconds=2)
+        store.sync_tasks(
+            task_definitions(failing_command="/bin/false", strict_at=strict_at),
+            now=datetime.now(UTC),
+        )
         scheduler = Scheduler(
             engine=engine,
             settings=EngineSettings(
@@ -291,7 +330,9 @@ def running_scheduler(database_url: str) -> Iterator[RunningScheduler]:
         scheduler.start()  # here rather than in the thread, so a failure to register raises
         thread = threading.Thread(target=scheduler.run, name="e2e-scheduler", daemon=True)
         thread.start()
-        running = RunningScheduler(scheduler=scheduler, thread=thread, release=release)
+        running = RunningScheduler(
+            scheduler=scheduler, thread=thread, release=release, strict_at=strict_at
+        )
         yield running
     finally:
         release.set()
@@ -374,14 +415,25 @@ def scenario(
                 .values(next_run_at=now - timedelta(minutes=10), due_at=now + timedelta(days=1))
             )
 
+        def enough_runs_for_usual() -> bool:
+            # The task dashboard's slower-than-usual line needs that many runs of FAILING.
+            runs = prometheus.query(
+                f'max(scheduler_task_run_duration_seconds_count{{task="{FAILING}"}})'
+            )
+            return bool(runs) and float(runs[0]["value"][1]) >= MIN_RUNS_FOR_USUAL
+
         def every_fault_paged_twice() -> bool:
             # The second notification of each group is a repeat: Alertmanager had time to
             # merge in any duplicate (e.g. one alert per exporter replica) before it.
             notifications = webhook.notifications()
-            return all(
-                task in firing_labelsets(notifications, alertname)
-                and firing_notification_count(notifications, alertname) >= 2
-                for alertname, task in FAULT_ALERTS.items()
+            return (
+                enough_runs_for_usual()
+                and STRICT in firing_labelsets(notifications, "SchedulerTaskFailing")
+                and all(
+                    task in firing_labelsets(notifications, alertname)
+                    and firing_notification_count(notifications, alertname) >= 2
+                    for alertname, task in FAULT_ALERTS.items()
+                )
             )
 
         if poll(every_fault_paged_twice, timeout=PAGE_TIMEOUT):
@@ -392,7 +444,10 @@ def scenario(
         # Clear the faults: the failing task's command is fixed, the stuck run may finish,
         # and the late task becomes claimable again, so the scheduler catches up on it.
         store = Store(engine, instance_id="e2e-admin")
-        store.sync_tasks(task_definitions(failing_command="/bin/true"), now=datetime.now(UTC))
+        store.sync_tasks(
+            task_definitions(failing_command="/bin/true", strict_at=running_scheduler.strict_at),
+            now=datetime.now(UTC),
+        )
         running_scheduler.release.set()
         with engine.begin() as conn:
             conn.execute(
@@ -469,6 +524,7 @@ def test_fault_pages_once_per_task_with_documented_labels_and_annotations(
     task = FAULT_ALERTS[alertname]
     notifications = scenario.webhook.notifications()
     by_task = firing_labelsets(notifications, alertname)
+    by_task.pop(STRICT, None)  # its own page: test_task_alert_policy_sets_threshold_and_route
     assert scenario.paged_at is not None, scenario.diagnostics()
     assert set(by_task) == {task}, scenario.diagnostics()
     assert len(by_task[task]) == 1, (
@@ -478,12 +534,14 @@ def test_fault_pages_once_per_task_with_documented_labels_and_annotations(
     assert dict(next(iter(by_task[task]))) == {
         "alertname": alertname,
         "task": task,
-        "severity": rule["labels"]["severity"],
+        "severity": default_severity(rule),
     }
     firing = [
         a
         for a in notified_alerts(notifications)
-        if a["status"] == "firing" and a["labels"]["alertname"] == alertname
+        if a["status"] == "firing"
+        and a["labels"]["alertname"] == alertname
+        and a["labels"]["task"] == task
     ]
     assert len({a["fingerprint"] for a in firing}) == 1, scenario.diagnostics()
     for alert in firing:
@@ -498,6 +556,32 @@ def test_fault_pages_once_per_task_with_documented_labels_and_annotations(
 
 
 @pytest.mark.parametrize("alertname", sorted(FAULT_ALERTS))
+def test_task_alert_policy_sets_threshold_and_route(scenario: Scenario) -> None:
+    """The strict task pages after its one failure (its own `failures: 1`, where the default
+    is 3) with its own severity, warning, which the example routing sends to chat; the failing
+    task at the default pages critical, to the pager."""
+    assert scenario.paged_at is not None, scenario.diagnostics()
+    engine = create_db_engine(scenario.database_url)
+    try:
+        with engine.connect() as conn:
+            failures = conn.execute(
+                sa.select(schedules.c.consecutive_failures).where(schedules.c.name == STRICT)
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert failures == 1, scenario.diagnostics()
+    receivers: dict[str, set[tuple[str | None, str | None]]] = {}
+    for notification in scenario.webhook.notifications():
+        for alert in notification["alerts"]:
+            labels = alert["labels"]
+            if alert["status"] == "firing" and labels["alertname"] == "SchedulerTaskFailing":
+                receivers.setdefault(labels["task"], set()).add(
+                    (labels.get("severity"), notification.get("receiver"))
+                )
+    assert receivers.get(STRICT) == {("warning", "schedctl-chat")}, scenario.diagnostics()
+    assert receivers.get(FAILING) == {("critical", "schedctl-pager")}, scenario.diagnostics()
+
+
 def test_fault_alert_is_resolved_after_the_fault_clears(scenario: Scenario, alertname: str) -> None:
     """Once the task succeeds, finishes or starts again, the webhook gets the same alert (same
     labels) with status resolved."""

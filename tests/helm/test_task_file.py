@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 
 from scheduler_core import config, tasks
-from tests.helm.chart import CHART_DIR, PRODUCTION_VALUES, REPO, by_kind, render
+from scheduler_core.alert_policy import ALERT_KEYS, SEVERITIES
+from tests.helm.chart import CHART_DIR, PRODUCTION_VALUES, REPO, by_kind, render, render_error
 
 SCHEMA_DEFS = json.loads((CHART_DIR / "values.schema.json").read_text(encoding="utf-8"))["$defs"]
 
@@ -65,3 +66,51 @@ def test_example_task_file_is_valid_chart_values() -> None:
         "defaults": example["defaults"],
         "tasks": example["tasks"],
     }
+
+
+def test_schema_knows_exactly_the_alert_fields_the_parser_knows() -> None:
+    """The `alerts` block in values.schema.json has exactly the parser's fields and
+    severities, for a task and for taskDefaults."""
+    alerts = SCHEMA_DEFS["alerts"]
+    assert set(alerts["properties"]) == ALERT_KEYS
+    assert [s for s in alerts["properties"]["severity"]["enum"] if s] == list(SEVERITIES)
+    for where in ("task", "taskPolicies"):
+        assert SCHEMA_DEFS[where]["properties"]["alerts"] == {"$ref": "#/$defs/alerts"}
+
+
+def test_alerts_pass_the_chart_and_parse_as_from_the_values() -> None:
+    """Tasks with an `alerts` block (and one in taskDefaults) pass the chart's schema, and
+    the rendered task file parses to the same policies as the values themselves."""
+    values = {
+        "taskDefaults": {"alerts": {"failures": 2, "severity": "warning"}},
+        "tasks": [
+            {
+                "name": "nightly-export",
+                "command": ["true"],
+                "cron": "0 2 * * *",
+                "alerts": {
+                    "failures": 1,
+                    "late_after": "10m",
+                    "no_success_for": "2d",
+                    "max_duration": "30m",
+                    "min_duration": "2s",
+                    "slower_than_usual": 3,
+                    "deadline": {"at": "06:00", "timezone": "Europe/Berlin"},
+                    "severity": "critical",
+                },
+            },
+            {"name": "poll", "command": ["true"], "every": "5m", "alerts": {"deadline": "07:30"}},
+        ],
+    }
+    expected = config.parse_task_document(
+        {"defaults": values["taskDefaults"], "tasks": values["tasks"]}, source="values"
+    )
+    parsed = config.parse_task_document(rendered_task_file(values), source="values")
+    assert parsed == expected
+    assert [t.policies.alerts.failures for t in parsed] == [1, 2]
+
+
+def test_chart_rejects_an_unknown_alert_field() -> None:
+    """A typo in an `alerts` block fails at `helm install`, not in the scheduler."""
+    task = {"name": "a", "command": ["true"], "every": "5m", "alerts": {"failure": 1}}
+    assert "failure" in render_error({"tasks": [task]})
