@@ -21,6 +21,7 @@ from bench import (
     once,
     runtime_adds,
     scale,
+    status_page,
     steady,
     telemetry_overhead,
 )
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[Databases, Sizes, bool], dict[str, Any]]] = {
     "telemetry": lambda dbs, sizes, _peers: telemetry_overhead.run(dbs, sizes),
     "once": lambda dbs, sizes, _peers: once.run(dbs, sizes),
     "adds": lambda dbs, sizes, peers: runtime_adds.run(dbs, sizes, peers=peers),
+    "status_page": lambda dbs, sizes, _peers: status_page.run(dbs, sizes),
 }
 
 

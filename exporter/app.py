@@ -1,4 +1,5 @@
-"""The exporter's aiohttp application: /metrics, /health, /ready and the JSON API.
+"""The exporter's aiohttp application: /metrics, /health, /ready, the JSON API and the status
+page (``/``, :mod:`exporter.ui`).
 
 Dependencies come in through :func:`create_app`; nothing here reads configuration. Handlers
 never touch SQL on the event loop: the snapshot is refreshed in a worker thread, and run
@@ -28,6 +29,7 @@ from exporter.errors import ApiError, error_response
 from exporter.exposition import CatalogRenderer, MetricsCache, negotiate
 from exporter.refresh import Clock, Refresher, RefreshState, utc_now
 from exporter.settings import ExporterSettings
+from exporter.ui import UiContext, add_ui_routes, is_ui_path
 from scheduler_core.client import Client
 from scheduler_core.errors import RunLookupError
 
@@ -106,7 +108,8 @@ def create_app(
 
 
 def _add_routes(app: web.Application, admin_engine: sa.Engine | None) -> None:
-    """The read routes; the admin routes too when the admin API is on (``admin_engine``)."""
+    """The read routes and the status page; the admin routes too when the admin API is on
+    (``admin_engine``)."""
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
@@ -115,11 +118,17 @@ def _add_routes(app: web.Application, admin_engine: sa.Engine | None) -> None:
     app.router.add_get("/api/v1/tasks/{name:.+}/runs", _runs)
     app.router.add_get(r"/api/v1/runs/{run_id:\d+}", _run)
     app.router.add_get(r"/api/v1/runs/{run_id:\d+}/output", _run_output)
+    client = None
     if app[_SETTINGS].admin_token is not None:
         if admin_engine is None:
             raise ValueError("the admin API needs admin_engine= (a database writer)")
         client = Client(engine=admin_engine, actor="api", check=False)
         add_admin_routes(app, client, app[_API_POOL])
+    context = UiContext(
+        settings=app[_SETTINGS], refresher=app[REFRESHER], engine=app[_ENGINE],
+        pool=app[_API_POOL], client=client, secret=_password(app),
+    )  # fmt: skip
+    add_ui_routes(app, context)
 
 
 @web.middleware
@@ -147,7 +156,8 @@ def _passthrough_headers(exc: web.HTTPException) -> dict[str, str]:
 
 def _auth_middleware(token: str | None, admin_token: str | None) -> Middleware:
     """Reads need the read token (when set) or the admin token; writes need the admin token
-    (the read token there: 403). Without an admin API there are no write routes (404)."""
+    (the read token there: 403). Without an admin API there are no write routes (404).
+    The status page's paths check access themselves (sessions; exporter.ui.access)."""
     read = f"Bearer {token}".encode() if token else None
     admin = f"Bearer {admin_token}".encode() if admin_token else None
 
@@ -156,7 +166,7 @@ def _auth_middleware(token: str | None, admin_token: str | None) -> Middleware:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in _OPEN_PATHS:
+        if request.path in _OPEN_PATHS or is_ui_path(request.path):
             return await handler(request)
         given = request.headers.get("Authorization", "").encode()
         if admin is not None and is_write(request):

@@ -28,6 +28,7 @@ ENV_DATABASE_URL = "SCHEDCTL_DATABASE_URL"
 ENV_TOKEN = "SCHEDCTL_EXPORTER_TOKEN"
 ENV_ADMIN_TOKEN = "SCHEDCTL_ADMIN_TOKEN"
 ENV_LISTEN = "SCHEDCTL_EXPORTER_LISTEN"
+ENV_GRAFANA_URL = "SCHEDCTL_GRAFANA_URL"
 
 
 class UsageError(ValueError):
@@ -62,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-unauthenticated",
         action="store_true",
         help="allow listening on a non-loopback address without a token",
+    )
+    parser.add_argument(
+        "--grafana-url",
+        metavar="URL",
+        help="Grafana with the schedctl dashboards; the status page at / links to them "
+        f"(env {ENV_GRAFANA_URL}; e.g. https://grafana.example.com)",
     )
     parser.add_argument(
         "--refresh-interval",
@@ -127,9 +134,12 @@ def settings_from_args(
     admin_token = args.admin_token or environ.get(ENV_ADMIN_TOKEN) or None
     if args.enable_admin_api and admin_token is None:
         raise UsageError(f"--enable-admin-api needs --admin-token (or {ENV_ADMIN_TOKEN})")
+    grafana = (args.grafana_url or environ.get(ENV_GRAFANA_URL) or "").rstrip("/") or None
+    if grafana is not None and not grafana.startswith(("http://", "https://")):
+        raise UsageError(f"--grafana-url: an http(s) URL is required, got {grafana!r}")
     settings = ExporterSettings(
         host=host, port=port, token=token, refresh_interval=refresh, late_grace=grace,
-        admin_token=admin_token if args.enable_admin_api else None,
+        admin_token=admin_token if args.enable_admin_api else None, grafana_url=grafana,
     )  # fmt: skip
     url = args.database_url or environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
     return settings, url
@@ -172,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     if settings.admin_token:
         auth += "; admin API on (admin token required for writes)"
     log.info(
-        "schedctl exporter serving http://%s:%d/metrics (%s), reading %s",
+        "schedctl exporter serving the status page on http://%s:%d/ and /metrics (%s), "
+        "reading %s",
         host, settings.port, auth, redact_url(url),
     )  # fmt: skip
     try:

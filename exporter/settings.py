@@ -36,6 +36,8 @@ class ExporterSettings:
     statement_timeout: float = 10.0
     #: Check the schema revision once before the first read (off only for tests of raw tables).
     check_schema: bool = True
+    #: Base URL of the Grafana that has the schedctl dashboards; the status page links to them.
+    grafana_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.refresh_interval <= 0:
@@ -50,6 +52,10 @@ class ExporterSettings:
             raise ValueError("the admin token must be at least 16 characters")
         if self.admin_token is not None and self.admin_token == self.token:
             raise ValueError("the admin token must differ from the read token")
+        if self.grafana_url is not None and not self.grafana_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"grafana_url must be an http(s) URL, got {self.grafana_url!r}")
 
     @property
     def refresh_timeout(self) -> float:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what schedctl's demo and tests need on a fresh Debian/Ubuntu machine:
-# Debian packages (Prometheus, Alertmanager, PostgreSQL binaries, PgBouncer) when missing, and a
+# Debian packages (Prometheus, Alertmanager, PostgreSQL binaries, PgBouncer, Chromium and its
+# WebDriver for the status page's browser tests) when missing, and a
 # virtualenv in .venv with schedctl and its test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,9 @@ if [[ "$want_system" == "all" ]]; then
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
     # Debian installs it in /usr/sbin, not on every user's PATH (the tests look there too).
     command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || need+=(pgbouncer)
+    # The browser tests drive these two through selenium (tests/exporter/browser.py).
+    [[ -x /usr/bin/chromium ]] || need+=(chromium)
+    [[ -x /usr/bin/chromedriver ]] || need+=(chromium-driver)
     if ((${#need[@]})); then
         echo "bootstrap: installing Debian packages: ${need[*]}" >&2
         sudo_cmd=()

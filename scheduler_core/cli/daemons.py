@@ -172,7 +172,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         base = server.url.rstrip("/")
         print(
             textwrap.dedent(
-                f"""
+                f"""\
+                status page: {base}/
                 schedctl demo is running (database: {redact_url(database_url(args))}).
                   metrics:      {base}/metrics
                   status (JSON): {base}/api/v1/status
