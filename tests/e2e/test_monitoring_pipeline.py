@@ -555,7 +555,6 @@ def test_fault_pages_once_per_task_with_documented_labels_and_annotations(
         assert annotations["dashboard_url"].endswith(f"var-task={task}")
 
 
-@pytest.mark.parametrize("alertname", sorted(FAULT_ALERTS))
 def test_task_alert_policy_sets_threshold_and_route(scenario: Scenario) -> None:
     """The strict task pages after its one failure (its own `failures: 1`, where the default
     is 3) with its own severity, warning, which the example routing sends to chat; the failing
@@ -582,6 +581,7 @@ def test_task_alert_policy_sets_threshold_and_route(scenario: Scenario) -> None:
     assert receivers.get(FAILING) == {("critical", "schedctl-pager")}, scenario.diagnostics()
 
 
+@pytest.mark.parametrize("alertname", sorted(FAULT_ALERTS))
 def test_fault_alert_is_resolved_after_the_fault_clears(scenario: Scenario, alertname: str) -> None:
     """Once the task succeeds, finishes or starts again, the webhook gets the same alert (same
     labels) with status resolved."""
