@@ -21,15 +21,14 @@ from aiohttp import web
 
 from exporter.ui.access import actor_of, viewer_of
 from exporter.ui.context import UiContext, ui_context
-from exporter.ui.forms import FormError, read_form
 from exporter.ui.layout import frame_for, page
 from exporter.ui.markup import Markup, html
 from exporter.ui.messages import render_message
 from exporter.ui.pages import sign_in_redirect
 from exporter.ui.parts import run_href, task_href
 from exporter.ui.reads import DATABASE_ERRORS
-from exporter.ui.security import html_response, redirect, same_origin
-from exporter.ui.signin import refuse
+from exporter.ui.security import html_response, redirect
+from exporter.ui.signin import posted_form, refuse
 from scheduler_core.client import Client
 from scheduler_core.errors import ConfigError, RunLookupError, TaskLookupError
 from scheduler_core.store.controls import audit_context
@@ -169,12 +168,9 @@ async def do_action(request: web.Request) -> web.StreamResponse:
     action = ACTIONS.get(request.match_info["action"])
     if action is None or ctx.client is None:
         return refuse(request, ctx, 404, "There is no such action.")
-    if not same_origin(request):
-        return refuse(request, ctx, 403, "This form was sent from another site.")
-    try:
-        form = await read_form(request)
-    except FormError as exc:
-        return refuse(request, ctx, exc.status, exc.message)
+    form = await posted_form(request, ctx)
+    if isinstance(form, web.Response):
+        return form
     why = _check(request, ctx, form)
     if why is not None:
         return refuse(request, ctx, 403, why)

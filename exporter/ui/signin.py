@@ -42,6 +42,17 @@ def refuse(request: web.Request, ctx: UiContext, status: int, why: str) -> web.R
     return html_response(render_message("Refused", why, frame), status=status)
 
 
+async def posted_form(request: web.Request, ctx: UiContext) -> dict[str, str] | web.Response:
+    """The fields of a POSTed form, or the refusal to send when it came from another site or
+    is too large or not a form: the checks every form post of the page goes through."""
+    if not same_origin(request):
+        return refuse(request, ctx, 403, "This form was sent from another site.")
+    try:
+        return await read_form(request)
+    except FormError as exc:
+        return refuse(request, ctx, exc.status, exc.message)
+
+
 def _form_page(
     request: web.Request, ctx: UiContext, viewer: Viewer, csrf: str, target: str, problem: str
 ) -> str:
@@ -82,12 +93,9 @@ async def sign_in_form(request: web.Request) -> web.StreamResponse:
 async def sign_in(request: web.Request) -> web.StreamResponse:
     """``POST /ui/sign-in``: check the token, start a new session, go where the visitor was."""
     ctx = ui_context(request)
-    if not same_origin(request):
-        return refuse(request, ctx, 403, "This form was sent from another site.")
-    try:
-        form = await read_form(request)
-    except FormError as exc:
-        return refuse(request, ctx, exc.status, exc.message)
+    form = await posted_form(request, ctx)
+    if isinstance(form, web.Response):
+        return form
     old = ctx.sessions.get(request.cookies.get(SESSION_COOKIE))
     if old is None or not old.csrf_matches(form.get("csrf")):
         return refuse(request, ctx, 403, "The sign-in form expired or was not ours: reload it.")
@@ -108,12 +116,9 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
 async def sign_out(request: web.Request) -> web.StreamResponse:
     """``POST /ui/sign-out``: end the session on the server and forget the cookie."""
     ctx = ui_context(request)
-    if not same_origin(request):
-        return refuse(request, ctx, 403, "This form was sent from another site.")
-    try:
-        form = await read_form(request)
-    except FormError as exc:
-        return refuse(request, ctx, exc.status, exc.message)
+    form = await posted_form(request, ctx)
+    if isinstance(form, web.Response):
+        return form
     session = ctx.sessions.get(request.cookies.get(SESSION_COOKIE))
     if session is None or not session.csrf_matches(form.get("csrf")):
         return refuse(request, ctx, 403, "The CSRF token of this form is missing or wrong.")
