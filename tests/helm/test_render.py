@@ -324,3 +324,16 @@ def test_admin_api_is_off_by_default_and_on_with_a_generated_or_existing_token()
     assert "admin-token" not in only(objects, "Secret")["data"]
     notes = render_raw({"exporter": {"admin": {"enabled": True}}})[NOTES]
     assert "/api/v1/tasks/TASK/pause" in notes and "{.data.admin-token}" in notes
+
+
+def test_grafana_url_reaches_the_exporter_and_the_notes_point_at_the_status_page() -> None:
+    """exporter.grafanaUrl becomes --grafana-url (the status page's dashboard links); empty,
+    the flag is absent. NOTES.txt gives the status page's address either way."""
+    off = container(only(render({}), "Deployment"), "exporter")
+    assert "--grafana-url" not in off["args"]
+    url = "https://grafana.example.com"
+    on = container(only(render({"exporter": {"grafanaUrl": url}}), "Deployment"), "exporter")
+    flag = on["args"].index("--grafana-url")
+    assert on["args"][flag + 1] == url
+    notes = render_raw(PRODUCTION_VALUES)[NOTES]
+    assert "The status page, with the same port-forward: http://localhost:9464/" in notes

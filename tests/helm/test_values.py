@@ -191,3 +191,9 @@ def test_a_fullname_the_shipped_rules_cannot_find_is_rejected() -> None:
     message = render_error(merged(PRODUCTION_VALUES, {"fullnameOverride": "jobs"}))
     assert 'the ServiceMonitor\'s job is the Service name "jobs"' in message
     assert render(merged(PRODUCTION_VALUES, {"fullnameOverride": "jobs-schedctl"}))
+
+
+def test_a_grafana_url_without_a_scheme_is_rejected() -> None:
+    """exporter.grafanaUrl must be an http(s) URL (the exporter refuses anything else too)."""
+    message = render_error({"exporter": {"grafanaUrl": "grafana.example.com"}})
+    assert "/exporter/grafanaUrl" in message and "grafana.example.com" in message
