@@ -374,8 +374,9 @@ async def open_loop(
 
         async def scrape() -> None:
             """Prometheus's part: /metrics every SCRAPE_INTERVAL_S (the chart's
-            ServiceMonitor), the first a few seconds into the window. A scrape renders every
-            task created since the last one, GIL time the creates share."""
+            ServiceMonitor), the first a few seconds into the window. The exporter renders
+            the tasks created since its last refresh ahead of scrapes, paced so that the
+            creates keep most of the GIL (exporter.pacing), and gzips the body per refresh."""
             await asyncio.sleep(SCRAPE_FIRST_S)
             while True:
                 before = loop.time()

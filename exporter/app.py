@@ -27,6 +27,7 @@ from exporter.collector import exporter_version
 from exporter.database import describe_db_error
 from exporter.errors import ApiError, error_response
 from exporter.exposition import CatalogRenderer, MetricsCache, negotiate
+from exporter.pacing import Pacer
 from exporter.refresh import Clock, Refresher, RefreshState, utc_now
 from exporter.settings import ExporterSettings
 from exporter.ui import UiContext, add_ui_routes, is_ui_path
@@ -43,6 +44,11 @@ _SETTINGS = web.AppKey("settings", ExporterSettings)
 _ENGINE = web.AppKey("engine", sa.Engine)
 _RENDER_POOL = web.AppKey("render_pool", ThreadPoolExecutor)
 _API_POOL = web.AppKey("api_pool", ThreadPoolExecutor)
+
+#: Rendering ahead of scrapes holds the GIL at most this share of the time, in slices of
+#: this many seconds, and sleeps at most half a refresh interval in all (exporter.pacing).
+_AHEAD_SHARE = 0.25
+_AHEAD_SLICE = 0.002
 
 #: Paths a probe must reach without credentials.
 _OPEN_PATHS = frozenset({"/health", "/ready"})
@@ -70,7 +76,13 @@ def create_app(
     """
     render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedctl-exporter-render")
     api_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="schedctl-exporter-api")
-    cache = MetricsCache(renderer=CatalogRenderer(version=exporter_version()), registry=registry)
+    cache = MetricsCache(
+        renderer=CatalogRenderer(version=exporter_version()),
+        registry=registry,
+        pacer=lambda: Pacer(
+            share=_AHEAD_SHARE, slice_seconds=_AHEAD_SLICE, budget=settings.refresh_interval / 2
+        ),
+    )
 
     async def render_ahead(state: RefreshState) -> None:
         await asyncio.get_running_loop().run_in_executor(render_pool, cache.warm, state)
@@ -201,6 +213,7 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     cache = app[_CACHE]
     body = cache.get(state.generation, variant)
     if body is None:
+        cache.hurry()  # the render thread may be busy rendering ahead, at a leisurely pace
         body = await asyncio.get_running_loop().run_in_executor(
             app[_RENDER_POOL], cache.build, state, variant, encoder
         )

@@ -30,14 +30,17 @@ _go_float = cast(Callable[[float], str], _untyped_float_to_go)
 __all__ = [
     "CATALOG",
     "TASK_METRICS",
+    "Labels",
     "MetricSpec",
     "Sample",
     "global_samples",
     "task_samples",
 ]
 
+#: A sample's (label, value) pairs.
+Labels = tuple[tuple[str, str], ...]
 #: One sample: full sample name, (label, value) pairs, value.
-Sample = tuple[str, tuple[tuple[str, str], ...], float]
+Sample = tuple[str, Labels, float]
 
 
 @dataclass(frozen=True)

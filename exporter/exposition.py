@@ -10,6 +10,7 @@ variant and sent as slices of the sections. The output is byte-for-byte what
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import zlib
@@ -22,7 +23,16 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go
 
-from exporter.catalog import CATALOG, TASK_METRICS, MetricSpec, Sample, global_samples, task_samples
+from exporter.catalog import (
+    CATALOG,
+    TASK_METRICS,
+    Labels,
+    MetricSpec,
+    Sample,
+    global_samples,
+    task_samples,
+)
+from exporter.pacing import Pace, Pacer
 from exporter.refresh import RefreshState
 from scheduler_core.store.snapshot import TaskSnapshot
 
@@ -64,12 +74,45 @@ def _label_value(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+def _labels(labels: Labels) -> str:
+    """``{k="v",...}`` in key order, or nothing for no labels."""
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(labels)) + "}"
+
+
+#: The label block of ``{task=..., key=value}`` split around the task name, per (key, value):
+#: bucket bounds, outcomes, statuses, alarm kinds; bounded, as result keys come from users.
+_AROUND_TASK: dict[tuple[str, str], tuple[str, str]] = {}
+_AROUND_TASK_MAX = 4096
+
+
+def _around_task(pair: tuple[str, str]) -> tuple[str, str]:
+    around = _AROUND_TASK.get(pair)
+    if around is None:
+        if len(_AROUND_TASK) >= _AROUND_TASK_MAX:
+            _AROUND_TASK.clear()
+        key, value = pair
+        text = f'{key}="{_label_value(value)}"'
+        # Keys in sorted order, as _labels writes them.
+        around = (f'{{{text},task="', '"}') if key < "task" else ('{task="', f'",{text}}}')
+        _AROUND_TASK[pair] = around
+    return around
+
+
+def _value(value: float) -> str:
+    """``value`` as prometheus_client writes it; the values nearly every task has (0 and 1:
+    counts, flags, empty buckets) without the general formatting."""
+    if value == 0.0:
+        return "0.0" if math.copysign(1.0, value) > 0 else "-0.0"
+    if value == 1.0:
+        return "1.0"
+    return _go_float(value)
+
+
 def _line(sample: Sample) -> str:
     name, labels, value = sample
-    if labels:
-        pairs = ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(labels))
-        return f"{name}{{{pairs}}} {_go_float(value)}\n"
-    return f"{name} {_go_float(value)}\n"
+    return f"{name}{_labels(labels)} {_value(value)}\n"
 
 
 def _header(spec: MetricSpec, *, openmetrics: bool) -> str:
@@ -104,34 +147,40 @@ class CatalogRenderer:
         self._sections: dict[str, bytearray] = {name: bytearray() for name in TASK_METRICS}
         self._offsets: dict[str, array[int]] = {name: array("Q", [0]) for name in TASK_METRICS}
 
-    def prepare(self, state: RefreshState) -> dict[str, bytearray]:
+    def prepare(self, state: RefreshState, *, pace: Pace | None = None) -> dict[str, bytearray]:
         """Bring the task sections up to date with ``state`` (the expensive part of a render)
-        and return them; the returned sections are never modified afterwards."""
+        and return them; the returned sections are never modified afterwards. ``pace`` is
+        called between units of the work (see :mod:`exporter.pacing`)."""
         tasks = state.snapshot.tasks if state.snapshot else ()
         with self._lock:
             old_tasks = self._tasks
             if len(tasks) != len(old_tasks) or any(
                 new is not old for new, old in zip(tasks, old_tasks, strict=True)
             ):
-                self._rebuild(tasks)
+                self._rebuild(tasks, pace or _no_pace)
             return self._sections
 
-    def _rebuild(self, tasks: tuple[TaskSnapshot, ...]) -> None:
+    def _rebuild(self, tasks: tuple[TaskSnapshot, ...], pace: Pace) -> None:
         old_tasks = self._tasks
         if len(tasks) == len(old_tasks) and all(
             new.name == old.name for new, old in zip(tasks, old_tasks, strict=True)
         ):
-            self._patch(tasks)
+            self._patch(tasks, pace)
         else:
-            self._rebuild_all(tasks)
+            self._rebuild_all(tasks, pace)
 
-    def _patch(self, tasks: tuple[TaskSnapshot, ...]) -> None:
+    def _patch(self, tasks: tuple[TaskSnapshot, ...], pace: Pace) -> None:
         """Same tasks in the same order, some changed: rewrite only the sections whose lines
         changed, so an old and a new copy of the whole body never coexist for long."""
         old_tasks = self._tasks
-        fresh = {i: _task_lines(task) for i, task in enumerate(tasks) if task is not old_tasks[i]}
+        fresh: dict[int, dict[str, bytes]] = {}
+        for i, task in enumerate(tasks):
+            if task is not old_tasks[i]:
+                fresh[i] = _task_lines(task)
+                pace()
         sections, offsets = dict(self._sections), dict(self._offsets)
         for name in TASK_METRICS:
+            pace()
             old_section, old_off = self._sections[name], self._offsets[name]
             view = memoryview(old_section)
             if all(lines[name] == view[old_off[i] : old_off[i + 1]] for i, lines in fresh.items()):
@@ -149,7 +198,7 @@ class CatalogRenderer:
             sections[name], offsets[name] = section, new_off
         self._tasks, self._sections, self._offsets = tasks, sections, offsets
 
-    def _rebuild_all(self, tasks: tuple[TaskSnapshot, ...]) -> None:
+    def _rebuild_all(self, tasks: tuple[TaskSnapshot, ...], pace: Pace) -> None:
         """Tasks added, removed or first seen: build every section, copying reused tasks."""
         old_position = {task.name: i for i, task in enumerate(self._tasks)}
         old_tasks = self._tasks
@@ -166,6 +215,7 @@ class CatalogRenderer:
                         sections[name], offsets[name], old_views[name], old_offsets[name],
                         first, stop,
                     )  # fmt: skip
+                pace()
 
         run_start = run_end = -1
         for task in tasks:
@@ -183,6 +233,7 @@ class CatalogRenderer:
                 section = sections[name]
                 section += lines
                 offsets[name].append(len(section))
+            pace()
         copy_run(run_start, run_end)
         for view in old_views.values():
             view.release()
@@ -230,11 +281,33 @@ def _copy_run(
     offsets.extend(old_offsets[k] + shift for k in range(start + 1, stop + 1))
 
 
+def _no_pace() -> None:
+    """Work that someone waits for runs flat out."""
+
+
 def _task_lines(task: TaskSnapshot) -> dict[str, bytes]:
-    return {
-        family: "".join(_line(s) for s in samples).encode()
-        for family, samples in task_samples(task).items()
-    }
+    """The lines of ``task`` per family, as :func:`_line` writes them. Nearly every label set
+    is the task alone or the task and one other label, so the task name is escaped once and
+    the rest of those blocks comes from :data:`_AROUND_TASK`."""
+    own = ("task", task.name)
+    name = _label_value(task.name)
+    alone = f'{{task="{name}"}}'
+    out: dict[str, bytes] = {}
+    for family, samples in task_samples(task).items():
+        lines = []
+        for metric, labels, value in samples:
+            if labels[:1] != (own,):
+                block = _labels(labels)
+            elif len(labels) == 1:
+                block = alone
+            elif len(labels) == 2:
+                before, after = _around_task(labels[1])
+                block = before + name + after
+            else:
+                block = _labels(labels)
+            lines.append(f"{metric}{block} {_value(value)}\n")
+        out[family] = "".join(lines).encode()
+    return out
 
 
 @dataclass(frozen=True)
@@ -257,15 +330,23 @@ class MetricsCache:
     """Rendered ``/metrics`` bodies for the current state, per variant.
 
     Call :meth:`warm` with each new state before publishing it (off the event loop), so a
-    scrape only ever renders a variant nobody asked for in the last few minutes (and nothing
-    is rendered ahead while nobody scrapes). Uncompressed
+    scrape only ever renders a variant nobody asked for in the last few minutes. Uncompressed
     bodies only reference the renderer's shared sections; gzip bodies are compressed once
-    per state.
+    per state. ``pacer`` makes the :class:`~exporter.pacing.Pacer` of each warm (None: the
+    work ahead runs flat out).
     """
 
-    def __init__(self, *, renderer: CatalogRenderer, registry: Collector | None) -> None:
+    def __init__(
+        self,
+        *,
+        renderer: CatalogRenderer,
+        registry: Collector | None,
+        pacer: Callable[[], Pacer] | None = None,
+    ) -> None:
         self._renderer = renderer
         self._registry = registry
+        self._pacer = pacer
+        self._pacing: Pacer | None = None  # the pacer of the warm under way
         self._lock = threading.Lock()
         self._generation = -1
         self._bodies: dict[Variant, Body] = {}
@@ -292,25 +373,37 @@ class MetricsCache:
         return body
 
     def warm(self, state: RefreshState) -> None:
-        """Render every recently requested variant for ``state`` and drop older bodies."""
+        """Bring the task sections up to date with ``state``, render every recently requested
+        variant for it and drop older bodies; paced, as nobody waits for this work."""
         cutoff = time.monotonic() - _WARM_WINDOW
         with self._lock:
             for variant in [v for v, (_, seen) in self._requested.items() if seen < cutoff]:
                 del self._requested[variant]
             wanted = {v: enc for v, (enc, _) in self._requested.items()}
+        pace = self._pacing = self._pacer() if self._pacer is not None else None
+        # Even while nobody scrapes, so that the first scrape finds the sections ready instead
+        # of rendering every new task at once (~0.1 ms a task, GIL time that the admin API's
+        # writes would wait for); paced, the handlers barely notice it.
+        self._renderer.prepare(state, pace=pace)
         if not wanted:
-            # Nobody scraped lately: render nothing ahead (a scrape renders what it asks for).
-            # Rendering every new task's lines costs ~0.1 ms a task, GIL time the admin API's
-            # writes would wait for: 1,000 tasks created between two refreshes held it 0.2 s.
             return
-        self._renderer.prepare(state)  # so even the first scrape of a variant is quick
-        bodies = {v: self._render(state, v, enc) for v, enc in wanted.items()}
+        bodies = {v: self._render(state, v, enc, pace) for v, enc in wanted.items()}
         with self._lock:
             if state.generation > self._generation:
                 self._generation, self._bodies = state.generation, bodies
 
+    def hurry(self) -> None:
+        """A scrape waits for the render thread: finish the warm under way (if any) flat out."""
+        pacing = self._pacing
+        if pacing is not None:
+            pacing.hurry()
+
     def _render(
-        self, state: RefreshState, variant: Variant, encoder: Callable[[Collector], bytes]
+        self,
+        state: RefreshState,
+        variant: Variant,
+        encoder: Callable[[Collector], bytes],
+        pace: Pace | None = None,
     ) -> Body:
         pieces = self._renderer.pieces(state, openmetrics=variant.openmetrics)
         if self._registry is not None:
@@ -321,6 +414,10 @@ class MetricsCache:
         if not variant.gzip:
             return Body.of(pieces)
         compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        out = [compressor.compress(piece) for piece in pieces]
+        out = []
+        for piece in pieces:
+            out.append(compressor.compress(piece))
+            if pace is not None:
+                pace()
         out.append(compressor.flush())
         return Body.of(out)  # sent piece by piece: joining would hold the body twice

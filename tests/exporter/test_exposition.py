@@ -14,6 +14,7 @@ from exporter.app import REFRESHER, create_app
 from exporter.collector import SnapshotCollector
 from exporter.database import create_reader_engine
 from exporter.exposition import CatalogRenderer, MetricsCache, negotiate
+from exporter.pacing import Pacer
 from exporter.refresh import RefreshState
 from exporter.settings import ExporterSettings
 from scheduler_core import models
@@ -125,6 +126,56 @@ def test_added_and_removed_tasks_render_like_a_fresh_renderer(snapshot):
     assert rendered == CatalogRenderer(version="1").render(later, openmetrics=False)
     assert rendered == _reference(later, openmetrics=False)
     assert f'task="{removed.name}"' not in rendered
+
+
+def test_odd_names_and_values_render_as_prometheus_client_renders_them(snapshot):
+    """Label values needing escapes, -0.0, values Go writes with an exponent and fractions
+    come out byte for byte as prometheus_client writes them."""
+    task = dataclasses.replace(
+        snapshot.tasks[0],
+        name='we"ird\\na\nme',
+        last_duration_seconds=-0.0,
+        max_runtime_seconds=123456789.0,
+        expected_interval_seconds=0.1,
+        result_totals={'k"ey': 1.0, "z\\": -0.0, "big": 1e22, "small": 2.5e-7},
+    )
+    state = _state(dataclasses.replace(snapshot, tasks=(task, *snapshot.tasks[1:])), 1)
+    rendered = CatalogRenderer(version="1").render(state, openmetrics=False)
+    assert rendered == _reference(state, openmetrics=False)
+    assert 'scheduler_task_last_duration_seconds{task="we\\"ird\\\\na\\nme"} -0.0\n' in rendered
+
+
+class _CountingPacer(Pacer):
+    """Never sleeps; counts the units of work it is called between."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__(share=1.0, slice_seconds=0.0, budget=0.0)
+
+    def __call__(self) -> None:
+        type(self).calls += 1
+
+
+def test_warm_renders_the_task_sections_ahead_even_before_any_scrape(snapshot):
+    """Before any scrape, warm() still brings the sections up to date (paced), so the first
+    scrape formats nothing; a warm of an unchanged snapshot does no work."""
+    _CountingPacer.calls = 0
+    renderer = CatalogRenderer(version="1")
+    cache = MetricsCache(renderer=renderer, registry=None, pacer=_CountingPacer)
+    state = _state(snapshot, 1)
+    cache.warm(state)
+    assert _CountingPacer.calls >= len(snapshot.tasks)
+    variant, encoder = negotiate("", "")
+    assert cache.get(1, variant) is None  # no body for a variant nobody asked for
+    sections = renderer.prepare(state)
+    _CountingPacer.calls = 0
+    later = _state(snapshot, 2)
+    cache.warm(later)
+    assert _CountingPacer.calls == 0
+    assert renderer.prepare(later) is sections
+    body = cache.build(later, variant, encoder).join().decode()
+    assert body == _reference(later, openmetrics=False)
 
 
 def test_gzip_body_decompresses_to_the_plain_body(snapshot):
