@@ -278,7 +278,10 @@ def _copy_run(
         return
     shift = len(section) - old_offsets[start]
     section += old[old_offsets[start] : old_offsets[stop]]
-    offsets.extend(old_offsets[k] + shift for k in range(start + 1, stop + 1))
+    if shift == 0:  # the run stays where it was (tasks added after it): copy the offsets too
+        offsets.extend(old_offsets[start + 1 : stop + 1])
+    else:
+        offsets.extend(old_offsets[k] + shift for k in range(start + 1, stop + 1))
 
 
 def _no_pace() -> None:
