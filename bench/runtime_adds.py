@@ -27,12 +27,17 @@ gets a run-now request, so it is due at once; the first pass claims it, and its 
 within milliseconds, since the run is due at once). Measured on an empty database (the
 sync creates every task: a first deployment) and again on the same database (every task
 unchanged: a restart), on SQLite and PostgreSQL. The scheduler's log lines (their own
-timestamps) split the time: the sync's line, the instance's registration.
+timestamps) split the time: the sync's line, the instance's registration. With each claim,
+the CPU seconds the scheduler process had used when it was seen (``cpu_at_claim_s``): on a
+shared machine the wall time waits for other work, its CPU time much less. Alone:
+``python -m bench.runtime_adds [--repeats N] [--backend sqlite|postgresql]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -65,7 +70,7 @@ from bench.common import (
     summarize_ms,
 )
 from bench.peers.envs import PeerUnavailableError, peer_python
-from bench.sizes import Sizes
+from bench.sizes import FULL, Sizes
 from scheduler_core.client import Client
 
 #: name: (environment, script, PostgreSQL driver, the variants' extra arguments)
@@ -673,11 +678,13 @@ def first_claim(url: str, config: Path, instance_id: str, after_id: int) -> dict
         *("--instance-id", instance_id, "--health-listen", "off", "--log-level", "INFO"),
     )
     found: tuple[int, datetime] | None = None
+    cpu_at_claim: float | None = None
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             found = _probe_run(url, after_id)
             if found is not None:
+                cpu_at_claim = _cpu_or_none(proc.pid)
                 break
             time.sleep(0.05)
         registered = _instance_started(url, instance_id)
@@ -696,10 +703,19 @@ def first_claim(url: str, config: Path, instance_id: str, after_id: int) -> dict
         "first_claim_s": since_launch(claimed_at.timestamp()),
         "synced_s": since_launch(lines.stamp("tasks from")),
         "registered_s": since_launch(registered.timestamp() if registered else None),
+        "cpu_at_claim_s": cpu_at_claim,
         "sync_log": next((ln.split(": ", 1)[-1] for ln in lines.lines if "tasks from" in ln), None),
         "probe_run_id": run_id,
         "exit": exit_status,
     }
+
+
+def _cpu_or_none(pid: int) -> float | None:
+    """The process's CPU seconds so far; None where /proc cannot tell (not Linux, gone)."""
+    try:
+        return round(cpu_seconds(pid), 3)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def startup_on(dbs: Databases, backend: str, config: Path, repeats: int) -> dict[str, Any]:
@@ -733,7 +749,7 @@ def _stages(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"samples": samples}
     if errors:
         out["errors"] = errors
-    for key in ("first_claim_s", "synced_s", "registered_s"):
+    for key in ("first_claim_s", "synced_s", "registered_s", "cpu_at_claim_s"):
         values = [s[key] for s in ok if s.get(key) is not None]
         out[f"{key}_median"] = round(statistics.median(values), 3) if values else None
         out[f"{key}_max"] = max(values) if values else None
@@ -797,3 +813,25 @@ def run(dbs: Databases, sizes: Sizes, *, peers: bool = True) -> dict[str, Any]:
         "http": http_creates(dbs, sizes),
         "startup": startup(dbs, sizes),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The start-up line alone (validate, first start and restart), printed as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench.runtime_adds", description=main.__doc__)
+    parser.add_argument("--repeats", type=int, default=FULL.startup_repeats)
+    parser.add_argument("--tasks", type=int, default=FULL.startup_tasks)
+    parser.add_argument("--backend", action="append", choices=("sqlite", "postgresql"))
+    args = parser.parse_args(argv)
+    sizes = dataclasses.replace(FULL, startup_repeats=args.repeats, startup_tasks=args.tasks)
+    dbs = Databases().start()
+    try:
+        result = startup(dbs, sizes, backends=args.backend or ("sqlite", "postgresql"))
+    finally:
+        dbs.stop()
+    result["load_average"] = os.getloadavg()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -175,25 +175,27 @@ def _parse_policies(
     return Policies(**merged)
 
 
-#: Policies already parsed from a task without defaults, keyed by their raw values: a
-#: scheduler re-reads thousands of stored definitions that share a handful of policy sets.
-_POLICY_MEMO: dict[tuple[Policies, tuple[tuple[str, str], ...]], Policies] = {}
+#: Policies already parsed, keyed by the base's identity and the task's raw policy values
+#: (the base kept with the result: an id is only unique while its object lives). A file of
+#: 10,000 tasks, and a scheduler re-reading their stored definitions, repeat a handful of
+#: policy sets over one base each (the bases come from here too, so they stay the same
+#: objects); hashing a base by value, for every task, cost more than parsing its policies.
+_POLICY_MEMO: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Policies, Policies]] = {}
 _POLICY_MEMO_LIMIT = 1024
 
 
 def _memo_policies(
     data: Mapping[str, Any], base: Policies, task: str | None, out: _Collector
 ) -> Policies:
-    """``_parse_policies`` of ``data`` over ``base``, memoised: a file of 10,000 tasks (and a
-    scheduler re-reading their stored definitions) repeats a handful of policy sets."""
-    key = (base, tuple(sorted((k, repr(data[k])) for k in POLICY_KEYS if k in data)))
+    """``_parse_policies`` of ``data`` over ``base``, memoised."""
+    key = (id(base), tuple(sorted((k, repr(v)) for k, v in data.items() if k in POLICY_KEYS)))
     cached = _POLICY_MEMO.get(key)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] is base:
+        return cached[1]
     before = len(out.issues)
     policies = _parse_policies(data, base, task, out)
     if len(out.issues) == before and len(_POLICY_MEMO) < _POLICY_MEMO_LIMIT:
-        _POLICY_MEMO[key] = policies  # only clean results: a bad value reports every time
+        _POLICY_MEMO[key] = (base, policies)  # only clean results: a bad value reports each time
     return policies
 
 
@@ -373,7 +375,6 @@ def _parse_schedule(
         return None
 
 
-# long: one task's fields in task-file order, every error collected at once
 def parse_task_mapping(
     data: Mapping[str, Any],
     *,
@@ -383,6 +384,22 @@ def parse_task_mapping(
     collector: _Collector | None = None,
 ) -> TaskDefinition:
     """Parse one task mapping; raise ConfigError unless a collector gathers the issues."""
+    base = _memo_policies(defaults, _DEFAULT_POLICIES, None, _Collector(source))
+    return _parse_task(
+        data, base, source=source, check_callables=check_callables, collector=collector
+    )
+
+
+# long: one task's fields in task-file order, every error collected at once
+def _parse_task(
+    data: Mapping[str, Any],
+    base: Policies,
+    *,
+    source: str,
+    check_callables: bool,
+    collector: _Collector | None,
+) -> TaskDefinition:
+    """:func:`parse_task_mapping` over the policies of its defaults, ``base``."""
     out = collector or _Collector(source)
     before = len(out.issues)
     name = data.get("name")
@@ -394,7 +411,6 @@ def parse_task_mapping(
     for key in data:
         if key not in TASK_KEYS:
             out.add(label, str(key), data[key], _suggest(str(key), frozenset(TASK_KEYS)))
-    base = _memo_policies(defaults, _DEFAULT_POLICIES, None, _Collector(source))
     policies = _memo_policies(data, base, label, out)
     action = _parse_action(data, label or "?", out, check_callables)
     schedule = _parse_schedule(data, label or "?", policies.timezone, out)
@@ -460,7 +476,7 @@ def parse_task_document(
     for key in defaults:
         if key not in POLICY_KEYS:
             out.add(None, f"defaults.{key}", defaults[key], _suggest(str(key), POLICY_KEYS))
-    _parse_policies(defaults, Policies(), None, out)
+    base = _memo_policies(defaults, _DEFAULT_POLICIES, None, out)  # once, not per task
     tasks_raw = document.get("tasks")
     if not isinstance(tasks_raw, list):
         out.add(None, "tasks", tasks_raw, "must be a list of tasks")
@@ -479,12 +495,8 @@ def parse_task_document(
                 seen[name] = index
         try:
             definitions.append(
-                parse_task_mapping(
-                    raw,
-                    defaults=defaults,
-                    source=source,
-                    check_callables=check_callables,
-                    collector=out,
+                _parse_task(
+                    raw, base, source=source, check_callables=check_callables, collector=out
                 )
             )
         except _Invalid:

@@ -72,10 +72,12 @@ def _add_cleanup_task(
 
 def _sync_sources(
     store: Store, sources: dict[str, tuple[str, list[TaskDefinition]]], now: datetime
-) -> None:
-    """Sync each source's tasks (a sync touches only its own source's tasks)."""
+) -> list[TaskDefinition]:
+    """Sync each source's tasks (a sync touches only its own source's tasks); returns the
+    tasks whose expected intervals are left for :func:`_store_intervals_soon`."""
+    later: list[TaskDefinition] = []
     for source, (where, definitions) in sources.items():
-        result = store.sync_tasks(definitions, now=now, source=source)
+        result = store.sync_tasks(definitions, now=now, source=source, intervals_later=later)
         log.info(
             "tasks from %s: %d created, %d updated, %d unchanged, %d disabled (no longer there)",
             where,
@@ -84,6 +86,24 @@ def _sync_sources(
             len(result.unchanged),
             len(result.disabled),
         )
+    return later
+
+
+def _store_intervals_soon(store: Store, definitions: list[TaskDefinition]) -> None:
+    """Store the expected intervals a first start with many new cron tasks left NULL, in a
+    thread once the scheduler runs: the first claims need none of them (a task's interval
+    is for the exporter, and the engine computes its own). A failure leaves them NULL; the
+    next start's sync finds them and tries again."""
+
+    def store_them() -> None:
+        try:
+            sent = store.store_expected_intervals(definitions)
+        except Exception as exc:  # a database error: the next start stores them
+            log.warning("expected intervals not stored (%s); the next start will", exc)
+            return
+        log.info("expected intervals of %d task(s) stored", sent)
+
+    threading.Thread(target=store_them, name="schedctl-intervals", daemon=True).start()
 
 
 # long: start-up order matters (validate, migrate, sync, then run) and reads top to bottom
@@ -114,7 +134,7 @@ def _run_scheduler(
     settings = _settings_from_args(args)
     scheduler = Scheduler(engine=engine, settings=settings)
     # The engine's own store syncs, so the definitions parsed here are reused at dispatch.
-    _sync_sources(scheduler.store, sources, DatabaseClock(engine).now())
+    intervals_later = _sync_sources(scheduler.store, sources, DatabaseClock(engine).now())
     install_signal_handlers(scheduler)
     stop_extra = extra(engine) if extra is not None else None
     if args.duration:
@@ -123,6 +143,8 @@ def _run_scheduler(
         timer.start()
     try:
         scheduler.start()
+        if intervals_later:
+            _store_intervals_soon(scheduler.store, intervals_later)
         if scheduler.health is not None and scheduler.health.url:
             log.info("liveness endpoint: %s", scheduler.health.url)
         scheduler.run()

@@ -5,12 +5,18 @@ time only if its schedule changed. Tasks no longer defined are disabled, not del
 their history and counters stay. A sync is one source's (a task file, a module's ``@task``
 functions): it never touches another source's tasks, and a name another source owns is
 refused (``TaskConflictError``) before anything is written.
+
+A first start with a large file: the new rows go to PostgreSQL by ``COPY`` (less than half
+the time of one INSERT a row), and the expected intervals of many new cron tasks may be left
+for just after start-up (``intervals_later``, then ``SyncPart.store_expected_intervals``):
+two cron walks each, they were a third of such a start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +34,7 @@ from scheduler_core.tasks import TaskDefinition
 
 __all__ = [
     "FILE_SOURCE",
+    "LATER_INTERVALS_FROM",
     "SyncPart",
     "changed_values",
     "definition_columns",
@@ -41,6 +48,9 @@ __all__ = [
 
 #: The source of tasks synced from a task file.
 FILE_SOURCE = "file"
+#: A sync asked to (``intervals_later``) leaves the expected intervals of its new cron tasks
+#: for later from this many on: fewer cost too little to be worth a second step.
+LATER_INTERVALS_FROM = 500
 
 _SYNC_LOCK_KEY = 0x5C4ED_5C  # arbitrary, fixed: "schedctl task sync"
 #: The definition keys whose change gives a task a new fire time.
@@ -51,8 +61,10 @@ _EMPTY_HISTOGRAMS = {
 }
 
 
-def definition_columns(definition: TaskDefinition) -> dict[str, Any]:
-    """The schedule row's columns that come from the definition."""
+def definition_columns(definition: TaskDefinition, *, interval: bool = True) -> dict[str, Any]:
+    """The schedule row's columns that come from the definition; without ``interval`` a cron
+    task's expected interval is left NULL (stored later by ``store_expected_intervals``)."""
+    schedule = definition.schedule
     return {
         "definition": definition.to_json(),
         "definition_hash": definition.digest(),
@@ -62,14 +74,16 @@ def definition_columns(definition: TaskDefinition) -> dict[str, Any]:
         "action_kind": definition.action.kind,
         "enabled": definition.policies.enabled,
         "max_runtime_seconds": definition.policies.max_runtime,
-        "expected_interval_seconds": definition.schedule.expected_interval,
+        "expected_interval_seconds": (
+            schedule.expected_interval if interval or schedule.kind != "cron" else None
+        ),
         "alert_policy": definition.policies.alerts.to_json(),
     }
 
 
 def new_schedule_row(definition: TaskDefinition, now: datetime) -> dict[str, Any]:
     """A new task's schedule row: first fire time, zero counters and empty histograms."""
-    return _schedule_row(definition, now, definition.first_fire_after(now))
+    return {**_schedule_row(definition, now, definition.first_fire_after(now)), **_NEW_TASK_ZEROS}
 
 
 #: The columns every new task starts with at zero (and not paused).
@@ -92,36 +106,43 @@ _NEW_TASK_INSERT = schedules.insert().values(_NEW_TASK_LITERALS)
 
 
 def _schedule_row(
-    definition: TaskDefinition, now: datetime, first: datetime | None
+    definition: TaskDefinition, now: datetime, first: datetime | None, *, interval: bool = True
 ) -> dict[str, Any]:
+    """A new task's row without the columns every new task has at zero (``_NEW_TASK_ZEROS``)."""
     return {
         "name": definition.name,
-        **definition_columns(definition),
+        **definition_columns(definition, interval=interval),
         "next_run_at": first,
         "due_at": first if definition.policies.enabled else None,
         "result_totals": result_totals(definition, None),
         "created_at": now,
         "updated_at": now,
-        **_NEW_TASK_ZEROS,
     }
 
 
-def new_schedule_rows(
-    definitions: Sequence[TaskDefinition], now: datetime, *, source: str
+def _new_rows(
+    definitions: Sequence[TaskDefinition], now: datetime, *, source: str, intervals: bool = True
 ) -> list[dict[str, Any]]:
-    """New tasks' rows, owned by ``source``. Tasks with the same schedule and bounds share
-    one first fire time: a cron walk costs ~0.08 ms, and a 10,000-task file repeats its
-    schedules (one per distinct schedule, not one per task)."""
+    """New tasks' rows owned by ``source``, without the zero columns. Tasks with the same
+    schedule and bounds share one first fire time: a cron walk costs ~0.06 ms, and a
+    10,000-task file repeats its schedules (one per distinct schedule, not one per task)."""
     first_fires: dict[tuple[Any, ...], datetime | None] = {}
     rows = []
     for definition in definitions:
         key = (definition.schedule, definition.start, definition.end)
         if key not in first_fires:
             first_fires[key] = definition.first_fire_after(now)
-        row = _schedule_row(definition, now, first_fires[key])
+        row = _schedule_row(definition, now, first_fires[key], interval=intervals)
         row["source"] = source
         rows.append(row)
     return rows
+
+
+def new_schedule_rows(
+    definitions: Sequence[TaskDefinition], now: datetime, *, source: str
+) -> list[dict[str, Any]]:
+    """New tasks' rows, owned by ``source``: first fire time, zero counters, empty histograms."""
+    return [{**row, **_NEW_TASK_ZEROS} for row in _new_rows(definitions, now, source=source)]
 
 
 def result_totals(definition: TaskDefinition, stored: str | None) -> str | None:
@@ -166,23 +187,52 @@ def insert_tasks(
     now: datetime,
     source: str,
     skip_existing: bool = False,
+    intervals: bool = True,
 ) -> list[dict[str, Any]]:
     """Insert new tasks owned by ``source``: the one path of a sync's new tasks and of
     ``add_tasks``. A name that exists already fails the statement (IntegrityError, which
     :func:`names_taken_as_conflict` turns into TaskConflictError naming the owner), unless
     ``skip_existing`` (a sync: another instance syncing the same file at the same moment
-    may have inserted the row; its owner was checked under the sync lock). Returns the rows
-    meant to be written."""
+    may have inserted the row; its owner was checked under the sync lock). Without
+    ``intervals``, cron tasks' expected intervals are left NULL. Returns the rows meant to
+    be written."""
     with gc_paused():  # 10,000 new rows are ~1M objects, none of them garbage
-        rows = new_schedule_rows(definitions, now, source=source)
-        sent = [{k: v for k, v in row.items() if k not in _NEW_TASK_ZEROS} for row in rows]
-        statement = _NEW_TASK_INSERT
-        if skip_existing:
-            statement = upsert(conn, schedules).values(_NEW_TASK_LITERALS)
-            statement = statement.on_conflict_do_nothing(index_elements=["name"])
-        for chunk in chunks(sent, 1000):
-            conn.execute(statement, list(chunk))
-    return rows
+        sent = _new_rows(definitions, now, source=source, intervals=intervals)
+        if not (skip_existing and _copied(conn, sent)):
+            statement = _NEW_TASK_INSERT
+            if skip_existing:
+                statement = upsert(conn, schedules).values(_NEW_TASK_LITERALS)
+                statement = statement.on_conflict_do_nothing(index_elements=["name"])
+            for chunk in chunks(sent, 1000):
+                conn.execute(statement, list(chunk))
+        return [{**row, **_NEW_TASK_ZEROS} for row in sent]
+
+
+#: From this many new rows a sync on PostgreSQL sends them by COPY.
+_COPY_FROM = 100
+
+
+def _copied(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> bool:
+    """Write ``rows`` (and the zero columns) by PostgreSQL's ``COPY``, in a savepoint; True
+    when done: 10,000 rows in ~0.45 s, against ~1.1 s for one INSERT a row (pipelined).
+    False, nothing written, on SQLite, for a few rows, and when a name was taken meanwhile
+    (COPY has no ON CONFLICT: the caller's INSERT then skips it)."""
+    if conn.dialect.name != "postgresql" or len(rows) < _COPY_FROM:
+        return False
+    columns = [*rows[0], *_NEW_TASK_ZEROS]
+    quote = conn.dialect.identifier_preparer.quote
+    sql = f"COPY {quote(schedules.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
+    values = operator.itemgetter(*rows[0])
+    zeros = tuple(_NEW_TASK_ZEROS.values())
+    driver = conn.connection.driver_connection
+    assert driver is not None  # a connection in use has its driver's
+    try:
+        with conn.begin_nested(), driver.cursor() as cursor, cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(values(row) + zeros)
+    except conn.dialect.loaded_dbapi.IntegrityError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -202,8 +252,9 @@ def names_taken_as_conflict(
 
 
 class SyncPart(StoreBase):
-    """``sync_tasks``."""
+    """``sync_tasks``, ``store_expected_intervals``."""
 
+    # long: one transaction, read, plan and write in order
     def sync_tasks(
         self,
         definitions: Sequence[TaskDefinition],
@@ -211,8 +262,14 @@ class SyncPart(StoreBase):
         now: datetime,
         source: str = FILE_SOURCE,
         disable_missing: bool = True,
+        intervals_later: list[TaskDefinition] | None = None,
     ) -> SyncResult:
-        """Make ``source``'s tasks match ``definitions``; counters and history are kept."""
+        """Make ``source``'s tasks match ``definitions``; counters and history are kept.
+
+        With an ``intervals_later`` list, the expected intervals of new cron tasks, when
+        there are at least ``LATER_INTERVALS_FROM``, are left NULL and their definitions
+        added to it, with those of unchanged cron tasks whose interval a start left NULL and
+        never stored (it stopped first): for :meth:`store_expected_intervals`."""
         result = SyncResult()
         wanted = {d.name: d for d in definitions}
         # Serialise every definition once, before the transaction: with a large task file the
@@ -238,6 +295,7 @@ class SyncPart(StoreBase):
                         schedules.c.next_run_at,
                         schedules.c.source,
                         schedules.c.result_totals,
+                        schedules.c.expected_interval_seconds,
                     )
                 )
             }
@@ -251,9 +309,51 @@ class SyncPart(StoreBase):
                 if disable_missing and n not in wanted and row.enabled and row.source == source
             ]
             self._write_sync(conn, updates, gone, now)
-            insert_tasks(conn, inserts, now=now, source=source, skip_existing=True)
+            later = []
+            if intervals_later is not None:
+                later = [d for d in inserts if d.schedule.kind == "cron"]
+                if len(later) < LATER_INTERVALS_FROM:
+                    later = []
+                later += [
+                    wanted[n]
+                    for n in result.unchanged
+                    if existing[n].expected_interval_seconds is None
+                    and wanted[n].schedule.kind == "cron"
+                ]
+                intervals_later.extend(later)
+            insert_tasks(
+                conn, inserts, now=now, source=source, skip_existing=True, intervals=not later
+            )
             result.disabled.extend(gone)
         return result
+
+    def store_expected_intervals(
+        self, definitions: Sequence[TaskDefinition], *, batch: int = 500
+    ) -> int:
+        """Store the expected interval of each of ``definitions`` whose row has none and still
+        holds that definition (a sync's ``intervals_later``); a batch at a time, each in its
+        own short transaction, computed before it. Returns how many were sent."""
+        statement = (
+            schedules.update()
+            .where(
+                schedules.c.name == sa.bindparam("task"),
+                schedules.c.definition_hash == sa.bindparam("digest"),
+                schedules.c.expected_interval_seconds.is_(None),
+            )
+            .values(expected_interval_seconds=sa.bindparam("interval"))
+        )
+        sent = 0
+        for chunk in chunks(definitions, batch):
+            values = [
+                {"task": d.name, "digest": d.digest(), "interval": interval}
+                for d in chunk
+                if (interval := d.schedule.expected_interval) is not None
+            ]
+            if values:
+                with self.engine.begin() as conn:
+                    conn.execute(statement, values)
+                sent += len(values)
+        return sent
 
     @staticmethod
     def _plan_sync(

@@ -66,5 +66,6 @@ def test_scheduler_reaches_its_first_claim_on_start_and_restart(dbs: Databases) 
         [sample] = measured["samples"]
         assert f"{tasks} {word}" in sample["sync_log"]
         assert 0 < sample["registered_s"] <= sample["first_claim_s"]
+        assert 0 < sample["cpu_at_claim_s"] < 60  # the process's CPU seconds, from /proc
         assert sample["exit"] == 0
     assert len(result["targets"]) == 3  # validate, then first start and restart on SQLite
