@@ -423,7 +423,10 @@ class StatementTimer:
     def _after(
         self, conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, many: bool
     ) -> None:
-        elapsed = time.perf_counter() - conn.info["bench_started"].pop()
+        started = conn.info.get("bench_started")
+        if not started:  # it began before the timer was attached: not timed
+            return
+        elapsed = time.perf_counter() - started.pop()
         label = " ".join(statement.split())[: self.LABEL_CHARS]
         self.calls.setdefault(label, []).append(elapsed)
         if not many and label not in self.samples:

@@ -49,6 +49,7 @@ from bench.once import (
 from bench.scale import analyze
 from bench.steady import cpu_by_thread
 from scheduler_core.db import create_db_engine
+from scheduler_core.gc_pause import freeze_long_lived
 from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.runtime.runners import name_os_thread
 
@@ -132,6 +133,7 @@ def _measure(
     counter = FinishedCounter(url, "once")
     timer: StatementTimer | None = None
     scheduler.start()
+    freeze_long_lived()  # as `schedctl run`
     overran = datetime.now(UTC) > first
     loop.start()
     try:

@@ -22,6 +22,7 @@ from bench.common import (
     summarize_timings,
 )
 from scheduler_core.db import create_db_engine
+from scheduler_core.gc_pause import freeze_long_lived
 from scheduler_core.runtime import EngineSettings, Scheduler, install_signal_handlers
 
 RAW_CALLS_LIMIT = 5000
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = instrument_store(scheduler.store)
     install_signal_handlers(scheduler)
     scheduler.start()
+    freeze_long_lived()  # as `schedctl run`
     print("READY", time.time(), flush=True)
     scheduler.run()
     pid = os.getpid()

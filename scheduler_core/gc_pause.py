@@ -1,9 +1,14 @@
-"""The cyclic garbage collector paused around bulk work that allocates many objects.
+"""The cyclic garbage collector kept off work that allocates or keeps many live objects.
 
 Reading a 10,000-task file builds ~100,000 YAML nodes, dicts and definitions, none of them
 garbage yet: each collection the allocations trigger walks them all again, for nothing
 (0.55 of 0.9 s of ``yaml.load`` on such a file). Reference counting still frees what is
-dropped; the collector runs once the work is done.
+dropped; the collector runs once the work is done (``gc_paused``).
+
+A scheduler process keeps what it built at start-up (modules, the engine, the synced
+definitions) for its whole life, yet each full collection walks it all while every thread
+waits: 60-180 ms on the 2-core VM, late starts of every run due meanwhile (issue 18).
+``freeze_long_lived`` leaves those objects out of later collections.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["gc_paused"]
+__all__ = ["freeze_long_lived", "gc_paused"]
 
 
 @contextmanager
@@ -25,3 +30,14 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def freeze_long_lived() -> None:
+    """Collect, then leave every object alive now out of later collections (``gc.freeze``).
+
+    For a process that runs the scheduler, once it started: what is alive then lives as
+    long as the process. Such objects that become garbage are still freed by reference
+    counting; only a cycle among them would stay (start-up state is not dropped).
+    """
+    gc.collect()
+    gc.freeze()

@@ -282,6 +282,12 @@ class TaskDefinition:
         return cached
 
     @property
+    def one_time(self) -> bool:
+        """Its schedule fires once (an ``at:`` task): its definition is used by that run's
+        dispatch and finalize, then not again."""
+        return isinstance(self.schedule, AtSchedule)
+
+    @property
     def timezone(self) -> str:
         return (
             self.schedule.timezone

@@ -91,7 +91,7 @@ class RunLifecycle:
         #: ``expected_interval`` per schedule object (a cron expression computes it), and the
         #: capture arguments per output policy object; each keyed by id with the object kept
         #: (the store may drop and the collector free a definition: its id can be reused).
-        self._intervals: dict[int, tuple[object, float | None]] = {}
+        self._intervals: dict[int, tuple[object, float]] = {}
         self._captures: dict[int, tuple[object, dict[str, Any]]] = {}
         self._db_errors = RateLimitedLogger(log, 30.0)
         #: Redacted from every run's output and result, with the tasks' own patterns.
@@ -288,12 +288,15 @@ class RunLifecycle:
         # By id, checked against the object kept: hashing a schedule costs more.
         entry = self._intervals.get(id(schedule))
         if entry is None or entry[0] is not schedule:
-            if len(self._intervals) > _MEMO_LIMIT:  # one-time tasks: each a new schedule
+            interval = schedule.expected_interval
+            if interval is None:
+                # One-time: no next tick. Not kept either: each is a new schedule, and
+                # every object kept lengthens the garbage collector's full collections.
+                return False
+            if len(self._intervals) > _MEMO_LIMIT:
                 self._intervals.clear()
-            entry = self._intervals[id(schedule)] = (schedule, schedule.expected_interval)
+            entry = self._intervals[id(schedule)] = (schedule, interval)
         interval = entry[1]
-        if interval is None:
-            return False
         settings = self.settings
         margin = settings.look_ahead + settings.caught_up_interval
         return (finished_at - run.scheduled_for).total_seconds() + margin >= interval

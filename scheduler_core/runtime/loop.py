@@ -246,7 +246,13 @@ class Scheduler(RunLifecycle):
 
     # ------------------------------------------------------------------ one iteration
     def step(self) -> int:
-        """One pass: heartbeat when due, finalize finished runs, claim and start due ones.
+        """One pass: heartbeat when due, claim and start due runs, then finalize finished ones.
+
+        The claim comes first: the runs it takes start at their own time on the workers
+        while this thread writes the finished runs' outcomes, so a long finalize does not eat
+        into the look-ahead (it did: a tick due within the finalize waited for it). Runs
+        finished and not yet written do not count as running for the claim's overlap and
+        capacity (``finished_unrecorded``).
 
         Returns how many runs it started. An instance that could not renew its heartbeat
         within its lease stops itself here instead (see ``_give_up_lease``).
@@ -262,18 +268,30 @@ class Scheduler(RunLifecycle):
         hurry = self._hurry.is_set()
         if hurry:
             self._hurry.clear()
-        if hurry or not self.defer_finalize():
-            self.finalize_completions()
         self.enforce_deadlines()
         if self.draining:
+            self._finalize(hurry=hurry)
             return 0
+        started = self._claim_and_launch()
+        self._finalize(hurry=hurry)
+        self._next_due = self.store.next_due_at()
+        return started
+
+    def _finalize(self, *, hurry: bool) -> None:
+        """Write the finished runs' outcomes, unless they may wait (``defer_finalize``)."""
+        if hurry or not self.defer_finalize():
+            self.finalize_completions()
+
+    def _claim_and_launch(self) -> int:
+        """Claim due runs in batches up to this pass's capacity and launch them; returns how
+        many were launched."""
         launched: list[DispatchedRun] = []
         claimed_total = 0
         now = self.clock.now()
         try:
             while True:
                 # Runs that finished since this pass began free their slot at once (their
-                # outcomes are written at the next pass): a burst's next batch does not wait.
+                # outcomes are written after the claim): a burst's next batch does not wait.
                 self.collect_completions()
                 capacity = self._capacity(claimed_total)
                 if capacity <= 0 or self._monotonic() >= self._next_heartbeat:
@@ -302,7 +320,6 @@ class Scheduler(RunLifecycle):
             # finish; a longer one shows as running that much later.
             self.telemetry.runs_started(launched, now=now)
             self.telemetry.write_starts(older_than=STARTS_WRITTEN_AFTER_S)
-        self._next_due = self.store.next_due_at()
         return len(launched)
 
     def _capacity(self, claimed_total: int) -> int:

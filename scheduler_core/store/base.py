@@ -23,11 +23,24 @@ from scheduler_core.models import schedules
 from scheduler_core.pending_retries import Retries, encode
 from scheduler_core.tasks import TaskDefinition
 
-__all__ = ["DEFINITION_CACHE_LIMIT", "StoreBase", "chunks", "least", "upsert"]
+__all__ = [
+    "DEFINITION_CACHE_LIMIT",
+    "ONE_TIME_CACHE_LIMIT",
+    "StoreBase",
+    "chunks",
+    "least",
+    "upsert",
+]
 
-#: Parsed definitions one store keeps (by digest): more than any fleet of recurring tasks
-#: we measure (100,000), far fewer than a day of one-time tasks at volume.
+#: Parsed definitions of recurring tasks one store keeps (by digest): more than any fleet
+#: we measure (100,000).
 DEFINITION_CACHE_LIMIT = 200_000
+#: Parsed one-time definitions one store keeps, apart: each is used by its run's dispatch
+#: and finalize, about a second apart, then not again. Every kept definition is objects the
+#: cyclic garbage collector walks at each full collection, which stops every thread: with
+#: the 100,000 one-time tasks of a minute kept, those pauses reached 276 ms (issue 18's
+#: start delays); this many are five seconds at 1,000 one-time runs a second.
+ONE_TIME_CACHE_LIMIT = 5_000
 
 
 def upsert(conn: sa.Connection, table: sa.Table) -> Any:
@@ -60,6 +73,7 @@ class StoreBase:
         self.dialect = engine.dialect.name
         self.is_postgres = self.dialect == "postgresql"
         self._definitions: dict[str, TaskDefinition] = {}
+        self._one_time: dict[str, TaskDefinition] = {}
         #: Called with each dispatch's advanced ``next_run_at`` per task (the runtime feeds
         #: its OpenTelemetry gauge with it); the store itself exports nothing.
         self.on_next_runs: Callable[[Mapping[str, datetime]], None] | None = None
@@ -74,11 +88,11 @@ class StoreBase:
         By name, the primary key: a lookup by digest (not indexed) scanned the whole table,
         96 ms a claim at 100,000 one-time tasks, each of them new to the claimer.
         """
-        known = self._definitions
+        known, once = self._definitions, self._one_time
         found: dict[str, TaskDefinition] = {}
         unknown: list[str] = []
         for digest, name in names_by_digest.items():
-            cached = known.get(digest)
+            cached = known.get(digest) or once.get(digest)
             if cached is None:
                 unknown.append(name)
             else:
@@ -94,7 +108,7 @@ class StoreBase:
 
     def definition(self, definition_hash: str, definition_json: str) -> TaskDefinition:
         """Parse a stored definition once per digest (callables resolve at run time)."""
-        cached = self._definitions.get(definition_hash)
+        cached = self._definitions.get(definition_hash) or self._one_time.get(definition_hash)
         if cached is None:
             cached = definition_from_json(definition_json)
             self._remember(definition_hash, cached)
@@ -102,15 +116,20 @@ class StoreBase:
 
     def remember_definition(self, definition: TaskDefinition) -> None:
         """Cache a definition this process has in hand (a sync's)."""
-        if definition.digest() not in self._definitions:
-            self._remember(definition.digest(), definition)
+        digest = definition.digest()
+        if digest not in self._definitions and digest not in self._one_time:
+            self._remember(digest, definition)
 
     def _remember(self, digest: str, definition: TaskDefinition) -> None:
-        """Cache ``definition``; past ``DEFINITION_CACHE_LIMIT`` the older half goes (each
-        use re-learns what it needs by name): one-time tasks are each a new definition, and
-        an instance running a million of them a day must not keep them all."""
-        cache = self._definitions
-        if len(cache) >= DEFINITION_CACHE_LIMIT:
+        """Cache ``definition``; past its cache's limit (``DEFINITION_CACHE_LIMIT``, or
+        ``ONE_TIME_CACHE_LIMIT`` for a one-time task's) the older half goes (each use
+        re-learns what it needs by name): one-time tasks are each a new definition, and an
+        instance running a million of them a day must not keep them all."""
+        if definition.one_time:
+            cache, limit = self._one_time, ONE_TIME_CACHE_LIMIT
+        else:
+            cache, limit = self._definitions, DEFINITION_CACHE_LIMIT
+        if len(cache) >= limit:
             for old in list(itertools.islice(cache, len(cache) // 2)):
                 del cache[old]
         cache[digest] = definition

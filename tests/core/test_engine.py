@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -237,6 +238,49 @@ def test_caught_up_cadence_is_at_most_half_the_look_ahead(make_scheduler, clock,
     off = make_scheduler("inst-b", look_ahead=0.0, caught_up_interval=0.25)
     assert off.step() == 0  # nothing due: caught up
     assert off._pause(began=100.0, now=100.0) == off.settings.min_step_interval
+
+
+def test_a_pass_claims_due_runs_before_it_writes_finished_ones(
+    make_scheduler, clock, db_engine, monkeypatch
+) -> None:
+    """A pass with outcomes to write and runs due claims first: the runs it takes start at
+    their time while it writes the outcomes (a long finalize does not make them late).
+    Both happen in that one pass, and the finished one-time run's schedule is not kept."""
+    at = (clock.now() + timedelta(hours=2)).isoformat()
+    Store(db_engine, instance_id="inst-a").sync_tasks(
+        tasks(
+            {"name": "first", "callable": "time:sleep", "args": [0], "every": "1h"},
+            {"name": "once", "callable": "time:sleep", "args": [0], "at": at},
+        ),
+        now=clock.now(),
+    )
+    scheduler = make_scheduler()
+    order: list[str] = []
+    for name in ("claim_and_dispatch", "finalize_runs"):
+        method = getattr(scheduler.store, name)
+
+        def spy(*args: object, _name: str = name, _method=method, **kwargs: object) -> object:
+            order.append(_name)
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(scheduler.store, name, spy)
+    clock.advance(3600)
+    assert scheduler.step() == 1
+    wait_for_completions(scheduler, 1)
+    order.clear()
+    clock.advance(3600)  # the second tick of "first" and the one-time task are due
+    scheduler._hurry.set()  # the outcome is to be written now, not deferred
+    assert scheduler.step() == 2
+    assert order == ["claim_and_dispatch", "finalize_runs"]
+    wait_for_completions(scheduler, 2)
+    scheduler.step()
+    assert sorted((r.task_name, r.status) for r in all_runs(db_engine)) == [
+        ("first", "success"),
+        ("first", "success"),
+        ("once", "success"),
+    ]
+    # Only the recurring schedule's interval is memoised: one-time ones are each new.
+    assert [interval for _schedule, interval in scheduler._intervals.values()] == [3600]
 
 
 def test_look_ahead_claims_early_and_starts_on_time(make_scheduler, clock, db_engine) -> None:

@@ -133,6 +133,41 @@ def test_a_claimer_reads_definitions_it_has_not_seen_and_keeps_a_bounded_cache(
         now += timedelta(minutes=1)
 
 
+def test_one_time_definitions_are_kept_apart_in_a_small_cache(
+    db_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One-time definitions (each used by one dispatch and its finalize) go to their own
+    small cache, so they never crowd out the recurring ones nor pile up; a finalize whose
+    one-time definition was dropped reads it again by name."""
+    monkeypatch.setattr("scheduler_core.store.base.ONE_TIME_CACHE_LIMIT", 4)
+    at = (T0 + timedelta(minutes=1)).isoformat()
+    Store(db_engine, instance_id="syncer").sync_tasks(
+        tasks(
+            *({"name": f"once{i}", "command": ["echo", str(i)], "at": at} for i in range(10)),
+            {"name": "every", "command": ["echo", "every"], "every": "1m"},
+        ),
+        now=T0,
+    )
+    claimer = Store(db_engine, instance_id="inst-b")
+    now = T0 + timedelta(minutes=1)
+    claimed, dispatched = claimer.claim_and_dispatch(now=now, limit=20, lease=LEASE)
+    assert claimed == 11
+    by_task = {d.task_name: d.definition for d in dispatched}
+    assert {name: d.action.argv for name, d in by_task.items()} == {
+        **{f"once{i}": ("echo", str(i)) for i in range(10)},
+        "every": ("echo", "every"),
+    }
+    assert {name for name, d in by_task.items() if d.one_time} == {f"once{i}" for i in range(10)}
+    assert list(claimer._definitions.values()) == [by_task["every"]]
+    assert len(claimer._one_time) <= 4
+    result = claimer.finalize_runs([outcome(d, "success", now) for d in dispatched], now=now)
+    assert not result.rejected
+    assert {(r.task_name, r.status) for r in runs(db_engine)} == {
+        (name, "success") for name in by_task
+    }
+    assert len(claimer._one_time) <= 4
+
+
 def test_claim_and_dispatch_skips_schedules_another_instance_leased(
     store: Store, db_engine: sa.Engine
 ) -> None:
