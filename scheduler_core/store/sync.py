@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from scheduler_core.alert_policy import AlertPolicy
 from scheduler_core.bulk import member_of
 from scheduler_core.errors import TaskConflictError
 from scheduler_core.gc_pause import gc_paused
@@ -77,8 +78,22 @@ def definition_columns(definition: TaskDefinition, *, interval: bool = True) -> 
         "expected_interval_seconds": (
             schedule.expected_interval if interval or schedule.kind != "cron" else None
         ),
-        "alert_policy": definition.policies.alerts.to_json(),
+        "alert_policy": _alerts_json(definition.policies.alerts),
     }
+
+
+#: ``AlertPolicy.to_json`` per policy object, the object kept (an id is unique only while its
+#: object lives): the tasks of a file share a few, and 10,000 rows made it 10,000 times.
+_ALERTS_JSON: dict[int, tuple[AlertPolicy, str | None]] = {}
+
+
+def _alerts_json(alerts: AlertPolicy) -> str | None:
+    hit = _ALERTS_JSON.get(id(alerts))
+    if hit is None or hit[0] is not alerts:
+        if len(_ALERTS_JSON) >= 256:  # one-off policies (API tasks): keep it small
+            _ALERTS_JSON.clear()
+        hit = _ALERTS_JSON[id(alerts)] = (alerts, alerts.to_json())
+    return hit[1]
 
 
 def new_schedule_row(definition: TaskDefinition, now: datetime) -> dict[str, Any]:
