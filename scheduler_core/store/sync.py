@@ -324,20 +324,18 @@ class SyncPart(StoreBase):
                 if disable_missing and n not in wanted and row.enabled and row.source == source
             ]
             self._write_sync(conn, updates, gone, now)
-            later = []
+            new_cron = [d for d in inserts if d.schedule.kind == "cron"]
+            defer = intervals_later is not None and len(new_cron) >= LATER_INTERVALS_FROM
             if intervals_later is not None:
-                later = [d for d in inserts if d.schedule.kind == "cron"]
-                if len(later) < LATER_INTERVALS_FROM:
-                    later = []
-                later += [
+                intervals_later.extend(new_cron if defer else [])
+                intervals_later.extend(
                     wanted[n]
                     for n in result.unchanged
                     if existing[n].expected_interval_seconds is None
                     and wanted[n].schedule.kind == "cron"
-                ]
-                intervals_later.extend(later)
+                )
             insert_tasks(
-                conn, inserts, now=now, source=source, skip_existing=True, intervals=not later
+                conn, inserts, now=now, source=source, skip_existing=True, intervals=not defer
             )
             result.disabled.extend(gone)
         return result

@@ -126,10 +126,13 @@ def test_a_restart_lists_the_intervals_a_start_left_unstored(
     store.sync_tasks(tasks(*mappings), now=T0, intervals_later=[])
     monkeypatch.setattr(sync_module, "LATER_INTERVALS_FROM", 100)
     later: list[TaskDefinition] = []
-    result = store.sync_tasks(tasks(*mappings), now=T0, intervals_later=later)
+    added = {"name": "new", "command": ["true"], "cron": "0 0 * * 1"}  # a few new: at once
+    result = store.sync_tasks(tasks(*mappings, added), now=T0, intervals_later=later)
     assert result.unchanged == ["c0", "c1", "c2", "c3"] and [d.name for d in later] == [
         "c0", "c1", "c2", "c3"
     ]  # fmt: skip
+    assert result.created == ["new"]
+    assert stored(db_engine)["new"].expected_interval_seconds == 7 * 86400.0
     changed = tasks({"name": "c0", "command": ["true"], "cron": "5 * * * *"})
     assert store.store_expected_intervals([*changed, *later[1:]]) == 4
     rows = stored(db_engine)
