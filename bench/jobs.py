@@ -1,4 +1,5 @@
-"""The callables the benchmarks schedule: a no-op that records when it was called."""
+"""The callables the benchmarks schedule: a no-op that records when it was called, and two
+that say 1 KB a run, one through ``logging`` and one through ``print``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import threading
 import time
 
-__all__ = ["CALLS", "noop", "reset", "say_1kb"]
+__all__ = ["CALLS", "noop", "print_1kb", "reset", "say_1kb"]
 
 #: (seconds late when called, wall time when it returned) per call, for in-process runs.
 CALLS: list[tuple[float, float]] = []
@@ -30,6 +31,16 @@ def say_1kb() -> None:
     asks): captured as the run's output; an unconfigured process prints nothing of it."""
     for i in range(8):
         _SAY.info("%d %s", i, _LINE)
+
+
+_PRINTED = "x" * 125  # "0 xxx...x\n": 128 bytes a line
+
+
+def print_1kb() -> None:
+    """Print 8 lines of 128 bytes (1 KB of output a run): captured as the run's output,
+    never reaching the scheduler's own stdout."""
+    for i in range(8):
+        print(f"{i} {_PRINTED}")
 
 
 def reset() -> None:

@@ -3,11 +3,13 @@ subprocess), N interval tasks on a throwaway PostgreSQL, CPU per thread role ove
 after warm-up, and optionally a cProfile of the loop thread (thread CPU clock).
 
     python -m bench.profile_steady                      # 10,000 tasks every 10 s, 30 s window
-    python -m bench.profile_steady --profile tottime    # plus the loop thread's top functions
+    python -m bench.profile_steady --profile tottime    # plus the loop's and workers' top functions
     python -m bench.profile_steady --set look_ahead=0.25 --set caught_up_interval=0.125
                                                         # other EngineSettings than the defaults
 
-Prints JSON (the figures) and, with ``--profile``, the profile table on stderr. This is the
+Prints JSON (the figures) and, with ``--profile``, the profile tables on stderr: the loop
+thread's, and the worker threads' (``schedctl-run*``, added up: each worker's profiler runs
+from its thread's start, and the table is what it counted during the window). This is the
 tool behind the "Steady CPU" steps in bench/RESULTS.md; the benchmark itself is
 ``python -m bench run --only steady`` (a separate process, as an operator runs it).
 """
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=12.0, help="seconds from catch-up to the window"
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
-    parser.add_argument("--profile", metavar="SORT", help="cProfile the loop thread, sorted so")
+    parser.add_argument(
+        "--profile", metavar="SORT", help="cProfile the loop and worker threads, sorted so"
+    )
     parser.add_argument(
         "--dump", metavar="FILE", help="with --profile: also save the profile (pstats format)"
     )
@@ -93,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             settings=EngineSettings(instance_id="profile", health_listen=None, **overrides),
         )
         profiler = cProfile.Profile(time.thread_time)
-        result = _measure(scheduler, dbs, url, args, profiler)
+        workers = WorkerProfiles()
+        if args.profile:
+            threading.setprofile(workers.hook)  # threads started from now on: the workers
+        try:
+            result = _measure(scheduler, dbs, url, args, profiler, workers)
+        finally:
+            threading.setprofile(None)
         engine.dispose()
         # Start delays of the ticks in the window (the last ones may still be waiting).
         until = result.pop("window_end") - TAIL_MARGIN
@@ -109,8 +119,77 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(profiler, stream=out).sort_stats(args.profile).print_stats(40)
         if args.dump:
             profiler.dump_stats(args.dump)
-        print(out.getvalue(), file=sys.stderr)
+        print("loop thread:", out.getvalue(), file=sys.stderr)
+        print(workers.table(args.profile), file=sys.stderr)
     return 0
+
+
+#: A function in ``getstats`` figures: its code object, or a built-in's description.
+_Entry = tuple[int, float, float]  # calls, own time, total time (s of thread CPU)
+
+
+class WorkerProfiles:
+    """cProfile (thread CPU clock) of every worker thread, read over the window: each
+    thread's profiler starts with the thread (``threading.setprofile(hook)``: a worker's
+    profiler can only be enabled in the worker), and the window's figures are the
+    difference of two snapshots of their counts (``getstats``, read under the GIL)."""
+
+    def __init__(self) -> None:
+        self._profiles: list[cProfile.Profile] = []
+        self._lock = threading.Lock()
+        self._start: dict[object, _Entry] = {}
+        self._end: dict[object, _Entry] = {}
+
+    def hook(self, frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(None)  # once per thread: at its first call
+        if threading.current_thread().name.startswith("schedctl-run"):
+            profile = cProfile.Profile(time.thread_time)
+            with self._lock:
+                self._profiles.append(profile)
+            profile.enable()
+
+    def _counts(self) -> dict[object, _Entry]:
+        totals: dict[object, _Entry] = {}
+        with self._lock:
+            profiles = list(self._profiles)
+        for profile in profiles:
+            for entry in profile.getstats():  # type: ignore[attr-defined]
+                calls, own, total = totals.get(entry.code, (0, 0.0, 0.0))
+                totals[entry.code] = (
+                    calls + entry.callcount,
+                    own + entry.inlinetime,
+                    total + entry.totaltime,
+                )
+        return totals
+
+    def start(self) -> None:
+        self._start = self._counts()
+
+    def stop(self) -> None:
+        self._end = self._counts()
+
+    def table(self, sort: str, rows: int = 40) -> str:
+        """The window's top functions by own time (``tottime``) or by total time."""
+        diff = []
+        for code, (calls, own, total) in self._end.items():
+            calls0, own0, total0 = self._start.get(code, (0, 0.0, 0.0))
+            diff.append((calls - calls0, own - own0, total - total0, _where(code)))
+        column = 2 if sort.startswith("cum") else 1
+        diff.sort(key=lambda row: -row[column])
+        own_sum = sum(row[1] for row in diff)
+        lines = [
+            f"worker threads ({len(self._profiles)}), {own_sum:.3f} s of thread CPU "
+            f"(profiled), sorted by {'cumtime' if column == 2 else 'tottime'}:",
+            f"{'ncalls':>10} {'tottime':>9} {'cumtime':>9}  function",
+        ]
+        lines += [f"{c:>10} {o:>9.3f} {t:>9.3f}  {w}" for c, o, t, w in diff[:rows]]
+        return "\n".join(lines)
+
+
+def _where(code: object) -> str:
+    if isinstance(code, str):  # a built-in
+        return code
+    return f"{code.co_filename}:{code.co_firstlineno}({code.co_name})"  # type: ignore[attr-defined]
 
 
 def _overrides(parser: argparse.ArgumentParser | None, items: list[str]) -> dict[str, float]:
@@ -139,6 +218,7 @@ def _measure(
     url: str,
     args: argparse.Namespace,
     profiler: cProfile.Profile,
+    workers: WorkerProfiles,
 ) -> dict[str, Any]:
     """Run the scheduler loop in a thread named like the runner's main thread, let it
     work off the start-up backlog, warm up, then measure the window."""
@@ -172,7 +252,11 @@ def _measure(
     wall0, cpu0 = time.monotonic(), time.process_time()
     threads0 = thread_cpu_seconds(pid, main_role="main (waits)")
     pg0 = children_cpu_seconds(postmaster)
+    if args.profile:
+        workers.start()
     time.sleep(args.seconds)
+    if args.profile:
+        workers.stop()
     window_end = datetime.now(UTC)
     wall = time.monotonic() - wall0
     cpu = time.process_time() - cpu0

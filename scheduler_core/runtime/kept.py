@@ -1,10 +1,11 @@
 """What a run keeps of what it said: its task's output policy applied to how it ended.
 
-Its output (a command's, or a callable's log lines) and its result (a callable's return
+Its output (a command's, or a callable's prints and log lines) and its result (a callable's return
 value, as JSON) are kept when ``keep_output`` says so, redacted first (the default patterns,
 the task's ``redact`` and the secrets this process knows, such as the database password);
 the numeric values of the task's ``result_metrics`` keys are taken whatever it keeps, for
-the totals. Runs in the worker that ran the task, never on the scheduler's loop.
+the totals. A NUL character in the output (which PostgreSQL's text cannot hold) is kept as
+U+FFFD. Runs in the worker that ran the task, never on the scheduler's loop.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def kept_of(
         return kept
     redactor = redactor_for(policy.redact, secrets)
     if captured is not None and captured.total_bytes > 0:
-        kept["output"] = redactor.redact(captured.text)
+        said = captured.text
+        if "\x00" in said:  # PostgreSQL's text cannot hold NUL
+            said = said.replace("\x00", "\ufffd")
+        kept["output"] = redactor.redact(said)
         kept["output_bytes"] = captured.total_bytes
         kept["output_dropped_bytes"] = captured.dropped_bytes
     if result.result is not None:

@@ -1,7 +1,7 @@
 """Action runners: how one task action runs and ends (sync callables in the calling worker
 thread, async callables on the event loop, commands as subprocesses in their own process
 group, so timeout and cancel kill children), what it leaves (a command's output, a
-callable's log lines and return value, see ``runtime.capture``), and ``RunHandle``, a run
+callable's prints, log lines and return value, see ``runtime.capture``), and ``RunHandle``, a run
 in flight."""
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class ActionResult:
     error_traceback: str | None = None
     exit_code: int | None = None
     pid: int | None = None
-    #: What the run wrote (a command, always) or logged (a callable run with ``capture``),
-    #: within the output limit.
+    #: What the run wrote (a command, always) or printed and logged (a callable run with
+    #: ``capture``), within the output limit.
     output: CapturedOutput | None = None
     #: A callable's return value as it returned it (with ``capture`` only).
     result: object = None
@@ -102,9 +102,18 @@ class RunHandle:
             return True
 
 
+def _storable(text: str) -> str:
+    """``text`` with NUL, which PostgreSQL's text cannot hold, as U+FFFD."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _error_text(exc: BaseException) -> str:
-    text = str(exc)
+    text = _storable(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _traceback() -> str:
+    return _storable(traceback.format_exc())
 
 
 def _call(func: Callable[..., Any], action: CallableAction, keep_result: bool) -> ActionResult:
@@ -112,7 +121,7 @@ def _call(func: Callable[..., Any], action: CallableAction, keep_result: bool) -
         value = func(*action.args, **dict(action.kwargs))
     except Exception as exc:
         return ActionResult(
-            status="failure", error_message=_error_text(exc), error_traceback=traceback.format_exc()
+            status="failure", error_message=_error_text(exc), error_traceback=_traceback()
         )
     return ActionResult(status="success", result=value if keep_result else None)
 
@@ -125,9 +134,10 @@ def run_callable(
     log_level: int = logging.INFO,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> ActionResult:
-    """Call a sync callable in the current (worker) thread. With ``capture``, the log
-    records of ``log_level`` and up it makes in this thread become the result's ``output``
-    (within ``output_limit`` bytes) and its return value the result's ``result``."""
+    """Call a sync callable in the current (worker) thread. With ``capture``, what it
+    prints (``sys.stdout``, ``sys.stderr``) and the log records of ``log_level`` and up it
+    makes in this thread become the result's ``output`` (within ``output_limit`` bytes, in
+    the order made) and its return value the result's ``result``."""
     try:
         func = action.resolve()
     except ValueError as exc:
@@ -160,7 +170,7 @@ async def _await(
         return ActionResult(status="cancelled", error_message=handle.cancel_reason or "cancelled")
     except Exception as exc:
         return ActionResult(
-            status="failure", error_message=_error_text(exc), error_traceback=traceback.format_exc()
+            status="failure", error_message=_error_text(exc), error_traceback=_traceback()
         )
     return ActionResult(status="success", result=value if keep_result else None)
 
@@ -177,7 +187,7 @@ async def run_async_callable(
     """Await an async callable with the task's timeout; cancellation maps to ``cancelled``.
     With ``capture``, as ``run_callable``: the capture is set inside this coroutine, so
     its asyncio task (and the tasks it starts) hold it, and other runs on the loop do not;
-    a run that times out or is cancelled keeps what it logged until then."""
+    a run that times out or is cancelled keeps what it printed and logged until then."""
     try:
         func = action.resolve()
     except ValueError as exc:
@@ -244,7 +254,7 @@ def _output_tail(output: IO[bytes]) -> str:
     """The last ``OUTPUT_TAIL_BYTES`` of the output, for a failure's message."""
     size = output.seek(0, os.SEEK_END)
     output.seek(max(0, size - OUTPUT_TAIL_BYTES))
-    return output.read().decode("utf-8", errors="replace").strip()
+    return _storable(output.read().decode("utf-8", errors="replace").strip())
 
 
 def run_command(

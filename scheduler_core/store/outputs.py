@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from scheduler_core.bulk import pg_recordset, pg_value_rows
 from scheduler_core.models import run_output, schedules
 from scheduler_core.store.base import chunks
 from scheduler_core.store.records import RunOutcome
@@ -23,24 +24,50 @@ from scheduler_core.store.records import RunOutcome
 __all__ = ["add_result_totals", "read_result_totals", "run_output_of", "write_outputs"]
 
 
+#: An output row's values, in the order ``write_outputs`` sends them (``created_at`` is
+#: the batch's ``now``, one parameter).
+_OUTPUT_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
+    name: run_output.c[name].type
+    for name in (
+        "run_id",
+        "task_name",
+        "output",
+        "output_bytes",
+        "output_dropped_bytes",
+        "result",
+        "result_note",
+    )
+}
+_OUTPUT_NAMES = tuple(_OUTPUT_TYPES)
+#: PostgreSQL: the batch's rows in one statement, from one JSON document (``bulk``): an
+#: ``executemany`` sent a Bind and an Execute per row, ~40 us of psycopg's Python each on
+#: the scheduler's loop thread (4 % of a core at 1,000 printing runs a second).
+_PG_INSERT_OUTPUTS = (
+    f"INSERT INTO {run_output.name} ({', '.join(_OUTPUT_NAMES)}, created_at) "
+    f"SELECT {', '.join(f'v.{n}' for n in _OUTPUT_NAMES)}, %(now)s "
+    f"FROM {pg_recordset(_OUTPUT_NAMES, _OUTPUT_TYPES)}"
+)
+
+
 def write_outputs(conn: sa.Connection, outcomes: Sequence[RunOutcome], *, now: datetime) -> None:
-    """Insert the output rows of the ``outcomes`` that said something (one executemany)."""
+    """Insert the output rows of the ``outcomes`` that said something: one statement on
+    PostgreSQL, an ``executemany`` on SQLite (in-process: no round trips to save)."""
     rows = [
-        {
-            "run_id": o.run_id,
-            "task_name": o.task_name,
-            "output": o.output,
-            "output_bytes": o.output_bytes,
-            "output_dropped_bytes": o.output_dropped_bytes,
-            "result": o.result,
-            "result_note": o.result_note,
-            "created_at": now,
-        }
+        [o.run_id, o.task_name, o.output, o.output_bytes, o.output_dropped_bytes, o.result,
+         o.result_note]
         for o in outcomes
-        if o.says_something
-    ]
-    if rows:
-        conn.execute(run_output.insert(), rows)
+        if o.output is not None or o.result is not None  # ``says_something``, inlined
+    ]  # fmt: skip
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        document = pg_value_rows(rows, _OUTPUT_NAMES, _OUTPUT_TYPES)
+        conn.exec_driver_sql(_PG_INSERT_OUTPUTS, {"rows": document, "now": now})
+        return
+    conn.execute(
+        run_output.insert(),
+        [{**dict(zip(_OUTPUT_NAMES, row, strict=True)), "created_at": now} for row in rows],
+    )
 
 
 def add_result_totals(conn: sa.Connection, outcomes: Sequence[RunOutcome]) -> None:

@@ -132,7 +132,9 @@ def test_telemetry_on_and_off_both_record_every_run(dbs: Databases) -> None:
 
 
 def test_profile_steady_splits_the_cpu_by_thread(capsys: pytest.CaptureFixture[str]) -> None:
-    """The profiling tool behind RESULTS.md's steady steps runs and names the loop thread."""
+    """The profiling tool behind RESULTS.md's steady steps runs and names the loop thread;
+    with every run printing 1 KB, its prints are the runs' output (its own stdout is its
+    JSON alone), and the workers' profile shows the job."""
     assert (
         profile_steady.main(
             [
@@ -146,6 +148,10 @@ def test_profile_steady_splits_the_cpu_by_thread(capsys: pytest.CaptureFixture[s
                 "1",
                 "--profile",
                 "tottime",
+                "--callable",
+                "bench.jobs:print_1kb",
+                "--task-field",
+                "keep_output=always",
             ]
         )
         == 0
@@ -156,3 +162,5 @@ def test_profile_steady_splits_the_cpu_by_thread(capsys: pytest.CaptureFixture[s
     assert "loop" in result["scheduler_cpu_percent_by_thread"]
     assert result["caught_up"] is True
     assert "function calls" in captured.err  # the loop thread's profile
+    workers = captured.err.split("worker threads (", 1)[1]
+    assert "bench/jobs.py" in workers and "(print_1kb)" in workers

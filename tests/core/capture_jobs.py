@@ -1,12 +1,13 @@
-"""Callables for the output-capture tests: they log, return values and wait for each other,
-so that captures of runs in flight at the same time can be told apart."""
+"""Callables for the output-capture tests: they log, print, return values and wait for each
+other, so that captures of runs in flight at the same time can be told apart."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = [
     "async_chatter",
@@ -15,6 +16,8 @@ __all__ = [
     "log_badly",
     "log_exception",
     "log_to_myjob",
+    "print_log_print",
+    "printer",
 ]
 
 LINES = 20
@@ -33,22 +36,31 @@ def chatter(tag: str, barrier: threading.Barrier) -> dict[str, Any]:
     return {"tag": tag, "lines": LINES}
 
 
-async def async_chatter(tag: str, started: asyncio.Event, count: list[int], runs: int) -> str:
-    """Log ``LINES`` lines tagged ``tag``, yielding to the loop between them once all
-    ``runs`` runs have started; half of them from a task this run starts itself."""
+async def async_chatter(
+    tag: str, started: asyncio.Event, count: list[int], runs: int, printed: bool = False
+) -> str:
+    """Log (or, ``printed``, print: the first half to stdout, the rest to stderr) ``LINES``
+    lines tagged ``tag``, yielding to the loop between them once all ``runs`` runs have
+    started; half of them from a task this run starts itself."""
     log = logging.getLogger(f"jobs.{tag}")
     count[0] += 1
     if count[0] == runs:
         started.set()
     await started.wait()
 
+    def say(i: int, stream: TextIO) -> None:
+        if printed:
+            print(f"<{tag}> line {i}", file=stream)
+        else:
+            log.info("<%s> line %d", tag, i)
+
     async def child() -> None:
         for i in range(LINES // 2, LINES):
-            log.info("<%s> line %d", tag, i)
+            say(i, sys.stderr)
             await asyncio.sleep(0)
 
     for i in range(LINES // 2):
-        log.info("<%s> line %d", tag, i)
+        say(i, sys.stdout)
         await asyncio.sleep(0)
     await asyncio.create_task(child())
     return tag
@@ -79,3 +91,26 @@ def log_exception() -> None:
         raise ValueError("the disk is full")
     except ValueError:
         logging.getLogger("jobs.exc").exception("copy failed")
+
+
+def printer(tag: str, barrier: threading.Barrier) -> dict[str, Any]:
+    """Print ``LINES`` lines tagged ``tag``, every third to stderr and every fourth in two
+    writes, meeting the other runs at the barrier twice (as ``chatter``)."""
+    barrier.wait()
+    for i in range(LINES):
+        if i % 4 == 3:
+            sys.stdout.write(f"<{tag}> line ")
+            sys.stdout.write(f"{i}\n")
+        else:
+            print(f"<{tag}> line {i}", file=sys.stderr if i % 3 == 0 else sys.stdout)
+        if i == LINES // 2:
+            barrier.wait()
+    return {"tag": tag, "lines": LINES}
+
+
+def print_log_print() -> None:
+    """Print, log, print to stderr, log: the output keeps this order."""
+    print("first, printed")
+    logging.getLogger("jobs.order").warning("second, logged")
+    print("third, on stderr", file=sys.stderr, flush=True)
+    sys.stderr.writelines(["fourth, ", "in pieces\n"])

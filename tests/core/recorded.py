@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
-__all__ = ["CALLS", "CHATTY_RUNS", "chatty", "greet", "greet_then_fail", "moved", "reset"]
+__all__ = [
+    "CALLS",
+    "CHATTY_RUNS",
+    "chatty",
+    "fail_with",
+    "greet",
+    "greet_then_fail",
+    "moved",
+    "printing",
+    "reset",
+    "say_then_fail",
+]
 
 #: (args, kwargs) of every call of :func:`greet`, in this process.
 CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
@@ -48,3 +60,28 @@ def chatty(tag: str) -> dict[str, Any]:
 def moved(files: int) -> dict[str, Any]:
     """A sync's result: how much it moved."""
     return {"files_moved": files, "bytes_moved": files * 100}
+
+
+_PRINTING = threading.Barrier(CHATTY_RUNS, timeout=10)
+
+
+def printing(tag: str) -> None:
+    """Print ten lines tagged ``tag`` (odd ones to stderr), a log line between them, while
+    the other printing runs print theirs."""
+    _PRINTING.wait()
+    for i in range(10):
+        print(f"<{tag}> line {i}", file=sys.stderr if i % 2 else sys.stdout)
+        if i == 4:
+            logging.getLogger(f"tests.printing.{tag}").warning("<%s> logged", tag)
+            _PRINTING.wait()
+
+
+def say_then_fail(text: str) -> None:
+    """Print ``text``, then fail."""
+    print(text)
+    raise RuntimeError("failed after saying something")
+
+
+def fail_with(message: str) -> None:
+    """Raise a ValueError with ``message``."""
+    raise ValueError(message)

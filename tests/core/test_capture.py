@@ -11,8 +11,9 @@ import io
 import json
 import logging
 import math
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -42,6 +43,7 @@ from scheduler_core.runtime.runners import (
     run_async_callable,
     run_callable,
 )
+from scheduler_core.runtime.streams import RunStream
 from scheduler_core.tasks import CallableAction
 from tests.core import capture_jobs
 from tests.core.conftest import T0, tasks
@@ -136,6 +138,38 @@ def test_a_buffer_keeps_what_the_same_bytes_in_a_file_would_keep(
         buffer.write(piece)
     data = "".join(pieces).encode()
     assert buffer.value() == output_from_file(io.BytesIO(data), limit)
+
+
+@pytest.mark.parametrize("limit", [4096, 1 << 20])
+def test_threads_writing_to_one_buffer_lose_nothing_and_count_exactly(limit: int) -> None:
+    """Eight threads writing to one buffer at once (a run's context shared with threads):
+    every byte is counted; within the limit every line is there, whole; past it, head and
+    tail are whole lines too (each write is one line) and fill the limit."""
+    threads, lines = 8, 3000
+    buffer = OutputBuffer(limit)
+
+    def write(tag: int) -> None:
+        for i in range(lines):
+            buffer.write(f"<{tag}> {i:05d}\n")  # 10 bytes
+
+    workers = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    out = buffer.value()
+    total = threads * lines * 10
+    assert out.total_bytes == total
+    if total <= limit:
+        assert out.dropped_bytes == 0
+        expected = sorted(f"<{t}> {i:05d}" for t in range(threads) for i in range(lines))
+        assert sorted(out.text.splitlines()) == expected
+    else:
+        head, tail = out.text.split("\n[... ")[0], out.text.split(" ...]\n")[1]
+        assert out.dropped_bytes == total - limit
+        assert len(head) == limit // 2 and len(tail) == limit - limit // 2
+        assert all(len(line) == 9 for line in head.split("\n")[:-1])
+        assert all(len(line) == 9 for line in tail.split("\n")[1:-1])
 
 
 def test_a_huge_write_keeps_only_the_tail_budget() -> None:
@@ -251,26 +285,34 @@ def test_without_capture_a_callable_keeps_no_output_and_no_result() -> None:
     assert (result.status, result.output, result.result) == ("success", None, None)
 
 
-def test_runs_in_eight_threads_each_capture_only_their_own_lines() -> None:
-    """Eight callables logging at the same time in eight threads: each output holds all
-    of its own lines and none of another run's (nor of a thread outside any run)."""
+def eight_thread_runs(job: str, outsider: Callable[[], None]) -> dict[str, ActionResult]:
+    """Eight runs of ``job`` (``chatter``, ``printer``) in eight threads at once, captured;
+    ``outsider`` is called outside any run while all of them are in flight."""
     runs = 8
     barrier = threading.Barrier(runs + 1, timeout=10)
     results: dict[str, ActionResult] = {}
 
     def run(tag: str) -> None:
-        action = CallableAction(ref=f"{JOBS}:chatter", args=(tag, barrier))
+        action = CallableAction(ref=f"{JOBS}:{job}", args=(tag, barrier))
         results[tag] = run_callable(action, handle(), capture=True)
 
     threads = [threading.Thread(target=run, args=(f"run{i}",)) for i in range(runs)]
     for thread in threads:
         thread.start()
     barrier.wait()  # every run is inside its capture now
-    logging.getLogger("jobs.outsider").warning("<outsider> not a run")
+    outsider()
     barrier.wait()
     for thread in threads:
         thread.join(10)
-    assert sorted(results) == [f"run{i}" for i in range(runs)]
+    return results
+
+
+def test_runs_in_eight_threads_each_capture_only_their_own_lines() -> None:
+    """Eight callables logging at the same time in eight threads: each output holds all
+    of its own lines and none of another run's (nor of a thread outside any run)."""
+    outsider = logging.getLogger("jobs.outsider")
+    results = eight_thread_runs("chatter", lambda: outsider.warning("<outsider> not a run"))
+    assert sorted(results) == [f"run{i}" for i in range(8)]
     for tag, result in results.items():
         assert result.output is not None
         output = result.output.text
@@ -280,9 +322,8 @@ def test_runs_in_eight_threads_each_capture_only_their_own_lines() -> None:
         assert result.result == {"tag": tag, "lines": capture_jobs.LINES}
 
 
-def test_runs_as_eight_asyncio_tasks_on_one_loop_each_capture_only_their_own_lines() -> None:
-    """Eight async callables interleaving on one event loop, half of each one's lines
-    logged from a task it started: each output holds exactly its own lines."""
+def eight_async_runs(printed: bool) -> list[ActionResult]:
+    """Eight ``async_chatter`` runs interleaving on one event loop, captured."""
     runs = 8
 
     async def main() -> list[ActionResult]:
@@ -291,7 +332,8 @@ def test_runs_as_eight_asyncio_tasks_on_one_loop_each_capture_only_their_own_lin
             *(
                 run_async_callable(
                     CallableAction(
-                        ref=f"{JOBS}:async_chatter", args=(f"run{i}", started, count, runs)
+                        ref=f"{JOBS}:async_chatter",
+                        args=(f"run{i}", started, count, runs, printed),
                     ),
                     handle(),
                     None,
@@ -301,8 +343,13 @@ def test_runs_as_eight_asyncio_tasks_on_one_loop_each_capture_only_their_own_lin
             )
         )
 
-    results = asyncio.run(main())
-    for i, result in enumerate(results):
+    return asyncio.run(main())
+
+
+def test_runs_as_eight_asyncio_tasks_on_one_loop_each_capture_only_their_own_lines() -> None:
+    """Eight async callables interleaving on one event loop, half of each one's lines
+    logged from a task it started: each output holds exactly its own lines."""
+    for i, result in enumerate(eight_async_runs(printed=False)):
         tag = f"run{i}"
         assert result.status == "success"
         assert result.result == tag
@@ -319,6 +366,133 @@ def test_an_async_run_that_times_out_keeps_what_it_logged() -> None:
     assert result.status == "timeout"
     assert result.output is not None
     assert result.output.text.endswith(" WARNING jobs.slow: <slow> before the wait\n")
+
+
+# ------------------------------------------------------------------ prints
+def printed_lines(result: ActionResult) -> list[str]:
+    assert result.output is not None
+    return result.output.text.splitlines()
+
+
+def test_runs_in_eight_threads_each_capture_only_their_own_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Eight callables printing (stdout and stderr) at the same time in eight threads:
+    each output holds its own lines in order and none of another run's; a print outside
+    any run, made meanwhile, reaches the real stream and no run."""
+
+    def outsider() -> None:
+        print("<outsider> not a run")
+        print("<outsider> on stderr", file=sys.stderr)
+
+    results = eight_thread_runs("printer", outsider)
+    assert sorted(results) == [f"run{i}" for i in range(8)]
+    for tag, result in results.items():
+        expected = [f"<{tag}> line {i}" for i in range(capture_jobs.LINES)]
+        assert printed_lines(result) == expected
+        assert result.result == {"tag": tag, "lines": capture_jobs.LINES}
+    seen = capsys.readouterr()
+    assert (seen.out, seen.err) == ("<outsider> not a run\n", "<outsider> on stderr\n")
+
+
+def test_runs_as_eight_asyncio_tasks_on_one_loop_each_capture_only_their_own_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Eight async callables printing in turn on one event loop, half of each one's lines
+    (to stderr) from a task it started: each output holds exactly its own lines, in order."""
+    for i, result in enumerate(eight_async_runs(printed=True)):
+        tag = f"run{i}"
+        assert result.result == tag
+        assert printed_lines(result) == [f"<{tag}> line {n}" for n in range(capture_jobs.LINES)]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_prints_and_log_lines_keep_the_order_they_were_made_in(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """stdout, a log record, stderr and ``writelines`` in one output, in order, unmarked;
+    nothing of it reaches the real streams."""
+    result = run_callable(CallableAction(ref=f"{JOBS}:print_log_print"), handle(), capture=True)
+    lines = printed_lines(result)
+    assert lines[0] == "first, printed"
+    assert lines[1].endswith(" WARNING jobs.order: second, logged")
+    assert lines[2:] == ["third, on stderr", "fourth, in pieces"]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_without_capture_prints_reach_the_real_stream(capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that captures nothing (``keep_output: never``) prints as any code does."""
+    result = run_callable(CallableAction(ref=f"{JOBS}:print_log_print"), handle())
+    assert result.output is None
+    seen = capsys.readouterr()
+    assert seen.out == "first, printed\n"
+    assert seen.err.endswith("third, on stderr\nfourth, in pieces\n")
+
+
+def test_a_stream_replaced_after_install_is_wrapped_again_and_the_old_one_still_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An application (or ``capsys``) replacing ``sys.stdout`` after the proxy was
+    installed: the next run wraps the new stream, whose writes outside runs reach it; the
+    proxy put back afterwards still leads to the stream it was made for."""
+    with capturing():
+        pass
+    installed = sys.stdout
+    assert isinstance(installed, RunStream)
+    raw = io.BytesIO()
+    mine = io.TextIOWrapper(raw, encoding="latin-1", write_through=True)
+    monkeypatch.setattr(sys, "stdout", mine)
+    with capturing() as capture:
+        print("in the run")
+        assert isinstance(sys.stdout, RunStream) and sys.stdout.target is mine
+        assert sys.stdout.encoding == "latin-1"  # the stream's other attributes are its own
+    print("outside, é")
+    assert capture.value().text == "in the run\n"
+    assert raw.getvalue() == "outside, é\n".encode("latin-1")
+    monkeypatch.undo()
+    assert sys.stdout is installed
+    behind = io.StringIO()
+    monkeypatch.setattr(installed, "target", behind)
+    print("after the undo")
+    assert behind.getvalue() == "after the undo\n"
+
+
+def test_a_log_handler_on_stderr_writes_to_the_real_stream_not_the_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A ``StreamHandler`` made on the proxied ``sys.stderr``: a record logged in a run is
+    in the run's output once (from the record), and the handler's line reaches stderr as
+    configured, not the run."""
+    with capturing():
+        pass
+    handler = logging.StreamHandler(sys.stderr)  # the proxy: made after the install
+    assert isinstance(handler.stream, RunStream)
+    logger = logging.getLogger("jobs.handled")
+    logger.addHandler(handler)
+    try:
+        with capturing() as capture:
+            logger.warning("once")
+            print("printed")
+    finally:
+        logger.removeHandler(handler)
+    lines = capture.value().text.splitlines()
+    assert len(lines) == 2 and lines[0].endswith(" WARNING jobs.handled: once")
+    assert lines[1] == "printed"
+    assert capsys.readouterr().err == "once\n"
+
+
+def test_a_run_writing_bytes_to_sys_stdout_gets_a_type_error() -> None:
+    """As from a real text stream."""
+    with capturing() as capture, pytest.raises(TypeError, match="must be str, not bytes"):
+        sys.stdout.write(b"raw")  # type: ignore[arg-type]
+    assert capture.value().text == ""
+
+
+def test_a_lone_surrogate_is_kept_as_utf8_can_hold_it() -> None:
+    """Text UTF-8 cannot encode (a lone surrogate) becomes ``?`` and is counted so."""
+    buffer = OutputBuffer(100)
+    buffer.write("a\ud800b")
+    assert buffer.value() == CapturedOutput("a?b", 3, 0)
 
 
 # ------------------------------------------------------------------ result

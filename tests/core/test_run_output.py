@@ -104,6 +104,66 @@ def test_each_callable_run_keeps_its_own_log_lines_and_result(
         assert run["result_note"] is None
 
 
+def test_each_callable_run_keeps_its_own_prints_in_order(
+    db_engine: sa.Engine, make_scheduler, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Eight callables printing to stdout and stderr at the same time, in eight worker
+    threads: each run's output holds its own lines and log line, in the order made, and
+    none of the others'; nothing of it reaches the scheduler's own streams."""
+    tags = [f"p{i}" for i in range(recorded.CHATTY_RUNS)]
+    printing = (
+        {"name": tag, "callable": "tests.core.recorded:printing", "args": [tag]} for tag in tags
+    )
+    store = run_tasks(db_engine, make_scheduler, clock, *printing)
+    for tag in tags:
+        lines = only_run(store, db_engine, tag)["output"].splitlines()
+        assert lines[5].endswith(f" WARNING tests.printing.{tag}: <{tag}> logged")
+        assert lines[:5] + lines[6:] == [f"<{tag}> line {i}" for i in range(10)]
+    seen = capsys.readouterr()
+    assert "line" not in seen.out + seen.err
+
+
+def test_keep_output_applies_to_prints(
+    db_engine: sa.Engine, make_scheduler, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A callable's prints follow keep_output as a command's output does: never (its
+    prints then reach the scheduler's stdout, as uncaptured code's), failures."""
+    ref = "tests.core.recorded:say_then_fail"
+    store = run_tasks(
+        db_engine, make_scheduler, clock,
+        {"name": "quiet", "callable": ref, "args": ["said quietly"], "keep_output": "never"},
+        {"name": "bad", "callable": ref, "args": ["said and failed"], "keep_output": "failures"},
+        {"name": "ok", "callable": "tests.core.capture_jobs:print_log_print",
+         "keep_output": "failures"},
+    )  # fmt: skip
+    assert only_run(store, db_engine, "quiet")["output"] is None
+    assert only_run(store, db_engine, "ok")["output"] is None  # captured, and not kept
+    bad = only_run(store, db_engine, "bad")
+    assert (bad["status"], bad["output"]) == ("failure", "said and failed\n")
+    seen = capsys.readouterr()
+    assert (seen.out, "in pieces" in seen.err) == ("said quietly\n", False)
+
+
+def test_a_nul_character_is_stored_as_a_replacement_character(
+    db_engine: sa.Engine, make_scheduler, clock: FakeClock
+) -> None:
+    """PostgreSQL's text cannot hold NUL: a run printing one is stored with U+FFFD (on
+    both backends alike), and its outcome is written."""
+    store = run_tasks(
+        db_engine, make_scheduler, clock,
+        {"name": "nul", "command": ["printf", "a\\000b\\n"]},
+        {"name": "nul-failed", "command": ["sh", "-c", "printf 'c\\000d'; exit 3"]},
+        {"name": "nul-raised", "callable": "tests.core.recorded:fail_with", "args": ["e\x00f"]},
+    )  # fmt: skip
+    run = only_run(store, db_engine, "nul")
+    assert (run["status"], run["output"]) == ("success", "a\ufffdb\n")
+    failed = only_run(store, db_engine, "nul-failed")
+    assert failed["error_message"] == "command failed with exit code 3: c\ufffdd"
+    raised = only_run(store, db_engine, "nul-raised")
+    assert raised["error_message"] == "ValueError: e\ufffdf"
+    assert "ValueError: e\ufffdf" in raised["error_traceback"]
+
+
 def test_result_totals_survive_cleanup_and_a_restart(
     db_engine: sa.Engine, make_scheduler, clock: FakeClock
 ) -> None:
