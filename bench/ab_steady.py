@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         help="profile_steady arguments of the after side only (one string): compares two "
         "workloads on one tree, e.g. --after-args '--callable bench.jobs:say_1kb'",
     )
-    args = parser.parse_args(argv)
+    # Intermixed: the trees, options and the extra arguments after ``--`` in any order.
+    args = parser.parse_intermixed_args(argv)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     for side, tree in trees.items():
         if not (tree / "bench" / "profile_steady.py").is_file():

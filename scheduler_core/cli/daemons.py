@@ -22,6 +22,7 @@ from scheduler_core.clock import DatabaseClock
 from scheduler_core.config import parse_task_mapping
 from scheduler_core.db import redact_url, upgrade_schema
 from scheduler_core.decorator import module_source, tasks_of_module
+from scheduler_core.gc_pause import freeze_long_lived
 from scheduler_core.retention import RetentionPolicy, register_cleanup_task
 from scheduler_core.store import Store
 from scheduler_core.store.sync import FILE_SOURCE
@@ -143,6 +144,9 @@ def _run_scheduler(
         timer.start()
     try:
         scheduler.start()
+        # What start-up built lives as long as the process: out of every full collection, so
+        # that full collections (which pause every run thread) stay short.
+        freeze_long_lived()
         if intervals_later:
             _store_intervals_soon(scheduler.store, intervals_later)
         if scheduler.health is not None and scheduler.health.url:
