@@ -76,13 +76,7 @@ def create_app(
     """
     render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedctl-exporter-render")
     api_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="schedctl-exporter-api")
-    cache = MetricsCache(
-        renderer=CatalogRenderer(version=exporter_version()),
-        registry=registry,
-        pacer=lambda: Pacer(
-            share=_AHEAD_SHARE, slice_seconds=_AHEAD_SLICE, budget=settings.refresh_interval / 2
-        ),
-    )
+    cache = _metrics_cache(settings, registry)
 
     async def render_ahead(state: RefreshState) -> None:
         await asyncio.get_running_loop().run_in_executor(render_pool, cache.warm, state)
@@ -117,6 +111,17 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _metrics_cache(settings: ExporterSettings, registry: Collector | None) -> MetricsCache:
+    """The /metrics bodies, rendered ahead of scrapes at a paced share of the CPU."""
+    return MetricsCache(
+        renderer=CatalogRenderer(version=exporter_version()),
+        registry=registry,
+        pacer=lambda: Pacer(
+            share=_AHEAD_SHARE, slice_seconds=_AHEAD_SLICE, budget=settings.refresh_interval / 2
+        ),
+    )
 
 
 def _add_routes(app: web.Application, admin_engine: sa.Engine | None) -> None:

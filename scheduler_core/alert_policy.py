@@ -200,10 +200,21 @@ def parse_alert_policy(value: object, *, prefix: str = "alerts") -> tuple[AlertP
     return AlertPolicy(**values), issues
 
 
-def merge_alert_policies(base: AlertPolicy, override: AlertPolicy) -> AlertPolicy:
-    """``override``'s fields over ``base``'s (a task's block over its file's defaults)."""
+def merge_alert_policies(
+    base: AlertPolicy, override: AlertPolicy, *, prefix: str = "alerts"
+) -> tuple[AlertPolicy, list[Issue]]:
+    """``override``'s fields over ``base``'s (a task's block over its file's defaults), and
+    the problems of the result: a ``min_duration`` from one and a ``max_duration`` from the
+    other that contradict each other are named like a contradiction within one block (the
+    merged ``min_duration`` is left unset)."""
     changed = {f.name: getattr(override, f.name) for f in fields(override)}
-    return replace(base, **{k: v for k, v in changed.items() if v is not None})
+    merged = replace(base, **{k: v for k, v in changed.items() if v is not None})
+    low, high = merged.min_duration, merged.max_duration
+    if low is None or high is None or low < high:
+        return merged, []
+    where = "the task" if override.min_duration is not None else "defaults"
+    message = f"must be shorter than max_duration ({high:g}s); min_duration comes from {where}"
+    return replace(merged, min_duration=None), [(f"{prefix}.min_duration", f"{low:g}s", message)]
 
 
 def _unknown(key: str) -> str:

@@ -4,6 +4,8 @@ Validation collects all problems before reporting, each with the file, the task,
 and the value, so one run of ``schedctl validate`` shows everything to fix.
 """
 
+# long: the task-file grammar is one validator (files, the client, the admin API and stored
+# definitions share it), each field's rule next to its error message
 from __future__ import annotations
 
 import dataclasses
@@ -167,11 +169,12 @@ def _parse_policies(
             values["retries"] = retries
     output, issues = parse_output_fields(data)
     alerts, alert_issues = parse_alert_policy(data.get("alerts"))
-    for field, value, message in [*issues, *alert_issues]:
+    merged_alerts, merge_issues = merge_alert_policies(base.alerts, alerts)
+    for field, value, message in [*issues, *alert_issues, *merge_issues]:
         out.add(task, field, value, message)
     if output:
         values["output"] = dataclasses.replace(base.output, **output)
-    merged = {**base.__dict__, **values, "alerts": merge_alert_policies(base.alerts, alerts)}
+    merged = {**base.__dict__, **values, "alerts": merged_alerts}
     return Policies(**merged)
 
 

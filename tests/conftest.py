@@ -3,6 +3,7 @@ parametrised over SQLite and PostgreSQL for the store contract suite."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,19 @@ from scheduler_core.db import create_db_engine, upgrade_schema
 from tests.support.pgserver import PostgresServer, find_pg_bin
 
 TEMPLATE_DB = "schedctl_template"
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """The root logger's handlers and level as they were before the test. A CLI entry point
+    run in a test (``configure_logging``) points a handler at that test's captured stderr,
+    which pytest closes afterwards; left in place, every later log record fails to write and
+    Python prints "--- Logging error ---" to ``sys.stderr``, inside whatever runs then."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""What a run leaves behind, bounded: its output (a command's file, a callable's prints and
-log lines) as head + tail with the count of bytes dropped between them, and its result as
-JSON.
+"""What a run says, bounded: its output (a command's file, a callable's prints and log
+lines) as head + tail with the count of bytes dropped between them. Its return value as
+JSON is ``runtime.results``.
 
 - ``output_from_file``: a command's output file, read from disk at both ends only.
 - ``OutputBuffer``: the same bound for text written piece by piece (prints, log lines).
@@ -9,7 +9,6 @@ JSON.
   and so is what it writes to ``sys.stdout`` / ``sys.stderr`` (``runtime.streams``), in
   the order made; concurrent runs in other threads or tasks each have their own. See
   ``start_capture`` for the logging levels.
-- ``result_json``: a callable's return value as JSON text, bounded, always valid JSON.
 
 The run's identity (``RunContext``, ``current_run``, ``running_as``, ``run_environment``)
 lives in ``runtime.run_context``; it is re-exported here.
@@ -21,7 +20,6 @@ import collections
 import contextlib
 import contextvars
 import copy
-import json
 import logging
 import os
 import sys
@@ -56,11 +54,11 @@ __all__ = [
     "RunContext",
     "RunLogCapture",
     "capturing",
+    "check_output_limit",
     "current_run",
     "end_capture",
     "install_log_capture",
     "output_from_file",
-    "result_json",
     "run_environment",
     "running_as",
     "start_capture",
@@ -83,7 +81,8 @@ class CapturedOutput:
     dropped_bytes: int
 
 
-def _check_limit(limit: int) -> None:
+def check_output_limit(limit: int) -> None:
+    """Refuse a negative output limit, naming it."""
     if limit < 0:
         raise ValueError(f"an output limit cannot be negative, got {limit!r}")
 
@@ -127,7 +126,7 @@ def output_from_file(f: BinaryIO, limit: int) -> CapturedOutput:
     """The file's first ``limit // 2`` and last ``limit - limit // 2`` bytes (all of it if
     it is no longer than ``limit``), read from disk, decoded as UTF-8 (invalid bytes
     replaced; a character cut at either end is left out and counted as dropped)."""
-    _check_limit(limit)
+    check_output_limit(limit)
     size = f.seek(0, os.SEEK_END)
     if size <= limit:
         f.seek(0)
@@ -221,7 +220,7 @@ class OutputBuffer:
 
     def __init__(self, limit: int) -> None:
         if limit < 0:
-            _check_limit(limit)
+            check_output_limit(limit)
         self._limit = limit
         #: Written, not settled yet (None until the first write: most runs say nothing).
         self.pending: list[str] | None = None
@@ -292,7 +291,7 @@ class LogCapture(OutputBuffer):
 
     def __init__(self, level: int, limit: int) -> None:
         if limit < 0:
-            _check_limit(limit)
+            check_output_limit(limit)
         self.level, self.limit = level, limit
         # OutputBuffer's fields, set here: calling its __init__ cost a run ~0.2 us.
         self._limit, self.pending, self._kept, self._total, self._spilled = (
@@ -494,59 +493,3 @@ def capturing(level: int = logging.INFO, limit: int = DEFAULT_OUTPUT_LIMIT) -> I
         yield capture
     finally:
         _ACTIVE.reset(token)
-
-
-# ---------------------------------------------------------------------- result
-def _dumps(value: object) -> tuple[str, int]:
-    """Strict JSON for ``value`` and its size in UTF-8 bytes; characters outside ASCII
-    stay as they are, unless a lone surrogate (which UTF-8 cannot hold) makes the text
-    escape them all."""
-    text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    try:
-        return text, len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        text = json.dumps(value, allow_nan=False)
-        return text, len(text)
-
-
-def _json_string(text: str, limit: int) -> tuple[str | None, int]:
-    """The longest start of ``text`` whose JSON string is at most ``limit`` UTF-8 bytes,
-    as that JSON string, and its length in characters (None if not even ``""`` fits)."""
-    n = min(len(text), limit)
-    while True:
-        encoded, size = _dumps(text[:n])
-        if size <= limit:
-            return encoded, n
-        if n == 0:
-            return None, 0
-        n = max(0, min(n - 1, n * limit // size - 1))
-
-
-def result_json(value: object, limit: int = DEFAULT_OUTPUT_LIMIT) -> tuple[str | None, str | None]:
-    """A return value as ``(json_text, note)``: ``(None, None)`` for None; the JSON text
-    (tuples become lists) with no note if it fits in ``limit`` UTF-8 bytes; otherwise, and
-    for a value JSON cannot hold (a set, an object, NaN), a JSON string holding the start
-    of its JSON text or of its ``repr``, with a note saying so. The text is always valid
-    JSON that UTF-8 can hold (or None, with a note, when ``limit`` is under 2 bytes)."""
-    _check_limit(limit)
-    if value is None:
-        return None, None
-    try:
-        text, size = _dumps(value)
-    except Exception as exc:  # TypeError, ValueError (NaN, a cycle), RecursionError...
-        try:
-            shown = repr(value)
-        except Exception as repr_exc:
-            shown = f"<{type(value).__qualname__} object; repr failed: {repr_exc!r}>"
-        stored, chars = _json_string(shown, limit)
-        note = f"not JSON ({exc}): stored as its repr"
-        if chars < len(shown):
-            note += f", truncated to {chars} of {len(shown)} characters"
-        return stored, note
-    if size <= limit:
-        return text, None
-    stored, chars = _json_string(text, limit)
-    return stored, (
-        f"result is {size} bytes of JSON, over the {limit}-byte limit: "
-        f"stored as a string of its first {chars} of {len(text)} characters"
-    )

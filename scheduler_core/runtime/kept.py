@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from scheduler_core.redaction import Redactor
-from scheduler_core.runtime.capture import result_json
+from scheduler_core.runtime.results import result_json
 from scheduler_core.runtime.runners import ActionResult
 from scheduler_core.tasks import TaskDefinition
 

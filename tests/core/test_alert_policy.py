@@ -93,7 +93,8 @@ def test_an_unquoted_yaml_clock_time_reads_as_that_time() -> None:
 def test_a_task_block_overrides_its_defaults_field_by_field() -> None:
     defaults, _ = parse_alert_policy({"failures": 5, "severity": "warning"})
     task, _ = parse_alert_policy({"failures": 1})
-    assert merge_alert_policies(defaults, task) == AlertPolicy(failures=1, severity="warning")
+    merged = merge_alert_policies(defaults, task)
+    assert merged == (AlertPolicy(failures=1, severity="warning"), [])
     assert AlertPolicy().is_empty() and AlertPolicy().to_json() is None
 
 
@@ -200,3 +201,27 @@ def test_no_deadline_is_never_missed() -> None:
     assert not deadline_missed(
         deadline=None, schedule=BERLIN_05, timezone="UTC", now=utc(2026, 6, 2), last_success_at=None
     )
+
+
+def test_a_min_duration_from_defaults_above_the_task_max_duration_is_named() -> None:
+    """The contradiction check holds across the merge too: defaults' min_duration against a
+    task's shorter max_duration (and the other way round) is an issue naming min_duration
+    with its value and where it came from; the merged policy keeps only max_duration."""
+    defaults, _ = parse_alert_policy({"min_duration": "10m"})
+    task_block, _ = parse_alert_policy({"max_duration": "5m"})
+    merged, issues = merge_alert_policies(defaults, task_block)
+    assert issues == [
+        (
+            "alerts.min_duration",
+            "600s",
+            "must be shorter than max_duration (300s); min_duration comes from defaults",
+        )
+    ]
+    assert merged.min_duration is None and merged.max_duration == 300.0
+    _, issues = merge_alert_policies(
+        parse_alert_policy({"max_duration": "1m"})[0], parse_alert_policy({"min_duration": "2m"})[0]
+    )
+    assert [(f, v) for f, v, _ in issues] == [("alerts.min_duration", "120s")]
+    assert "comes from the task" in issues[0][2]
+    fine, issues = merge_alert_policies(defaults, parse_alert_policy({"max_duration": "1h"})[0])
+    assert issues == [] and fine.min_duration == 600.0

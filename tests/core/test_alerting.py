@@ -114,6 +114,27 @@ def test_alerts_merge_over_defaults_field_by_field_and_round_trip() -> None:
     assert empty.digest() == bare.digest()
 
 
+def test_a_min_duration_from_defaults_against_a_task_max_duration_is_refused() -> None:
+    """The defaults' min_duration and a task's shorter max_duration contradict each other
+    only once merged: the file is refused naming that task, the field and the value."""
+    with pytest.raises(ConfigError) as caught:
+        parse_task_document(
+            {
+                "defaults": {"alerts": {"min_duration": "10m"}},
+                "tasks": [
+                    {"name": "quick", "command": ["true"], "every": "5m",
+                     "alerts": {"max_duration": "5m"}},
+                    {"name": "fine", "command": ["true"], "every": "5m"},
+                ],
+            },
+            source="tasks.yaml",
+        )  # fmt: skip
+    assert [(i.task, i.field, i.value) for i in caught.value.issues] == [
+        ("quick", "alerts.min_duration", "600s")
+    ]
+    assert "max_duration (300s)" in str(caught.value)
+
+
 def test_every_alert_problem_is_named_with_field_and_value() -> None:
     """Bad fields in a task's block and in the defaults' are all reported at once, each as
     ``alerts.<field>`` with its value, as ``schedctl validate`` lists them."""

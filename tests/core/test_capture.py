@@ -29,8 +29,8 @@ from scheduler_core.runtime.capture import (
     capturing,
     install_log_capture,
     output_from_file,
-    result_json,
 )
+from scheduler_core.runtime.results import result_json
 from scheduler_core.runtime.run_context import (
     RunContext,
     current_run,
