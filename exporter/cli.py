@@ -146,7 +146,7 @@ def settings_from_args(
 
 
 #: gen0 / gen1 / gen2 thresholds (Python's defaults: 700 / 10 / 10).
-_GC_THRESHOLD = (50_000, 20, 1_000)
+_GC_THRESHOLD = (10_000, 10, 1_000)
 #: Seconds a thread may hold the GIL while another waits (Python's default is 0.005).
 #: 5 ms -> 0.5 ms took the plain-text /metrics p99 at 10,000 tasks x 2 instances from 366
 #: to 91 ms (session 5); 0.5 -> 0.1 ms from 101-104 to 65-80 ms (session 7, refresh time
@@ -173,8 +173,12 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
     # Each refresh allocates and drops ~10^5 objects per 10,000 tasks; with the default
     # thresholds that triggers full (oldest-generation) collections over the whole heap,
-    # pauses that land on whatever scrape is being served. Collect young objects as usual,
-    # the old generation rarely (the snapshots hold no reference cycles to reclaim).
+    # pauses that land on whatever scrape is being served. Collect young objects often
+    # (a gen0 of 10,000, a gen1 every 10 of those: a few ms each), the old generation
+    # rarely (the snapshots hold no reference cycles to reclaim). A gen0 of 50,000 with a
+    # gen1 every 20 made each gen1 walk up to 10^6 young objects: under 200 admin-API
+    # creates a second that cost the exporter 65 % of a core against 46-55 %, and the
+    # creates' p99 114-119 ms against 19-76 ms (bench/RESULTS.md, session 13).
     gc.set_threshold(_GC_THRESHOLD[0], _GC_THRESHOLD[1], _GC_THRESHOLD[2])
     app = create_app(settings=settings, engine=engine, admin_engine=admin_engine)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
