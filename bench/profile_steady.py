@@ -43,6 +43,7 @@ from bench.common import (
 )
 from bench.steady import TAIL_MARGIN
 from scheduler_core.db import create_db_engine
+from scheduler_core.gc_pause import freeze_long_lived
 from scheduler_core.runtime import EngineSettings, Scheduler
 from scheduler_core.runtime.runners import name_os_thread
 
@@ -241,6 +242,7 @@ def _measure(
 
     loop = threading.Thread(target=run_loop, name="loop")
     scheduler.start()
+    freeze_long_lived()  # as `schedctl scheduler`
     loop.start()
     pid = os.getpid()
     postmaster = dbs.postmaster_pid
