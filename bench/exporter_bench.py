@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.common import REPO, Databases, interval_tasks, rss_mib, summarize_ms, sync
+from bench.processes import stop_process
 from bench.sizes import Sizes
 from scheduler_core.db import create_db_engine
 from scheduler_core.models import instances, task_health
@@ -192,13 +192,8 @@ def run(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
             return {"error": f"gzip body has {gzip_series} series, the plain one {series}"}
         rss = rss_mib(proc.pid)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_process(proc, timeout=30)
         dbs.drop(url)
     latency = summarize_ms(latencies)
     gzip_latency = summarize_ms(gzip_latencies)

@@ -85,3 +85,16 @@ class RunnerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 60.0) -> int | None:
+    """SIGTERM, wait, SIGKILL if need be; the exit status (None if it had to be killed)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        return None

@@ -42,7 +42,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -70,6 +69,7 @@ from bench.common import (
     summarize_ms,
 )
 from bench.peers.envs import PeerUnavailableError, peer_python
+from bench.processes import stop_process
 from bench.sizes import FULL, Sizes
 from scheduler_core.client import Client
 
@@ -264,19 +264,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 60.0) -> int | None:
-    """SIGTERM, wait, SIGKILL if need be; the exit status (None if it had to be killed)."""
-    if proc.poll() is not None:
-        return proc.returncode
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-        return None
 
 
 # ---------------------------------------------------------------------- http

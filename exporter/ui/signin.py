@@ -29,6 +29,7 @@ from exporter.ui.layout import frame_for, page
 from exporter.ui.markup import html
 from exporter.ui.messages import render_message
 from exporter.ui.security import html_response, redirect, safe_next, same_origin
+from exporter.ui.sessions import Session
 
 __all__ = ["refuse", "sign_in", "sign_in_form", "sign_out"]
 
@@ -51,6 +52,20 @@ async def posted_form(request: web.Request, ctx: UiContext) -> dict[str, str] | 
         return await read_form(request)
     except FormError as exc:
         return refuse(request, ctx, exc.status, exc.message)
+
+
+async def _session_post(
+    request: web.Request, ctx: UiContext, refusal: str
+) -> tuple[dict[str, str], Session] | web.Response:
+    """A form posted by the holder of a session (its cookie and its CSRF token), with that
+    session; else the refusal (``refusal`` when the session or its token does not match)."""
+    form = await posted_form(request, ctx)
+    if isinstance(form, web.Response):
+        return form
+    session = ctx.sessions.get(request.cookies.get(SESSION_COOKIE))
+    if session is None or not session.csrf_matches(form.get("csrf")):
+        return refuse(request, ctx, 403, refusal)
+    return form, session
 
 
 def _form_page(
@@ -93,12 +108,12 @@ async def sign_in_form(request: web.Request) -> web.StreamResponse:
 async def sign_in(request: web.Request) -> web.StreamResponse:
     """``POST /ui/sign-in``: check the token, start a new session, go where the visitor was."""
     ctx = ui_context(request)
-    form = await posted_form(request, ctx)
-    if isinstance(form, web.Response):
-        return form
-    old = ctx.sessions.get(request.cookies.get(SESSION_COOKIE))
-    if old is None or not old.csrf_matches(form.get("csrf")):
-        return refuse(request, ctx, 403, "The sign-in form expired or was not ours: reload it.")
+    posted = await _session_post(
+        request, ctx, "The sign-in form expired or was not ours: reload it."
+    )
+    if isinstance(posted, web.Response):
+        return posted
+    form, old = posted
     target = safe_next(form.get("next"))
     role = role_of_token(ctx, form.get("token", ""))
     if role is None:
@@ -116,13 +131,10 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
 async def sign_out(request: web.Request) -> web.StreamResponse:
     """``POST /ui/sign-out``: end the session on the server and forget the cookie."""
     ctx = ui_context(request)
-    form = await posted_form(request, ctx)
-    if isinstance(form, web.Response):
-        return form
-    session = ctx.sessions.get(request.cookies.get(SESSION_COOKIE))
-    if session is None or not session.csrf_matches(form.get("csrf")):
-        return refuse(request, ctx, 403, "The CSRF token of this form is missing or wrong.")
-    ctx.sessions.end(session.id)
+    posted = await _session_post(request, ctx, "The CSRF token of this form is missing or wrong.")
+    if isinstance(posted, web.Response):
+        return posted
+    ctx.sessions.end(posted[1].id)
     response = redirect("/")
     clear_session_cookie(response)
     return response
