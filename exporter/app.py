@@ -45,10 +45,14 @@ _ENGINE = web.AppKey("engine", sa.Engine)
 _RENDER_POOL = web.AppKey("render_pool", ThreadPoolExecutor)
 _API_POOL = web.AppKey("api_pool", ThreadPoolExecutor)
 
-#: Rendering ahead of scrapes holds the GIL at most this share of the time, in slices of
-#: this many seconds, and sleeps at most half a refresh interval in all (exporter.pacing).
+#: Work nobody waits for (a background refresh's read, rendering ahead of scrapes) holds the
+#: GIL at most this share of the time, in slices of this many seconds (exporter.pacing).
 _AHEAD_SHARE = 0.25
 _AHEAD_SLICE = 0.002
+#: A paced read sleeps at most this share of a refresh interval in all, the render after it
+#: at most half an interval: both end well before the next refresh starts.
+_READ_BUDGET_SHARE = 0.25
+_RENDER_BUDGET_SHARE = 0.5
 
 #: Paths a probe must reach without credentials.
 _OPEN_PATHS = frozenset({"/health", "/ready"})
@@ -82,8 +86,9 @@ def create_app(
         await asyncio.get_running_loop().run_in_executor(render_pool, cache.warm, state)
 
     refresher = Refresher(
-        engine=engine, settings=settings, clock=clock, before_publish=render_ahead
-    )
+        engine=engine, settings=settings, clock=clock, before_publish=render_ahead,
+        pacer=lambda: _ahead_pacer(settings, budget_share=_READ_BUDGET_SHARE),
+    )  # fmt: skip
     app = web.Application(
         middlewares=[_error_middleware, _auth_middleware(settings.token, settings.admin_token)],
         client_max_size=settings.max_body_bytes,
@@ -118,9 +123,16 @@ def _metrics_cache(settings: ExporterSettings, registry: Collector | None) -> Me
     return MetricsCache(
         renderer=CatalogRenderer(version=exporter_version()),
         registry=registry,
-        pacer=lambda: Pacer(
-            share=_AHEAD_SHARE, slice_seconds=_AHEAD_SLICE, budget=settings.refresh_interval / 2
-        ),
+        pacer=lambda: _ahead_pacer(settings, budget_share=_RENDER_BUDGET_SHARE),
+    )
+
+
+def _ahead_pacer(settings: ExporterSettings, *, budget_share: float) -> Pacer:
+    """A pacer for work done ahead of need, sleeping ``budget_share`` of an interval at most."""
+    return Pacer(
+        share=_AHEAD_SHARE,
+        slice_seconds=_AHEAD_SLICE,
+        budget=settings.refresh_interval * budget_share,
     )
 
 

@@ -131,7 +131,7 @@ scheduler_instance_info gauge instance_id,version,state
 scheduler_exporter_up gauge -
     1 when the exporter's last read of the database succeeded, 0 when it failed.
 scheduler_exporter_refresh_duration_seconds gauge -
-    How long the exporter's last read of the database took.
+    How long the exporter's last read of the database took (background reads are paced).
 scheduler_exporter_last_refresh_timestamp_seconds gauge -
     Unix time of the exporter's last successful database read (age of the data served).
 scheduler_exporter_build_info gauge version

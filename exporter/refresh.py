@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from exporter.database import describe_db_error, display_url
+from exporter.pacing import Pacer
 from exporter.settings import ExporterSettings
 from scheduler_core.db import check_schema
 from scheduler_core.errors import SchemaVersionError
@@ -72,13 +73,17 @@ class Refresher:
         settings: ExporterSettings,
         clock: Clock = utc_now,
         before_publish: Callable[[RefreshState], Awaitable[None]] | None = None,
+        pacer: Callable[[], Pacer] | None = None,
     ) -> None:
         """``before_publish`` runs with each new state before scrapes can see it (the app
-        renders ``/metrics`` bodies there, so no scrape waits for a render)."""
+        renders ``/metrics`` bodies there, so no scrape waits for a render). ``pacer`` paces
+        the background refreshes' reads (see :meth:`run_forever`)."""
         self._engine = engine
         self._settings = settings
         self._clock = clock
         self._before_publish = before_publish
+        self._pacer = pacer
+        self._pacing: Pacer | None = None
         self._state = RefreshState()
         # One worker: refreshes never overlap, and a hung connect cannot pile up threads.
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -102,20 +107,25 @@ class Refresher:
         """Read a new snapshot; on failure keep the old one and mark the exporter down.
 
         A call while another refresh is under way waits for that one instead of starting a
-        second read.
+        second read, and hurries it if it was paced.
         """
+        return await self._refresh_shared(paced=False)
+
+    async def _refresh_shared(self, *, paced: bool) -> RefreshState:
         if self._running is None or self._running.done():
-            self._running = asyncio.ensure_future(self._refresh())
+            self._running = asyncio.ensure_future(self._refresh(paced))
+        elif not paced and self._pacing is not None:
+            self._pacing.hurry()
         return await asyncio.shield(self._running)
 
-    async def _refresh(self) -> RefreshState:
+    async def _refresh(self, paced: bool) -> RefreshState:
         if self._inflight is not None and not self._inflight.done():
             # A read that timed out is still stuck in the database; don't queue another behind it.
             reason = "previous refresh still running (database slow or unreachable)"
             return await self._fail(self._clock(), self._settings.refresh_timeout, reason)
         now = self._clock()
         started = time.perf_counter()
-        self._inflight = self._pool.submit(self._read, now)
+        self._inflight = self._pool.submit(self._read, now, paced)
         try:
             snapshot = await asyncio.wait_for(
                 asyncio.wrap_future(self._inflight), timeout=self._settings.refresh_timeout
@@ -154,11 +164,18 @@ class Refresher:
             last_duration_seconds=duration, generation=state.generation + 1,
         )  # fmt: skip
 
-    def _read(self, now: datetime) -> Snapshot:
+    def _read(self, now: datetime, paced: bool) -> Snapshot:
         if not self._schema_checked:
             check_schema(self._engine)
             self._schema_checked = True
-        return self._reader.read(self._engine, now)
+        # The first read is never paced: /ready waits for it.
+        pacing = None
+        if paced and self._pacer is not None and self._state.snapshot is not None:
+            pacing = self._pacing = self._pacer()
+        try:
+            return self._reader.read(self._engine, now, pacing)
+        finally:
+            self._pacing = None
 
     async def _fail(self, now: datetime, duration: float, reason: str) -> RefreshState:
         first = self._state.up or self._state.last_attempt_at is None
@@ -182,11 +199,16 @@ class Refresher:
         self._state = state
 
     async def run_forever(self) -> None:
-        """Refresh every ``refresh_interval`` seconds until cancelled."""
+        """Refresh every ``refresh_interval`` seconds until cancelled.
+
+        These reads are paced (when a pacer was given): nobody waits for them, and turning
+        10,000 rows into a snapshot at full speed takes the GIL and a core from the request
+        handlers for 0.3-0.5 s, the admin API's creates' tail (bench/RESULTS.md, issue 18).
+        """
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            await self.refresh_once()
+            await self._refresh_shared(paced=True)
             await asyncio.sleep(max(0.0, self._settings.refresh_interval - (loop.time() - started)))
 
     async def aclose(self) -> None:

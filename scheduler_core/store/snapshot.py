@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
@@ -257,7 +257,12 @@ class SnapshotReader:
         self._histograms: dict[_HistogramKey, HistogramCounts] = {}
         self._deadlines = DeadlineSchedules()
 
-    def read(self, bind: sa.Engine | sa.Connection, now: datetime) -> Snapshot:
+    def read(
+        self,
+        bind: sa.Engine | sa.Connection,
+        now: datetime,
+        pace: Callable[[], None] | None = None,
+    ) -> Snapshot:
         """Read one snapshot. From an engine, the statements read one moment of the database:
         on PostgreSQL a ``REPEATABLE READ`` read-only transaction (psycopg sends it with the
         ``BEGIN``, so it holds behind a transaction pooler too), on SQLite the reader engine's
@@ -269,13 +274,13 @@ class SnapshotReader:
                     conn.execution_options(
                         isolation_level="REPEATABLE READ", postgresql_readonly=True
                     )
-                return self.read(conn, now)
+                return self.read(conn, now, pace)
         conn = bind
-        health = _health_by_task(conn)
+        health = _health_by_task(conn, pace)
         running_by_task, running_by_instance = _running_runs(conn)
         alarms = _open_alarms(conn)
         instance_rows = conn.execute(sa.select(models.instances).order_by(_I.instance_id)).all()
-        tasks = self._tasks(conn, now, health, running_by_task, alarms)
+        tasks = self._tasks(conn, now, health, running_by_task, alarms, pace)
         conn.rollback()  # end the read transaction; nothing was written
         instances = tuple(_instance(row, running_by_instance) for row in instance_rows)
         orphan_alarms = sorted((task, kind) for task, kinds in alarms.items() for kind in kinds)
@@ -294,6 +299,7 @@ class SnapshotReader:
         health: dict[str, _Health],
         running_by_task: Mapping[str, list[datetime | None]],
         alarms: dict[str, set[str]],
+        pace: Callable[[], None] | None,
     ) -> tuple[TaskSnapshot, ...]:
         """Every task in name order; pops the tasks it reads from ``health`` and ``alarms``."""
         previous, current = self._previous, {}
@@ -322,6 +328,8 @@ class SnapshotReader:
                 task = old
             current[task.name] = task
             tasks.append(task)
+            if pace is not None:
+                pace()
         if unjudged:
             deadlines.learn(conn, {digest: tasks[i].name for i, digest, _c in unjudged})
             for i, digest, created_at in unjudged:
@@ -341,13 +349,15 @@ class SnapshotReader:
 _POLICY, _DIGEST, _CREATED = -3, -2, -1
 
 
-def _health_by_task(conn: sa.Connection) -> dict[str, _Health]:
+def _health_by_task(conn: sa.Connection, pace: Callable[[], None] | None) -> dict[str, _Health]:
     health: dict[str, _Health] = {}
     for name, *values in select_rows(conn, sa.select(*_HEALTH_COLUMNS)):
         entry = health.get(name)
         if entry is None:
             entry = health[name] = _Health()
         entry.fold(tuple(values))
+        if pace is not None:
+            pace()
     return health
 
 
