@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
+from scheduler_core.cron_walk import PlainCron, plain_cron
+
 __all__ = [
     "AtSchedule",
     "CronSchedule",
@@ -82,6 +84,12 @@ def _parsed_cron(expression: str) -> croniter:
 
 
 @functools.lru_cache(maxsize=16384)
+def _plain(expression: str) -> PlainCron | None:
+    """The expression's fields for :class:`PlainCron`'s direct walk (None: croniter walks)."""
+    return plain_cron(_parsed_cron(expression))
+
+
+@functools.lru_cache(maxsize=16384)
 def cron_problem(expression: str) -> str | None:
     """What croniter finds wrong with ``expression``, or None."""
     try:
@@ -138,8 +146,14 @@ class CronSchedule:
         """The nearest fire time strictly after (or before) ``t``, DST rules applied.
 
         In UTC croniter walks naive (UTC) times: the same fire times, without its time-zone
-        steps (localising, DST checks), which are a fifth of a walk; UTC has no DST."""
+        steps (localising, DST checks), which are a fifth of a walk; UTC has no DST. Forward
+        in UTC, a plain expression's next fire time is found without croniter's stepping."""
         utc = self.timezone == "UTC"
+        if utc and forward and (plain := _plain(self.expression)) is not None:
+            # croniter's fire time, found directly (scheduler_core.cron_walk); None: ask it.
+            found = plain.next_after(t.astimezone(UTC).replace(tzinfo=None))
+            if found is not None and (result := found.replace(tzinfo=UTC)) > t:
+                return result
         zone = load_timezone(self.timezone)
         it = copy.copy(_parsed_cron(self.expression))
         it.set_current(

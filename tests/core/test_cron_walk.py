@@ -1,0 +1,167 @@
+"""The direct walk of plain UTC cron expressions finds croniter's fire times exactly.
+
+``PlainCron.next_after`` is compared with croniter's own ``get_next`` (naive, as
+``CronSchedule`` walks UTC) on random expressions of every shape croniter accepts, from
+start times with and without seconds, at month, year and leap-day edges; what it does not
+take (``L``, ``W``, ``#``, a sixth field) it must refuse, and ``CronSchedule.next_after``
+must give the same answers with and without it.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from croniter import CroniterBadDateError, croniter
+
+from scheduler_core import schedules
+from scheduler_core.cron_walk import PlainCron, plain_cron
+from scheduler_core.schedules import CronSchedule
+
+FIELD_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+NAMES = {3: ["jan", "feb", "jun", "dec"], 4: ["mon", "fri", "sat", "sun"]}
+
+
+def random_field(rng: random.Random, index: int) -> str:
+    """One field of a cron expression, in any of the forms croniter reads (some refused)."""
+    low, high = FIELD_RANGES[index]
+    a, b = sorted(rng.randint(low, high) for _ in range(2))
+    forms = [
+        "*",
+        f"*/{rng.randint(1, high)}",
+        str(rng.randint(low, high)),
+        str(rng.randint(low, high)),
+        f"{a}-{b}",
+        f"{a}-{b}/{rng.randint(1, 10)}",
+        f"{a}/{rng.randint(1, 20)}",
+        f"{b}-{a}",
+        "?",
+        rng.choice(NAMES.get(index, ["*"])),
+        rng.choice({2: ["l", "15w"], 4: ["1#2", "l5"]}.get(index, ["*"])),
+    ]
+    if rng.random() < 0.15:
+        return ",".join(random_field(rng, index) for _ in range(rng.randint(2, 3)))
+    return rng.choice(forms)
+
+
+def random_expression(rng: random.Random) -> str:
+    fields = [random_field(rng, i) for i in range(5)]
+    if rng.random() < 0.3:
+        fields[2] = "*"
+    if rng.random() < 0.3:
+        fields[4] = "*"
+    if rng.random() < 0.05:
+        fields[2], fields[3] = rng.choice(["29", "30", "31"]), "2"
+    return " ".join(fields)
+
+
+def random_time(rng: random.Random) -> datetime:
+    year = rng.choice([2024, 2025, 2026, 2027, 2028, 2099])
+    t = datetime(year, 1, 1) + timedelta(seconds=rng.randint(0, 366 * 86400))
+    shape = rng.random()
+    if shape < 0.3:
+        return t
+    if shape < 0.45:
+        return t.replace(second=59, microsecond=999_999)
+    if shape < 0.55:  # just before or at the turn of a month
+        return t.replace(day=1, hour=0, minute=0) - timedelta(microseconds=rng.choice([0, 1]))
+    return t.replace(microsecond=rng.randint(0, 999_999))
+
+
+def croniter_next(expression: str, t: datetime) -> datetime | None:
+    iterator = croniter(expression, datetime(2026, 1, 1, tzinfo=UTC))
+    iterator.set_current(t, force=True)
+    try:
+        found: datetime = iterator.get_next(datetime)
+    except CroniterBadDateError:
+        return None
+    return found
+
+
+def parsed(expression: str) -> PlainCron | None:
+    return plain_cron(croniter(expression, datetime(2026, 1, 1, tzinfo=UTC)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_expressions_fire_when_croniter_says(seed: int) -> None:
+    rng = random.Random(seed)
+    compared = 0
+    while compared < 1500:
+        expression = random_expression(rng)
+        try:
+            plain = parsed(expression)
+        except Exception:  # croniter refuses it: nothing to walk
+            continue
+        if plain is None:
+            continue
+        for _ in range(10):
+            t = random_time(rng)
+            found = plain.next_after(t)
+            expected = croniter_next(expression, t)
+            if found is None:  # left to croniter: only when there is no fire time near
+                assert expected is None or expected.year - t.year >= 8, (expression, t)
+                continue
+            assert found == expected, (expression, t, found, expected)
+            compared += 1
+
+
+@pytest.mark.parametrize(
+    ("expression", "t", "expected"),
+    [
+        ("0 12 29 2 *", datetime(2025, 3, 1), datetime(2028, 2, 29, 12)),
+        ("30 9 * * *", datetime(2026, 5, 4, 9, 30), datetime(2026, 5, 5, 9, 30)),
+        ("30 9 * * *", datetime(2026, 5, 4, 9, 29, 59, 999_999), datetime(2026, 5, 4, 9, 30)),
+        ("*/15 * * * *", datetime(2026, 12, 31, 23, 59, 59), datetime(2027, 1, 1)),
+        ("0 9 13 * 5", datetime(2026, 2, 6, 10), datetime(2026, 2, 13, 9)),  # Friday the 13th
+        ("0 9 13 * 5", datetime(2026, 2, 13, 10), datetime(2026, 2, 20, 9)),  # or any Friday
+        ("0 0 31 * *", datetime(2026, 4, 1), datetime(2026, 5, 31)),
+        ("0 0 * * 0", datetime(2026, 1, 1), datetime(2026, 1, 4)),
+        ("0 0 * * 7", datetime(2026, 1, 1), datetime(2026, 1, 4)),
+    ],
+)
+def test_edges(expression: str, t: datetime, expected: datetime) -> None:
+    assert croniter_next(expression, t) == expected
+    plain = parsed(expression)
+    assert plain is None or plain.next_after(t) == expected
+
+
+def test_a_date_that_never_comes_is_left_to_croniter() -> None:
+    plain = parsed("0 0 30 2 *")
+    assert plain is not None and plain.next_after(datetime(2026, 1, 1)) is None
+    assert (
+        CronSchedule(expression="0 0 30 2 *").next_after(datetime(2026, 1, 1, tzinfo=UTC)) is None
+    )
+
+
+@pytest.mark.parametrize(
+    "expression", ["0 0 l * *", "0 0 15w * *", "0 0 * * 1#2", "0 0 * * l5", "0 0 * * * 30"]
+)
+def test_what_is_not_plain_is_refused(expression: str) -> None:
+    assert parsed(expression) is None
+
+
+def test_cron_schedules_answer_the_same_with_and_without_the_direct_walk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(18)
+    cases = []
+    while len(cases) < 400:
+        expression = random_expression(rng)
+        try:
+            schedule = CronSchedule(expression=expression)
+        except ValueError:
+            continue
+        t = random_time(rng).replace(tzinfo=UTC)
+        cases.append(
+            (
+                schedule,
+                t,
+                schedule.next_after(t),
+                schedule.count_between(t, t + timedelta(days=3), cap=50),
+            )
+        )
+    monkeypatch.setattr(schedules, "_plain", lambda expression: None)
+    for schedule, t, found, count in cases:
+        assert schedule.next_after(t) == found, (schedule, t)
+        assert schedule.count_between(t, t + timedelta(days=3), cap=50) == count, (schedule, t)
