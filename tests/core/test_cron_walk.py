@@ -16,7 +16,7 @@ import pytest
 from croniter import CroniterBadDateError, croniter
 
 from scheduler_core import schedules
-from scheduler_core.cron_walk import PlainCron, plain_cron
+from scheduler_core.cron_walk import PlainCron, parse_plain, plain_cron
 from scheduler_core.schedules import CronSchedule
 
 FIELD_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
@@ -53,6 +53,22 @@ def random_expression(rng: random.Random) -> str:
         fields[4] = "*"
     if rng.random() < 0.05:
         fields[2], fields[3] = rng.choice(["29", "30", "31"]), "2"
+    return " ".join(fields)
+
+
+def random_plain_expression(rng: random.Random) -> str:
+    """Fields of the forms ``parse_plain`` reads, now and then the whole range."""
+    fields = []
+    for index, (low, high) in enumerate(FIELD_RANGES):
+        high = min(high, 6) if index == 4 else high
+        items = []
+        for _ in range(rng.choice([1, 1, 1, 2, 3])):
+            a, b = sorted(rng.sample(range(low, high + 1), 2))
+            n = rng.randint(1, high)
+            items.append(
+                rng.choice([str(a), f"{a}-{b}", f"{a}-{b}/{n}", f"*/{n}", f"{low}-{high}"])
+            )
+        fields.append(rng.choice(["*", ",".join(items), ",".join(items)]))
     return " ".join(fields)
 
 
@@ -165,3 +181,51 @@ def test_cron_schedules_answer_the_same_with_and_without_the_direct_walk(
     for schedule, t, found, count in cases:
         assert schedule.next_after(t) == found, (schedule, t)
         assert schedule.count_between(t, t + timedelta(days=3), cap=50) == count, (schedule, t)
+
+
+def croniter_plain(expression: str) -> PlainCron | str | None:
+    """croniter's reading of ``expression`` as a PlainCron; "refused" when it refuses it."""
+    try:
+        return parsed(expression)
+    except Exception:
+        return "refused"
+
+
+def test_plain_expressions_are_read_as_croniter_reads_them() -> None:
+    """Every field form ``parse_plain`` takes, alone and with the other day field restricted
+    or not (cron's day rule), and random whole expressions: what it reads, croniter accepts
+    and expands the same; what it leaves, it leaves whole."""
+    expressions = []
+    for index, (low, high) in enumerate(FIELD_RANGES):
+        high = min(high, 6) if index == 4 else high
+        items = ["*", *(f"*/{n}" for n in (1, 2, 5, 7, 13, high, high + 1, 100))]
+        items += [str(v) for v in range(low - 1, high + 3)]
+        items += [f"{a}-{b}" for a in range(low - 1, high + 2) for b in range(a, high + 2)][::7]
+        items += [f"{a}-{b}/{n}" for a, b, n in ((low, high, 2), (low + 1, high, 3), (1, 4, 9))]
+        items += [f"{low}/{2}", f"0{low}", f"{low},{high}", f"{low}-{high}", "5-5", "1,*", ""]
+        for item in items:
+            for other_day in ("*", "1", "*/2"):
+                fields = ["*", "*", "*", "*", "*"]
+                fields[index] = item
+                if index in (2, 4):
+                    fields[6 - index] = other_day
+                expressions.append(" ".join(fields).strip())
+    rng = random.Random(7)
+    expressions += [random_expression(rng) for _ in range(1000)]
+    expressions += [random_plain_expression(rng) for _ in range(2000)]
+    read = 0
+    for expression in expressions:
+        plain = parse_plain(expression)
+        if plain is not None:
+            assert croniter_plain(expression) == plain, expression
+            read += 1
+    assert read > 1500
+
+
+def test_the_bench_file_expressions_are_plain() -> None:
+    from bench.runtime_adds import task_document
+
+    expressions = {t["cron"] for t in task_document(2000)["tasks"]}
+    for expression in expressions:
+        assert parse_plain(expression) is not None, expression
+        assert croniter_plain(expression) == parse_plain(expression), expression
