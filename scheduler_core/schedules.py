@@ -160,14 +160,14 @@ class CronSchedule:
         """The nearest fire time strictly after (or before) ``t``, DST rules applied.
 
         In UTC croniter walks naive (UTC) times: the same fire times, without its time-zone
-        steps (localising, DST checks), which are a fifth of a walk; UTC has no DST. Forward
-        in UTC, a plain expression's next fire time is found without croniter's stepping."""
+        steps (localising, DST checks), which are a fifth of a walk; UTC has no DST. Forward,
+        a plain expression's next fire time is found without croniter (``_next_plain``)
+        unless a DST change may decide it."""
         utc = self.timezone == "UTC"
-        if utc and forward and (plain := _plain(self.expression)) is not None:
-            # croniter's fire time, found directly (scheduler_core.cron_walk); None: ask it.
-            found = plain.next_after(t.astimezone(UTC).replace(tzinfo=None))
-            if found is not None and (result := found.replace(tzinfo=UTC)) > t:
-                return result
+        if forward and (plain := _plain(self.expression)) is not None:
+            found = _next_plain(plain, t, None if utc else load_timezone(self.timezone))
+            if found is not None:
+                return found
         zone = load_timezone(self.timezone)
         it = copy.copy(_parsed_cron(self.expression))
         it.set_current(
@@ -214,6 +214,29 @@ class CronSchedule:
     @property
     def expected_interval(self) -> float | None:
         return _cron_interval(self)
+
+
+def _next_plain(plain: PlainCron, t: datetime, zone: ZoneInfo | None) -> datetime | None:
+    """croniter's next fire time after ``t`` for a plain expression, found directly
+    (scheduler_core.cron_walk) in UTC (``zone`` None) or in ``zone``'s wall time; None when
+    croniter must say: no fire time near, or a DST change may decide it. croniter looks
+    for the next matching wall time after ``t``'s and keeps it as it is when that wall time
+    exists once and has ``t``'s UTC offset; otherwise its DST rules apply (and those of
+    :meth:`CronSchedule._walk`, for a repeated wall time)."""
+    if zone is None:
+        found = plain.next_after(t.astimezone(UTC).replace(tzinfo=None))
+        result = None if found is None else found.replace(tzinfo=UTC)
+    else:
+        local = t.astimezone(zone)
+        found = plain.next_after(local.replace(tzinfo=None))
+        if found is None:
+            return None
+        candidate = found.replace(tzinfo=zone)
+        offset = candidate.utcoffset()
+        if offset != local.utcoffset() or offset != found.replace(tzinfo=zone, fold=1).utcoffset():
+            return None
+        result = candidate.astimezone(UTC)
+    return result if result is not None and result > t else None
 
 
 def _is_second_occurrence(local: datetime, zone: ZoneInfo) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import CroniterBadDateError, croniter
@@ -229,3 +230,60 @@ def test_the_bench_file_expressions_are_plain() -> None:
     for expression in expressions:
         assert parse_plain(expression) is not None, expression
         assert croniter_plain(expression) == parse_plain(expression), expression
+
+
+ZONES = [
+    "Europe/Berlin",
+    "America/New_York",
+    "Asia/Tokyo",
+    "Australia/Lord_Howe",  # a 30-minute DST shift
+    "Europe/Dublin",  # "negative" DST in the tz database
+    "America/Santiago",
+    "Pacific/Apia",  # skipped a whole day (2011)
+]
+
+
+def transitions(zone: str) -> list[datetime]:
+    """The instants (UTC, to the hour) at which ``zone``'s UTC offset changes, 2010-2029."""
+    tz = ZoneInfo(zone)
+    found, t = [], datetime(2010, 1, 1, tzinfo=UTC)
+    before = t.astimezone(tz).utcoffset()
+    while t.year < 2030:
+        t += timedelta(hours=1)
+        offset = t.astimezone(tz).utcoffset()
+        if offset != before:
+            found.append(t)
+            before = offset
+    return found
+
+
+def test_zoned_schedules_answer_the_same_with_and_without_the_direct_walk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a time zone the direct walk answers only when no DST change can decide the fire
+    time; around transitions (within a day of one) and elsewhere, croniter's DST rules and
+    the direct walk give the same fire times."""
+    rng = random.Random(29)
+    near = {zone: transitions(zone) for zone in ZONES}
+    fixed = ["30 2 * * *", "0 2 * * *", "*/30 * * * *", "15 1 * * *", "0 3 * * *", "30 1,2 * * *"]
+    fixed += ["0 * * * *", "45 * * * *", "*/15 * * * *", "0 1-4 * * *", "30 23 * * *"]
+    cases = []
+    while len(cases) < 3000:
+        expression = rng.choice(fixed) if rng.random() < 0.5 else random_plain_expression(rng)
+        zone = rng.choice(ZONES)
+        try:
+            schedule = CronSchedule(expression=expression, timezone=zone)
+        except ValueError:
+            continue
+        if near[zone] and rng.random() < 0.7:
+            hours = rng.choice([3, 26])  # mostly around the change itself
+            offset = timedelta(
+                minutes=rng.randint(-hours * 60, hours * 60), seconds=rng.choice([0, 59])
+            )
+            t = rng.choice(near[zone]) + offset
+        else:
+            t = random_time(rng).replace(tzinfo=UTC)
+        cases.append((schedule, t, schedule.next_after(t)))
+    monkeypatch.setattr(schedules, "_plain", lambda expression: None)
+    for schedule, t, found in cases:
+        assert schedule.next_after(t) == found, (schedule, t)
