@@ -1,4 +1,4 @@
-"""The next fire time of a plain cron expression in UTC, without croniter's stepping.
+"""The next fire time of a plain cron expression, found without croniter's stepping.
 
 croniter finds the next fire time by adjusting one field at a time with ``relativedelta``
 arithmetic (~80 us a call); a scheduler asks for one per distinct new schedule at start-up
@@ -9,10 +9,11 @@ day-of-week when both are restricted (cron's rule), *and* when one is ``*``.
 :class:`PlainCron` computes that directly from croniter's own expansion of the expression
 (the same sets, so the parsing rules stay croniter's).
 
-Only what croniter walks naively is taken: five fields, plain numbers (no ``L``, ``W`` or
-``#``), and UTC (the caller's choice: a time zone's DST rules stay croniter's). A search that
-finds nothing within :data:`SEARCH_MONTHS` (``0 0 30 2 *``, say) answers None: the caller
-then asks croniter, which has the last word.
+Only five fields of plain numbers are taken (no ``L``, ``W`` or ``#``), walked as naive
+times: UTC, or a zone's wall time, whose answer the caller keeps only where no DST change
+can decide it (``schedules._next_plain``; croniter's DST rules decide the rest). A search
+that finds nothing within :data:`SEARCH_MONTHS` (``0 0 30 2 *``, say) answers None: the
+caller then asks croniter, which has the last word.
 
 The fields come from croniter's expansion (:func:`plain_cron`) or, for the plainest forms
 (numbers, ranges, steps, lists; :func:`parse_plain`), are read directly as croniter reads
