@@ -29,7 +29,10 @@ sync creates every task: a first deployment) and again on the same database (eve
 unchanged: a restart), on SQLite and PostgreSQL. The scheduler's log lines (their own
 timestamps) split the time: the sync's line, the instance's registration. With each claim,
 the CPU seconds the scheduler process had used when it was seen (``cpu_at_claim_s``): on a
-shared machine the wall time waits for other work, its CPU time much less. Alone:
+shared machine the wall time waits for other work, its CPU time much less. Before the
+launches the tree's packages are compiled to bytecode, as an installed package ships them
+(this machine's PYTHONDONTWRITEBYTECODE=1 would have each launch compile them again; the
+JSON's ``bytecode`` says so). Alone:
 ``python -m bench.runtime_adds [--repeats N] [--backend sqlite|postgresql]``.
 """
 
@@ -69,7 +72,7 @@ from bench.common import (
     summarize_ms,
 )
 from bench.peers.envs import PeerUnavailableError, peer_python
-from bench.processes import stop_process
+from bench.processes import precompile_tree, stop_process
 from bench.sizes import FULL, Sizes
 from scheduler_core.client import Client
 
@@ -751,12 +754,16 @@ def startup(
     n = sizes.startup_tasks
     config = dbs.tmp / f"startup-{n}.yaml"
     size = write_task_file(config, n)
+    # The launched processes read this tree's .pyc files, as an installed package's would be
+    # (PYTHONDONTWRITEBYTECODE=1 here: they never write them): see precompile_tree.
+    bytecode = precompile_tree()
     interpreter = [timed_command(["--version"]) for _ in range(sizes.startup_repeats)]
     validations = [timed_command(["validate", str(config)]) for _ in range(sizes.startup_repeats)]
     validate_s = [v["seconds"] for v in validations if v["exit"] == 0]
     out: dict[str, Any] = {
         "tasks": n,
         "file_bytes": size,
+        "bytecode": bytecode,
         "schedctl_version_s": [v["seconds"] for v in interpreter],
         "validate": {
             "samples": validations,

@@ -22,7 +22,7 @@ from scheduler_core.clock import DatabaseClock
 from scheduler_core.config import parse_task_mapping
 from scheduler_core.db import redact_url, upgrade_schema
 from scheduler_core.decorator import module_source, tasks_of_module
-from scheduler_core.gc_pause import freeze_long_lived
+from scheduler_core.gc_pause import freeze_long_lived, gc_paused
 from scheduler_core.retention import RetentionPolicy, register_cleanup_task
 from scheduler_core.store import Store
 from scheduler_core.store.sync import FILE_SOURCE
@@ -121,11 +121,14 @@ def _run_scheduler(
     modules = list(getattr(args, "module", []) or [])
     if config is None and not modules:
         raise UsageError("give --config FILE, --module MODULE, or both")
-    # Bad tasks are rejected before anything runs.
-    sources = {module_source(m): (f"module {m}", tasks_of_module(m)) for m in modules}
-    if config is not None:
-        definitions = load_task_file(config)
-        sources[FILE_SOURCE] = (str(config), definitions)
+    # Bad tasks are rejected before anything runs. The definitions live as long as the
+    # process: frozen (gc_pause) before collections resume, none walks them again.
+    with gc_paused():
+        sources = {module_source(m): (f"module {m}", tasks_of_module(m)) for m in modules}
+        if config is not None:
+            definitions = load_task_file(config)
+            sources[FILE_SOURCE] = (str(config), definitions)
+        freeze_long_lived()
     engine = open_engine(args, check=not migrate, pre_ping=False)
     if migrate:
         upgrade_schema(engine)
@@ -134,8 +137,11 @@ def _run_scheduler(
     configure_otel_from_env()
     settings = _settings_from_args(args)
     scheduler = Scheduler(engine=engine, settings=settings)
-    # The engine's own store syncs, so the definitions parsed here are reused at dispatch.
-    intervals_later = _sync_sources(scheduler.store, sources, DatabaseClock(engine).now())
+    # The engine's own store syncs, so the definitions parsed here are reused at dispatch;
+    # what the sync keeps (schedule state, cached definitions) is frozen as it ends.
+    with gc_paused():
+        intervals_later = _sync_sources(scheduler.store, sources, DatabaseClock(engine).now())
+        freeze_long_lived()
     install_signal_handlers(scheduler)
     stop_extra = extra(engine) if extra is not None else None
     if args.duration:
