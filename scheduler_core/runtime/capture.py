@@ -222,19 +222,14 @@ class OutputBuffer:
         if limit < 0:
             check_output_limit(limit)
         self._limit = limit
-        #: Written, not settled yet (None until the first write: most runs say nothing).
-        self.pending: list[str] | None = None
+        #: Written, not settled yet.
+        self.pending: list[str] = []
         self._kept: list[str] | None = None  # settled text, while the whole fits the limit
         self._total = 0  # settled bytes, UTF-8
         self._spilled: _HeadTail | None = None
 
     def write(self, text: str) -> None:
         pending = self.pending
-        if pending is None:
-            with _LOCK:
-                if self.pending is None:
-                    self.pending = []
-                pending = self.pending
         pending.append(text)
         if len(text) > SETTLE_CHARS or len(pending) >= SETTLE_WRITES:
             self.settle()
@@ -266,8 +261,8 @@ class OutputBuffer:
 
     def value(self) -> CapturedOutput:
         """What was written so far, head and tail (see ``CapturedOutput``)."""
-        if self.pending is None:
-            return _NOTHING  # nothing written: the common case, without the lock
+        if not self.pending and not self._total:
+            return _NOTHING  # nothing written (or only ""): the common case, without the lock
         self.settle()
         with _LOCK:
             spilled, total = self._spilled, self._total
@@ -287,7 +282,7 @@ class LogCapture(OutputBuffer):
     (``sys.stdout`` and ``sys.stderr``, see ``runtime.streams``), in the order made, kept
     within ``limit`` bytes (an ``OutputBuffer``)."""
 
-    __slots__ = ("level", "limit", "writer")
+    __slots__ = ("level", "limit", "printer")
 
     def __init__(self, level: int, limit: int) -> None:
         if limit < 0:
@@ -296,13 +291,13 @@ class LogCapture(OutputBuffer):
         # OutputBuffer's fields, set here: calling its __init__ cost a run ~0.2 us.
         self._limit, self.pending, self._kept, self._total, self._spilled = (
             limit,
-            None,
+            [],
             None,
             0,
             None,
         )
-        #: ``runtime.streams``' memo: the frame that printed last, and if it logs.
-        self.writer: tuple[object, bool] | None = None
+        #: ``runtime.streams``' memo: the frame that printed last (not a log handler's).
+        self.printer: object | None = None
 
 
 #: The capture of the current thread or asyncio task (asyncio tasks copy it at creation).
