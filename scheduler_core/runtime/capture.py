@@ -236,35 +236,40 @@ class OutputBuffer:
 
     def settle(self) -> None:
         """Size the pending pieces and keep them (as text, or as head and tail)."""
+        if self.pending:
+            with _LOCK:
+                self._settle()
+
+    def _settle(self) -> None:
+        """``settle``, under ``_LOCK``."""
         pending = self.pending
-        if not pending:
+        count = len(pending)
+        if not count:
             return
-        with _LOCK:
-            count = len(pending)
-            chunk = "".join(pending[:count])
-            del pending[:count]  # what was appended since stays, at the front now
-            text, size = _utf8(chunk)
-            self._total += size
-            spilled = self._spilled
-            if spilled is None:
-                kept = self._kept
-                if kept is None:
-                    kept = self._kept = []
-                kept.append(text)
-                if self._total <= self._limit:
-                    return
-                spilled = self._spilled = _HeadTail(self._limit)
-                self._kept = None
-                spilled.add("".join(kept).encode("utf-8"))
-            else:
-                spilled.add(text.encode("utf-8"))
+        chunk = "".join(pending[:count])
+        del pending[:count]  # what was appended since stays, at the front now
+        text, size = _utf8(chunk)
+        self._total += size
+        spilled = self._spilled
+        if spilled is None:
+            kept = self._kept
+            if kept is None:
+                kept = self._kept = []
+            kept.append(text)
+            if self._total <= self._limit:
+                return
+            spilled = self._spilled = _HeadTail(self._limit)
+            self._kept = None
+            spilled.add("".join(kept).encode("utf-8"))
+        else:
+            spilled.add(text.encode("utf-8"))
 
     def value(self) -> CapturedOutput:
         """What was written so far, head and tail (see ``CapturedOutput``)."""
         if not self.pending and not self._total:
             return _NOTHING  # nothing written (or only ""): the common case, without the lock
-        self.settle()
-        with _LOCK:
+        with _LOCK:  # settled and read at once: one lock a run
+            self._settle()
             spilled, total = self._spilled, self._total
             if spilled is None:
                 kept = self._kept
