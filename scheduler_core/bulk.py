@@ -37,6 +37,7 @@ __all__ = [
     "pg_recordset",
     "pg_rows",
     "pg_value_rows",
+    "text_array_literal",
 ]
 
 _PG: sa.Dialect = pg.dialect()  # type: ignore[no-untyped-call]  # psycopg2's, untyped
@@ -142,7 +143,12 @@ def _is_timestamp(type_: sa.types.TypeEngine[Any]) -> bool:
     return isinstance(getattr(type_, "impl", type_), sa.DateTime)
 
 
-def pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[Any]]) -> str:
+def pg_recordset(
+    names: Sequence[str],
+    types: Mapping[str, sa.types.TypeEngine[Any]],
+    *,
+    texts: Sequence[str] = (),
+) -> str:
     """The batch as one parameter: a JSON array of rows, each an array of values in
     ``names`` order (no key repeated per row: half the bytes to encode), typed by column.
     Timestamps travel as integer microseconds since the Unix epoch (see ``pg_rows``),
@@ -151,7 +157,12 @@ def pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[A
     ``jsonb``, not ``json``: the server parses the document once, and ``e->>i`` is then an
     array lookup. On ``json`` every ``e->>i`` parses the row's text again, and a statement
     reads a column once per use: the finalize tally, ~40 ``FILTER`` aggregates over a few
-    columns, spent 16 ms on 157 rows that way (2.5 ms on ``jsonb``)."""
+    columns, spent 16 ms on 157 rows that way (2.5 ms on ``jsonb``).
+
+    ``texts`` are text columns that travel apart, each as a ``text[]`` parameter of its
+    own name (``text_array_literal``), its n-th element the n-th row's: long texts (a
+    run's output) cost ``json.dumps`` ~4 us a KiB, as it looks at every character, where
+    an array literal is a copy (see ``text_array_literal``)."""
 
     def column(i: int, name: str) -> str:
         if not _is_timestamp(types[name]):
@@ -163,7 +174,35 @@ def pg_recordset(names: Sequence[str], types: Mapping[str, sa.types.TypeEngine[A
         )
 
     columns = ", ".join(column(i, n) for i, n in enumerate(names))
-    return f"(SELECT {columns} FROM jsonb_array_elements(CAST(%(rows)s AS jsonb)) AS e) AS v"
+    rows = "jsonb_array_elements(CAST(%(rows)s AS jsonb))"
+    if not texts:
+        return f"(SELECT {columns} FROM {rows} AS e) AS v"
+    arrays = ", ".join(f"unnest(CAST(%({n})s AS text[]))" for n in texts)
+    # ROWS FROM zips the functions' rows by position: row n with each array's element n.
+    return (
+        f"(SELECT {columns}, {', '.join(texts)} "
+        f"FROM ROWS FROM ({rows}, {arrays}) AS x(e, {', '.join(texts)})) AS v"
+    )
+
+
+def text_array_literal(values: Sequence[str | None]) -> str:
+    """``values`` as the literal of a PostgreSQL ``text[]`` (None as NULL), for the
+    ``texts`` of ``pg_recordset``: every element quoted, so only ``"`` and ``\\`` are
+    escaped (rare in output: two ``str.__contains__`` an element tell), and the elements
+    are copied as they are, where ``json.dumps`` looks at each character. PostgreSQL's
+    text cannot hold NUL: the values must not either."""
+    pieces = ["{"]
+    for value in values:
+        if value is None:
+            pieces.append("NULL,")
+            continue
+        if '"' in value or "\\" in value:
+            value = value.replace("\\", "\\\\").replace('"', '\\"')
+        pieces += ('"', value, '",')
+    if len(pieces) == 1:
+        return "{}"
+    pieces[-1] = pieces[-1][:-1] + "}"  # the last element's comma closes the array
+    return "".join(pieces)
 
 
 def pg_rows(

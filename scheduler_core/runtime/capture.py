@@ -222,54 +222,54 @@ class OutputBuffer:
         if limit < 0:
             check_output_limit(limit)
         self._limit = limit
-        #: Written, not settled yet (None until the first write: most runs say nothing).
-        self.pending: list[str] | None = None
+        #: Written, not settled yet.
+        self.pending: list[str] = []
         self._kept: list[str] | None = None  # settled text, while the whole fits the limit
         self._total = 0  # settled bytes, UTF-8
         self._spilled: _HeadTail | None = None
 
     def write(self, text: str) -> None:
         pending = self.pending
-        if pending is None:
-            with _LOCK:
-                if self.pending is None:
-                    self.pending = []
-                pending = self.pending
         pending.append(text)
         if len(text) > SETTLE_CHARS or len(pending) >= SETTLE_WRITES:
             self.settle()
 
     def settle(self) -> None:
         """Size the pending pieces and keep them (as text, or as head and tail)."""
+        if self.pending:
+            with _LOCK:
+                self._settle()
+
+    def _settle(self) -> None:
+        """``settle``, under ``_LOCK``."""
         pending = self.pending
-        if not pending:
+        count = len(pending)
+        if not count:
             return
-        with _LOCK:
-            count = len(pending)
-            chunk = "".join(pending[:count])
-            del pending[:count]  # what was appended since stays, at the front now
-            text, size = _utf8(chunk)
-            self._total += size
-            spilled = self._spilled
-            if spilled is None:
-                kept = self._kept
-                if kept is None:
-                    kept = self._kept = []
-                kept.append(text)
-                if self._total <= self._limit:
-                    return
-                spilled = self._spilled = _HeadTail(self._limit)
-                self._kept = None
-                spilled.add("".join(kept).encode("utf-8"))
-            else:
-                spilled.add(text.encode("utf-8"))
+        chunk = "".join(pending[:count])
+        del pending[:count]  # what was appended since stays, at the front now
+        text, size = _utf8(chunk)
+        self._total += size
+        spilled = self._spilled
+        if spilled is None:
+            kept = self._kept
+            if kept is None:
+                kept = self._kept = []
+            kept.append(text)
+            if self._total <= self._limit:
+                return
+            spilled = self._spilled = _HeadTail(self._limit)
+            self._kept = None
+            spilled.add("".join(kept).encode("utf-8"))
+        else:
+            spilled.add(text.encode("utf-8"))
 
     def value(self) -> CapturedOutput:
         """What was written so far, head and tail (see ``CapturedOutput``)."""
-        if self.pending is None:
-            return _NOTHING  # nothing written: the common case, without the lock
-        self.settle()
-        with _LOCK:
+        if not self.pending and not self._total:
+            return _NOTHING  # nothing written (or only ""): the common case, without the lock
+        with _LOCK:  # settled and read at once: one lock a run
+            self._settle()
             spilled, total = self._spilled, self._total
             if spilled is None:
                 kept = self._kept
@@ -287,7 +287,7 @@ class LogCapture(OutputBuffer):
     (``sys.stdout`` and ``sys.stderr``, see ``runtime.streams``), in the order made, kept
     within ``limit`` bytes (an ``OutputBuffer``)."""
 
-    __slots__ = ("level", "limit", "writer")
+    __slots__ = ("level", "limit", "printer")
 
     def __init__(self, level: int, limit: int) -> None:
         if limit < 0:
@@ -296,13 +296,13 @@ class LogCapture(OutputBuffer):
         # OutputBuffer's fields, set here: calling its __init__ cost a run ~0.2 us.
         self._limit, self.pending, self._kept, self._total, self._spilled = (
             limit,
-            None,
+            [],
             None,
             0,
             None,
         )
-        #: ``runtime.streams``' memo: the frame that printed last, and if it logs.
-        self.writer: tuple[object, bool] | None = None
+        #: ``runtime.streams``' memo: the frame that printed last (not a log handler's).
+        self.printer: object | None = None
 
 
 #: The capture of the current thread or asyncio task (asyncio tasks copy it at creation).

@@ -38,13 +38,13 @@ SETTLE_WRITES = 256
 
 class Sink(Protocol):
     """Where a run's prints go (its capture, an ``OutputBuffer``). A print is appended to
-    ``pending`` directly when that list exists and the print is small (``SETTLE_CHARS``,
-    ``SETTLE_WRITES``), else given to ``write``. ``writer`` is the stream's memo of the
-    frame that wrote last to it and whether that frame is a log handler's (None at first).
-    """
+    ``pending`` directly when it is small and the list short (``SETTLE_CHARS``,
+    ``SETTLE_WRITES``) and it comes from ``printer``, else given to ``write``. ``printer``
+    is the stream's memo: the frame that wrote last to the sink and is not a log handler's
+    (None at first)."""
 
-    writer: tuple[object, bool] | None
-    pending: list[str] | None
+    printer: object | None
+    pending: list[str]
 
     def write(self, text: str) -> None: ...
 
@@ -56,12 +56,15 @@ _HANDLE_CODE = logging.Handler.handle.__code__
 #: ``emit`` writing itself (``StreamHandler``), 2 and 3 an ``emit`` writing through helpers.
 _HANDLER_DEPTH = 3
 _getframe = sys._getframe
+#: ``pending`` takes a print itself while shorter than this; the write that fills it to
+#: ``SETTLE_WRITES`` goes through ``Sink.write``, which settles.
+_ROOM = SETTLE_WRITES - 1
 
 
 def _under_log_handler(writer: FrameType) -> bool:
     """Whether ``writer`` (the frame calling ``write``) runs under ``Handler.handle``, up
     to ``_HANDLER_DEPTH`` frames above it: its frames above never change, so a run's
-    capture keeps the answer for the frame that wrote last."""
+    capture remembers the frame that printed last (``Sink.printer``)."""
     frame = writer.f_back
     for _ in range(_HANDLER_DEPTH):
         if frame is None:
@@ -80,43 +83,20 @@ class RunStream:
     writes to ``sys.stdout.buffer`` (bytes) go to the real stream even in a run.
     """
 
-    __slots__ = ("_active", "target")
+    __slots__ = ("target", "write")
 
     def __init__(self, target: Any, active: Callable[[], Sink | None]) -> None:
         self.target = target
-        self._active = active
-
-    def write(self, text: str) -> int:
-        capture = self._active()
-        if capture is not None:
-            # Inside a run, unless a logging handler writes (see the module docstring).
-            writer = _getframe(1)
-            memo = capture.writer  # one frame writes many times: print's text, its "\n"
-            if memo is not None and memo[0] is writer:
-                logs = memo[1]
-            else:
-                logs = _under_log_handler(writer)
-                capture.writer = (writer, logs)  # one tuple: threads may share a capture
-            if not logs:
-                pending = capture.pending
-                if (
-                    pending is not None
-                    and type(text) is str
-                    and len(text) <= SETTLE_CHARS
-                    and len(pending) < SETTLE_WRITES - 1
-                ):
-                    pending.append(text)  # ``OutputBuffer.write``'s common case, inlined
-                elif isinstance(text, str):
-                    capture.write(text)
-                else:
-                    raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-                return len(text)
-        target = self.target
-        return len(text) if target is None else int(target.write(text))
+        #: An attribute holding a closure, not a method: ``print`` looks ``write`` up at
+        #: each write, and the closure finds ``active`` in its cell, where a method would
+        #: read it from ``self``, an attribute lookup the interpreter cannot specialise on
+        #: a class with ``__getattr__`` (12 % of capturing a run that prints 8 lines).
+        self.write: Callable[[str], int] = _writer(self, active)
 
     def writelines(self, lines: Iterable[str]) -> None:
+        write = self.write
         for line in lines:
-            self.write(line)
+            write(line)
 
     def flush(self) -> None:
         target = self.target
@@ -128,6 +108,47 @@ class RunStream:
 
     def __repr__(self) -> str:
         return f"<RunStream of {self.target!r}>"
+
+
+def _writer(stream: RunStream, active: Callable[[], Sink | None]) -> Callable[[str], int]:
+    """``stream.write``: to the run's capture (``active()``) inside a run, else to
+    ``stream.target``."""
+
+    def write(text: str) -> int:
+        capture = active()
+        if capture is None:
+            target = stream.target
+            return len(text) if target is None else int(target.write(text))
+        # Inside a run. Every print is two writes (its text, its "\n") from one frame, and
+        # a run prints from a few: a write from the frame that printed last (not a log
+        # handler's, see the module docstring) is appended to the run's pending pieces
+        # here, ``OutputBuffer.write``'s common case inlined (this is most of what a
+        # printing run costs: each check here is paid twice a print).
+        writer = _getframe(1)
+        if writer is capture.printer and type(text) is str:
+            size = len(text)
+            pending = capture.pending
+            if size <= SETTLE_CHARS and len(pending) < _ROOM:
+                pending.append(text)
+                return size
+        return _write_in_run(stream, capture, writer, text)
+
+    return write
+
+
+def _write_in_run(stream: RunStream, capture: Sink, writer: FrameType, text: str) -> int:
+    """A write inside a run that ``write`` does not append itself: from another frame than
+    the last (a log handler's goes to the stream's target), not text, long, or the one
+    that fills ``pending``."""
+    if writer is not capture.printer:
+        if _under_log_handler(writer):
+            target = stream.target
+            return len(text) if target is None else int(target.write(text))
+        capture.printer = writer  # one attribute: threads sharing a capture may race
+    if not isinstance(text, str):
+        raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+    capture.write(text)
+    return len(text)
 
 
 _LOCK = threading.Lock()

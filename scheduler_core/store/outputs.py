@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from scheduler_core.bulk import pg_recordset, pg_value_rows
+from scheduler_core.bulk import pg_recordset, pg_value_rows, text_array_literal
 from scheduler_core.models import run_output, schedules
 from scheduler_core.store.base import chunks
 from scheduler_core.store.records import RunOutcome
@@ -39,35 +39,49 @@ _OUTPUT_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     )
 }
 _OUTPUT_NAMES = tuple(_OUTPUT_TYPES)
-#: PostgreSQL: the batch's rows in one statement, from one JSON document (``bulk``): an
-#: ``executemany`` sent a Bind and an Execute per row, ~40 us of psycopg's Python each on
-#: the scheduler's loop thread (4 % of a core at 1,000 printing runs a second).
+#: PostgreSQL: the long texts, each a ``text[]`` of its own (``pg_recordset``'s ``texts``).
+_PG_TEXTS = ("output", "result")
+#: PostgreSQL: the other values of a row, in the JSON document.
+_PG_ROW_NAMES = tuple(n for n in _OUTPUT_NAMES if n not in _PG_TEXTS)
+#: PostgreSQL: the batch's rows in one statement, from one JSON document and the texts'
+#: arrays (``bulk``): an ``executemany`` sent a Bind and an Execute per row, ~40 us of
+#: psycopg's Python each on the scheduler's loop thread (4 % of a core at 1,000 printing
+#: runs a second); a KiB of output in the JSON cost ``json.dumps`` ~4 us more a row.
 _PG_INSERT_OUTPUTS = (
     f"INSERT INTO {run_output.name} ({', '.join(_OUTPUT_NAMES)}, created_at) "
     f"SELECT {', '.join(f'v.{n}' for n in _OUTPUT_NAMES)}, %(now)s "
-    f"FROM {pg_recordset(_OUTPUT_NAMES, _OUTPUT_TYPES)}"
+    f"FROM {pg_recordset(_PG_ROW_NAMES, _OUTPUT_TYPES, texts=_PG_TEXTS)}"
 )
 
 
 def write_outputs(conn: sa.Connection, outcomes: Sequence[RunOutcome], *, now: datetime) -> None:
     """Insert the output rows of the ``outcomes`` that said something: one statement on
     PostgreSQL, an ``executemany`` on SQLite (in-process: no round trips to save)."""
-    rows = [
-        [o.run_id, o.task_name, o.output, o.output_bytes, o.output_dropped_bytes, o.result,
-         o.result_note]
-        for o in outcomes
-        if o.output is not None or o.result is not None  # ``says_something``, inlined
-    ]  # fmt: skip
-    if not rows:
+    said = [o for o in outcomes if o.output is not None or o.result is not None]
+    if not said:
         return
     if conn.dialect.name == "postgresql":
-        document = pg_value_rows(rows, _OUTPUT_NAMES, _OUTPUT_TYPES)
-        conn.exec_driver_sql(_PG_INSERT_OUTPUTS, {"rows": document, "now": now})
+        rows = [
+            [o.run_id, o.task_name, o.output_bytes, o.output_dropped_bytes, o.result_note]
+            for o in said
+        ]
+        params = {
+            "rows": pg_value_rows(rows, _PG_ROW_NAMES, _OUTPUT_TYPES),
+            "output": text_array_literal([o.output for o in said]),
+            "result": text_array_literal([o.result for o in said]),
+            "now": now,
+        }
+        conn.exec_driver_sql(_PG_INSERT_OUTPUTS, params)
         return
     conn.execute(
         run_output.insert(),
-        [{**dict(zip(_OUTPUT_NAMES, row, strict=True)), "created_at": now} for row in rows],
-    )
+        [
+            {"run_id": o.run_id, "task_name": o.task_name, "output": o.output,
+             "output_bytes": o.output_bytes, "output_dropped_bytes": o.output_dropped_bytes,
+             "result": o.result, "result_note": o.result_note, "created_at": now}
+            for o in said
+        ],
+    )  # fmt: skip
 
 
 def add_result_totals(conn: sa.Connection, outcomes: Sequence[RunOutcome]) -> None:

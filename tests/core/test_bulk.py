@@ -190,3 +190,53 @@ def test_a_prepared_statement_with_an_array_parameter_selects_exactly_those_rows
         engine.dispose()
     with pytest.raises(TypeError, match="all ints or all strings"):
         array_literal([1, "two"])  # type: ignore[list-item]
+
+
+def test_output_rows_keep_awkward_texts_exactly(db_engine: sa.Engine) -> None:
+    """Outputs and results with quotes, backslashes, braces, separators, line breaks,
+    words PostgreSQL reads as NULL unquoted, non-ASCII text and nothing at all, beside runs
+    with only a result or only an output, come back exactly as written (on PostgreSQL
+    those texts travel as ``text[]`` literals, the other values as JSON); a run that said
+    nothing gets no row."""
+    import json
+
+    from scheduler_core.store.outputs import run_output_of, write_outputs
+    from scheduler_core.store.records import RunOutcome
+
+    when = datetime(2026, 11, 23, tzinfo=UTC)
+    texts = [*_AWKWARD_NAMES, "line 1\nline 2\r\n\n", "x" * 70_000, "NULL,NULL"]
+    said: list[tuple[str | None, str | None]] = [
+        *((text, json.dumps({"said": text})) for text in texts),
+        (None, "[1]"),
+        ("only an output", None),
+        (None, None),
+    ]
+    stamps = {"scheduled_for": when, "started_at": when, "finished_at": when}
+    outcomes = [
+        RunOutcome(
+            run_id=i + 1,
+            task_name=f"t{i}",
+            status="success",
+            attempt=1,
+            output=output,
+            output_bytes=3 * i,
+            output_dropped_bytes=i,
+            result=result,
+            result_note=None if i % 2 else f"n{i}",
+            **stamps,
+        )
+        for i, (output, result) in enumerate(said)
+    ]
+    with db_engine.begin() as conn:
+        write_outputs(conn, outcomes, now=when)
+    with db_engine.connect() as conn:
+        for o in outcomes:
+            row = run_output_of(conn, o.run_id)
+            if not o.says_something:
+                assert row is None
+                continue
+            assert row is not None
+            kept = (row["task_name"], row["output"], row["output_bytes"])
+            assert kept == (o.task_name, o.output, o.output_bytes)
+            kept = (row["output_dropped_bytes"], row["result"], row["result_note"])
+            assert kept == (o.output_dropped_bytes, o.result, o.result_note)

@@ -481,6 +481,31 @@ def test_a_log_handler_on_stderr_writes_to_the_real_stream_not_the_run(
     assert capsys.readouterr().err == "once\n"
 
 
+def test_a_run_printing_much_from_several_frames_keeps_it_all_in_order() -> None:
+    """Writes past the pending pieces' limit (``SETTLE_WRITES``), over ``SETTLE_CHARS``,
+    empty, and from alternating frames (a helper, the run's own frame, ``writelines``):
+    each returns its length, and the output is exactly what was written, in order."""
+    long = "L" * 10_000
+
+    def helper(i: int) -> int:
+        return sys.stdout.write(f"helper {i}\n")
+
+    written: list[str] = []
+    with capturing(limit=1 << 22) as capture:
+        for i in range(700):
+            assert helper(i) == len(f"helper {i}\n")
+            assert sys.stdout.write("") == 0
+            print(f"own {i}", file=sys.stderr if i % 3 else sys.stdout)
+            written += [f"helper {i}\n", f"own {i}\n"]
+            if i % 100 == 7:
+                assert sys.stdout.write(long) == len(long)
+                sys.stderr.writelines(["a\n", "b\n"])
+                written += [long, "a\n", "b\n"]
+    out = capture.value()
+    assert out.text == "".join(written)
+    assert (out.total_bytes, out.dropped_bytes) == (len(out.text), 0)
+
+
 def test_a_run_writing_bytes_to_sys_stdout_gets_a_type_error() -> None:
     """As from a real text stream."""
     with capturing() as capture, pytest.raises(TypeError, match="must be str, not bytes"):

@@ -9,7 +9,12 @@ import json
 
 import pytest
 
-from scheduler_core.redaction import DEFAULT_REDACT_PATTERNS, REDACTED, Redactor
+from scheduler_core.redaction import (
+    DEFAULT_PATTERNS_NEED,
+    DEFAULT_REDACT_PATTERNS,
+    REDACTED,
+    Redactor,
+)
 
 PLANTED = "Tr0ub4dor-3"
 
@@ -150,3 +155,57 @@ def test_a_bad_pattern_is_a_value_error_naming_it() -> None:
     """A pattern that does not compile raises ValueError with the pattern in the message."""
     with pytest.raises(ValueError, match=r"redact pattern '\(unclosed\[' is not a valid regex"):
         Redactor.of(["fine", "(unclosed["])
+
+
+def _always_holds(items: object, chars: set[str]) -> bool:
+    """Whether every match of a parsed expression (``re._parser``'s items) holds one of
+    ``chars``: some element of the sequence that every match goes through does."""
+    return any(_item_holds(op, av, chars) for op, av in items)  # type: ignore[attr-defined]
+
+
+def _item_holds(op: object, av: object, chars: set[str]) -> bool:
+    """Whether every match of one parsed element holds one of ``chars``; False for any
+    element this does not know (the answer must be sure, not likely)."""
+    name = str(op)
+    if name == "LITERAL":
+        return chr(av) in chars  # type: ignore[arg-type]
+    if name == "IN":  # a class: sure only if each of its members is one of ``chars``
+        return all(str(o) == "LITERAL" and chr(a) in chars for o, a in av)  # type: ignore[attr-defined]
+    if name == "SUBPATTERN":  # (group, add_flags, del_flags, items)
+        return _always_holds(av[3], chars)  # type: ignore[index]
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):  # (min, max, items)
+        return av[0] >= 1 and _always_holds(av[2], chars)  # type: ignore[index]
+    if name == "BRANCH":  # (None, [items, ...]): each alternative must
+        return all(_always_holds(branch, chars) for branch in av[1])  # type: ignore[index]
+    if name == "ATOMIC_GROUP":
+        return _always_holds(av, chars)
+    return False
+
+
+@pytest.mark.parametrize("pattern", DEFAULT_REDACT_PATTERNS)
+def test_every_default_pattern_match_holds_a_character_the_redactor_looks_for(
+    pattern: str,
+) -> None:
+    """The redactor leaves text without ``:`` and ``=`` unsearched when it has only the
+    default patterns: proven here on each pattern's parse (every path through it takes a
+    ``:`` or a ``=``, neither of which has a case to fold), not by trying texts."""
+    import re._parser  # the standard library's own parse of the pattern
+
+    assert DEFAULT_PATTERNS_NEED == (":", "=")
+    assert _always_holds(re._parser.parse(pattern), set(DEFAULT_PATTERNS_NEED))
+    assert not _always_holds(re._parser.parse(r"(?:a|:)b"), {":"})  # the check can say no
+    assert not _always_holds(re._parser.parse(r"x[:=]?"), {":", "="})
+    assert not _always_holds(re._parser.parse(r"x[^\s]"), {":", "="})
+
+
+def test_text_without_colon_or_equals_still_loses_secrets_and_custom_matches() -> None:
+    """With the default patterns alone, text without ``:`` and ``=`` skips the patterns but
+    not the literal secrets; with a custom pattern such text is searched as before."""
+    text = "deploy with hunter2-secret-value as the token of bob"
+    assert Redactor.of(secrets=["hunter2-secret-value"]).redact(text) == (
+        "deploy with [REDACTED] as the token of bob"
+    )
+    assert Redactor.of([r"of (\w+)"]).redact(text) == (
+        "deploy with hunter2-secret-value as the token of [REDACTED]"
+    )
+    assert Redactor.of().redact("token: abc") == "token: [REDACTED]"
