@@ -15,6 +15,7 @@ two cron walks each, they were a third of such a start.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import operator
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +29,12 @@ from scheduler_core.bulk import member_of
 from scheduler_core.errors import TaskConflictError
 from scheduler_core.gc_pause import gc_paused
 from scheduler_core.histograms import DURATION_BUCKETS, START_DELAY_BUCKETS, HistogramCounts
-from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, schedules
+from scheduler_core.models import (
+    DURATION_HISTOGRAM,
+    START_DELAY_HISTOGRAM,
+    audit_events,
+    schedules,
+)
 from scheduler_core.store.base import StoreBase, chunks, upsert
 from scheduler_core.store.records import OUTCOME_COUNTERS, SyncResult
 from scheduler_core.tasks import TaskDefinition
@@ -39,6 +45,7 @@ __all__ = [
     "SyncPart",
     "changed_values",
     "definition_columns",
+    "insert_task_audited",
     "insert_tasks",
     "names_taken_as_conflict",
     "new_schedule_row",
@@ -221,6 +228,49 @@ def insert_tasks(
             for chunk in chunks(sent, 1000):
                 conn.execute(statement, list(chunk))
         return [{**row, **_NEW_TASK_ZEROS} for row in sent]
+
+
+def insert_task_audited(
+    conn: sa.Connection,
+    definition: TaskDefinition,
+    *,
+    now: datetime,
+    source: str,
+    audit: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Insert one new task owned by ``source`` and its audit event (``audit``: the
+    ``audit_events`` values but ``task_name``) in ONE statement: PostgreSQL's data-modifying
+    ``WITH`` makes it atomic on an autocommit connection, one round trip where a transaction
+    took five (BEGIN, two inserts sent as executemany, COMMIT; an admin-API create went from
+    ~1.75 to ~1.1 ms of CPU). A name taken fails it as :func:`insert_tasks` does. Returns
+    the row meant to be written, as :func:`insert_tasks` does."""
+    [sent] = _new_rows([definition], now, source=source)
+    audited = {f"audit_{column}": audit[column] for column in _AUDIT_COLUMNS}
+    conn.execute(_audited_insert(tuple(sent)), {**sent, **audited})
+    return {**sent, **_NEW_TASK_ZEROS}
+
+
+@functools.cache
+def _audited_insert(columns: tuple[str, ...]) -> sa.Insert:
+    """The statement of :func:`insert_task_audited` for a row of ``columns``, built once
+    (building it per create cost more than its round trips)."""
+    new = (
+        schedules.insert()
+        .values({c: sa.bindparam(c, type_=schedules.c[c].type) for c in columns})
+        .values(_NEW_TASK_LITERALS)
+        .returning(schedules.c.name)
+        .cte("new_task")
+    )
+    values = [sa.bindparam(f"audit_{c}", type_=audit_events.c[c].type) for c in _AUDIT_COLUMNS]
+    return (
+        audit_events.insert()
+        .from_select([*_AUDIT_COLUMNS, "task_name"], sa.select(*values, new.c.name))
+        .add_cte(new)
+    )
+
+
+#: The audit columns :func:`insert_task_audited` writes besides ``task_name``.
+_AUDIT_COLUMNS = ("at", "actor", "action", "details")
 
 
 #: From this many new rows a sync on PostgreSQL sends them by COPY.

@@ -25,7 +25,12 @@ from scheduler_core.models import alarm_events, audit_events, schedules, task_he
 from scheduler_core.store.base import StoreBase, chunks
 from scheduler_core.store.controls import audit_details, require_task, write_audit
 from scheduler_core.store.queries import task_document
-from scheduler_core.store.sync import changed_values, insert_tasks, names_taken_as_conflict
+from scheduler_core.store.sync import (
+    changed_values,
+    insert_task_audited,
+    insert_tasks,
+    names_taken_as_conflict,
+)
 from scheduler_core.tasks import TaskDefinition
 
 __all__ = ["API_SOURCE", "TasksPart", "delete_tasks"]
@@ -94,6 +99,15 @@ class TasksPart(StoreBase):
             for n in names
         ]
         conflicts = names_taken_as_conflict(self.engine, names, action="create")
+        if len(definitions) == 1 and self.engine.dialect.name == "postgresql":
+            # One statement, atomic by itself: no BEGIN and COMMIT round trips.
+            with conflicts, self.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                return [
+                    insert_task_audited(
+                        conn, definitions[0], now=now, source=source, audit=audits[0]
+                    )
+                ]
         with conflicts, self.engine.begin() as conn:
             rows = insert_tasks(conn, definitions, now=now, source=source)
             for chunk in chunks(audits, 1000):

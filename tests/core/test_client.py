@@ -48,6 +48,27 @@ def test_add_task_is_owned_by_api_and_audited(client: Client, db_engine: sa.Engi
     assert (audit.actor, audit.action, audit.task_name) == ("tester@host", "add", "a")
 
 
+def test_one_create_writes_its_row_and_audit_event_together(
+    client: Client, db_engine: sa.Engine
+) -> None:
+    """One create is its task row and its audit event, or neither (on PostgreSQL a single
+    statement): created, both are there with the actor; a name another source owns is a
+    conflict naming the owner, and no audit event of it is written."""
+    created = client.create_task({"name": "solo", "callable": GREET, "every": "5m"})
+    assert created["name"] == "solo" and created["source"] == "api"
+    with db_engine.begin() as conn:
+        insert_tasks(conn, tasks({"name": "owned", "callable": GREET, "every": "1m"}), now=T0,
+                     source="file")  # fmt: skip
+    with pytest.raises(TaskConflictError) as caught:
+        client.add_task({"name": "owned", "callable": GREET, "every": "2m"})
+    assert caught.value.owners == {"owned": "file"}
+    with db_engine.connect() as conn:
+        audits = conn.execute(sa.select(audit_events.c.actor, audit_events.c.task_name)).all()
+    assert [tuple(a) for a in audits] == [("tester@host", "solo")]
+    assert schedule_row(db_engine, "owned").schedule_expr == "every 1m"  # unchanged
+    assert schedule_row(db_engine, "solo").source == "api"
+
+
 def test_bad_task_names_the_field_and_value_and_stores_nothing(
     client: Client, db_engine: sa.Engine
 ) -> None:
