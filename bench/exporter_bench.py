@@ -21,6 +21,7 @@ from typing import Any
 from bench.common import REPO, Databases, interval_tasks, rss_mib, summarize_ms, sync
 from bench.processes import stop_process
 from bench.sizes import Sizes
+from exporter.exposition import PROMETHEUS_ACCEPT, PROMETHEUS_ACCEPT_ENCODING
 from scheduler_core.db import create_db_engine
 from scheduler_core.models import instances, task_health
 
@@ -95,11 +96,7 @@ def _free_port() -> int:
 
 
 #: What Prometheus (2.x) sends with every scrape: OpenMetrics preferred, gzip accepted.
-PROMETHEUS_HEADERS = {
-    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
-    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
-    "Accept-Encoding": "gzip",
-}
+PROMETHEUS_HEADERS = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": PROMETHEUS_ACCEPT_ENCODING}
 
 
 def _get(

@@ -74,6 +74,7 @@ from bench.common import (
 from bench.peers.envs import PeerUnavailableError, peer_python
 from bench.processes import precompile_tree, stop_process
 from bench.sizes import FULL, Sizes
+from exporter.exposition import PROMETHEUS_ACCEPT, PROMETHEUS_ACCEPT_ENCODING
 from scheduler_core.client import Client
 
 #: name: (environment, script, PostgreSQL driver, the variants' extra arguments)
@@ -366,6 +367,11 @@ async def open_loop(
             timeline.append((intended, loop.time() - intended))
 
         scrapes: list[float] = []
+        # As Prometheus asks (OpenMetrics, gzip), with the admin token as its bearer.
+        scrape_headers = {
+            "Accept": PROMETHEUS_ACCEPT,
+            "Accept-Encoding": PROMETHEUS_ACCEPT_ENCODING,
+        }
 
         async def scrape() -> None:
             """Prometheus's part: /metrics every SCRAPE_INTERVAL_S (the chart's
@@ -375,7 +381,7 @@ async def open_loop(
             await asyncio.sleep(SCRAPE_FIRST_S)
             while True:
                 before = loop.time()
-                async with session.get(base + "/metrics") as resp:
+                async with session.get(base + "/metrics", headers=scrape_headers) as resp:
                     await resp.read()
                 scrapes.append(loop.time() - before)
                 await asyncio.sleep(SCRAPE_INTERVAL_S)

@@ -15,7 +15,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias, cast
 
@@ -42,10 +42,25 @@ _go_float = cast(Callable[[float], str], _untyped_float_to_go)
 #: Anything the transport accepts; memoryviews let sections be sent without copies.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["Body", "CatalogRenderer", "MetricsCache", "Variant", "negotiate"]
+__all__ = [
+    "PROMETHEUS_ACCEPT",
+    "PROMETHEUS_ACCEPT_ENCODING",
+    "Body",
+    "CatalogRenderer",
+    "MetricsCache",
+    "Variant",
+    "negotiate",
+]
 
 #: Largest buffer handed to the transport at once (bounds its copy of unsent bytes).
 _PIECE = 1 << 20
+
+#: What Prometheus (2.x and later) sends with every scrape: OpenMetrics preferred, gzip.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+PROMETHEUS_ACCEPT_ENCODING = "gzip"
 
 #: A variant still requested this recently (seconds) is rendered ahead, at every refresh.
 _WARM_WINDOW = 300.0
@@ -345,7 +360,10 @@ class MetricsCache:
         renderer: CatalogRenderer,
         registry: Collector | None,
         pacer: Callable[[], Pacer] | None = None,
+        expected: Sequence[tuple[Variant, Callable[[Collector], bytes]]] = (),
     ) -> None:
+        """``expected`` variants are rendered ahead from the start, as if just requested (the
+        first scrape then finds its body ready instead of rendering it while it waits)."""
         self._renderer = renderer
         self._registry = registry
         self._pacer = pacer
@@ -353,7 +371,9 @@ class MetricsCache:
         self._lock = threading.Lock()
         self._generation = -1
         self._bodies: dict[Variant, Body] = {}
-        self._requested: dict[Variant, tuple[Callable[[Collector], bytes], float]] = {}
+        self._requested: dict[Variant, tuple[Callable[[Collector], bytes], float]] = {
+            variant: (encoder, time.monotonic()) for variant, encoder in expected
+        }
 
     def get(self, generation: int, variant: Variant) -> Body | None:
         with self._lock:

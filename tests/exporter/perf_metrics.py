@@ -18,16 +18,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from exporter.exposition import PROMETHEUS_ACCEPT, PROMETHEUS_ACCEPT_ENCODING
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core.db import create_db_engine, upgrade_schema
 from tests.exporter.factories import NOW, FakeClock, StatementCounter, seed_many
 
-PROMETHEUS_HEADERS = {
-    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
-    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
-    "Accept-Encoding": "gzip",
-}
+PROMETHEUS_HEADERS = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": PROMETHEUS_ACCEPT_ENCODING}
 CURL_HEADERS = {"Accept": "*/*"}
 
 

@@ -13,7 +13,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from exporter.app import REFRESHER, create_app
 from exporter.collector import SnapshotCollector
 from exporter.database import create_reader_engine
-from exporter.exposition import CatalogRenderer, MetricsCache, negotiate
+from exporter.exposition import (
+    PROMETHEUS_ACCEPT,
+    PROMETHEUS_ACCEPT_ENCODING,
+    CatalogRenderer,
+    MetricsCache,
+    negotiate,
+)
 from exporter.pacing import Pacer
 from exporter.refresh import RefreshState
 from exporter.settings import ExporterSettings
@@ -176,6 +182,23 @@ def test_warm_renders_the_task_sections_ahead_even_before_any_scrape(snapshot):
     assert renderer.prepare(later) is sections
     body = cache.build(later, variant, encoder).join().decode()
     assert body == _reference(later, openmetrics=False)
+
+
+def test_an_expected_variant_is_rendered_ahead_before_its_first_scrape(snapshot):
+    """The app expects Prometheus's variant (OpenMetrics, gzip): warm() renders its body
+    before anyone asked, and the first scrape gets that body; other variants wait to be
+    asked for."""
+    prometheus = negotiate(PROMETHEUS_ACCEPT, PROMETHEUS_ACCEPT_ENCODING)
+    cache = MetricsCache(
+        renderer=CatalogRenderer(version="1"), registry=None, expected=[prometheus]
+    )
+    state = _state(snapshot, 1)
+    cache.warm(state)
+    ready = cache.get(1, prometheus[0])
+    assert ready is not None and prometheus[0].gzip
+    assert gzip.decompress(ready.join()).decode() == _reference(state, openmetrics=True) + "# EOF\n"
+    assert cache.build(state, *prometheus) is ready
+    assert cache.get(1, negotiate("", "")[0]) is None
 
 
 def test_gzip_body_decompresses_to_the_plain_body(snapshot):
