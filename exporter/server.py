@@ -14,10 +14,9 @@ from aiohttp import web
 from prometheus_client.registry import Collector
 
 from exporter.app import REFRESHER, create_app
-from exporter.database import create_reader_engine
+from exporter.database import create_admin_engine, create_reader_engine
 from exporter.refresh import Clock, RefreshState, utc_now
 from exporter.settings import ExporterSettings
-from scheduler_core.db import create_db_engine
 from scheduler_core.liveness import parse_listen
 
 __all__ = ["ExporterServer"]
@@ -60,7 +59,7 @@ class ExporterServer:
         #: The admin API's writer engine (None while it is off).
         self.admin_engine: sa.Engine | None = None
         if settings.admin_token is not None:
-            self.admin_engine = admin_engine or create_db_engine(
+            self.admin_engine = admin_engine or create_admin_engine(
                 database_url or self.engine.url.render_as_string(hide_password=False)
             )
         self._owns_admin_engine = admin_engine is None

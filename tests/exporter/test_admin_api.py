@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from exporter.database import create_admin_engine
 from exporter.server import ExporterServer
 from exporter.settings import ExporterSettings
 from scheduler_core.config import parse_task_document
@@ -227,3 +228,20 @@ def test_admin_token_must_differ_and_be_long() -> None:
         ExporterSettings(token=ADMIN, admin_token=ADMIN)
     with pytest.raises(ValueError, match="16 characters"):
         ExporterSettings(admin_token="short")
+
+
+def test_the_admin_engine_does_not_ping_a_connection_just_used(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin API's writer skips the ping of every checkout (a round trip per create):
+    only connections idle for a while are pinged (tests/core/test_pool_ping.py)."""
+    engine = create_admin_engine(db_url)
+    pinged: list[object] = []
+    monkeypatch.setattr(engine.dialect, "do_ping", pinged.append)
+    try:
+        for _ in range(3):
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+        assert pinged == []
+    finally:
+        engine.dispose()
