@@ -111,6 +111,23 @@ def thread_cpu_seconds(pid: int, *, main_role: str = "main (loop)") -> dict[str,
     return out
 
 
+_CPU_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu_ticks() -> list[int]:
+    """The machine's CPU time so far by state (the ``cpu`` line of /proc/stat)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1 : 1 + len(_CPU_STATES)]]
+
+
+def machine_cpu_percent(before: Sequence[int], after: Sequence[int]) -> dict[str, float]:
+    """How the machine's CPUs spent the time between two :func:`machine_cpu_ticks`, in
+    percent; ``steal`` is time the hypervisor gave to other guests (a noisy neighbour)."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent) or 1
+    return {state: round(100 * t / total, 1) for state, t in zip(_CPU_STATES, spent, strict=True)}
+
+
 def rss_mib(pid: int) -> dict[str, float]:
     """Current and peak resident set size of a process, in MiB."""
     out = {"rss_mib": 0.0, "peak_rss_mib": 0.0}

@@ -52,6 +52,9 @@ def test_http_creates_are_all_answered_201_and_stored(dbs: Databases) -> None:
     assert result["all_created"]
     assert result["latency_from_intended_send"]["count"] == requests
     assert result["exporter_errors_logged"] == []
+    shares = result["machine_cpu_percent"]  # the machine's CPU states, steal among them
+    assert {"user", "system", "idle", "steal"} <= set(shares)
+    assert 99 <= sum(shares.values()) <= 101
 
 
 def test_scheduler_reaches_its_first_claim_on_start_and_restart(dbs: Databases) -> None:
