@@ -25,8 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from aiohttp import web
 
+from exporter.database import describe_db_error
 from exporter.errors import ApiError
 from scheduler_core.client import Client
 from scheduler_core.config import TASK_KEYS
@@ -105,6 +107,11 @@ async def _call(request: web.Request, work: Callable[[Client], T]) -> T:
         raise ApiError(404, str(exc), code="unknown_run") from None
     except ValueError as exc:
         raise ApiError(400, str(exc), code="bad_request") from None
+    except sa.exc.OperationalError as exc:
+        # The database went away (a restart, a failover): say so, password scrubbed. A
+        # connection it dropped is replaced for the next request (scheduler_core.pool_ping).
+        reason = describe_db_error(exc, client.engine.url)
+        raise ApiError(503, f"the database is unavailable: {reason}") from None
 
 
 async def _body(request: web.Request, *, required: bool = True) -> dict[str, Any]:

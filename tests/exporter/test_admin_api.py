@@ -22,6 +22,7 @@ from scheduler_core.config import parse_task_document
 from scheduler_core.db import create_db_engine, upgrade_schema
 from scheduler_core.models import audit_events, schedules
 from scheduler_core.store import Store
+from tests.support.pgserver import PostgresServer
 
 READ = "read-token-0123456789"
 ADMIN = "admin-token-0123456789"
@@ -245,3 +246,29 @@ def test_the_admin_engine_does_not_ping_a_connection_just_used(
         assert pinged == []
     finally:
         engine.dispose()
+
+
+def test_a_dropped_database_connection_answers_503_then_the_next_write_succeeds(
+    pg_url: str, pg_server: PostgresServer
+) -> None:
+    """A connection the server dropped soon after its last use is not pinged (the admin
+    engine pings only idle ones): that one write answers 503 naming the cause, password
+    scrubbed, and the pool hands the next write a fresh connection."""
+    settings = ExporterSettings(port=0, token=READ, admin_token=ADMIN)
+    with ExporterServer(settings=settings, database_url=pg_url, background_refresh=False) as srv:
+        assert call(srv.url, "POST", "/api/v1/tasks", TASK).status == 201
+        dbname = sa.make_url(pg_url).database
+        with pg_server.admin() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (dbname,),
+            )
+        second = {**TASK, "name": "api-task-2"}
+        failed = call(srv.url, "POST", "/api/v1/tasks", second)
+        assert failed.status == 503, failed.body
+        assert failed.body["error"]["code"] == "unavailable"
+        assert failed.body["error"]["message"].startswith("the database is unavailable: ")
+        password = sa.make_url(pg_url).password
+        assert password and password not in json.dumps(failed.body)
+        assert call(srv.url, "POST", "/api/v1/tasks", second).status == 201
+        assert call(srv.url, "GET", "/api/v1/tasks/api-task-2").status == 200
