@@ -212,15 +212,17 @@ def insert_tasks(
     intervals: bool = True,
 ) -> list[dict[str, Any]]:
     """Insert new tasks owned by ``source``: the one path of a sync's new tasks and of
-    ``add_tasks``. A name that exists already fails the statement (IntegrityError, which
-    :func:`names_taken_as_conflict` turns into TaskConflictError naming the owner), unless
-    ``skip_existing`` (a sync: another instance syncing the same file at the same moment
-    may have inserted the row; its owner was checked under the sync lock). Without
-    ``intervals``, cron tasks' expected intervals are left NULL. Returns the rows meant to
-    be written."""
+    ``add_tasks``, both by COPY from 100 rows on PostgreSQL. A name that exists already
+    fails the statement (IntegrityError, which :func:`names_taken_as_conflict` turns into
+    TaskConflictError naming the owner), unless ``skip_existing`` (a sync: another instance
+    syncing the same file at the same moment may have inserted the row; its owner was
+    checked under the sync lock). Without ``intervals``, cron tasks' expected intervals are
+    left NULL. Returns the rows meant to be written."""
     with gc_paused():  # 10,000 new rows are ~1M objects, none of them garbage
         sent = _new_rows(definitions, now, source=source, intervals=intervals)
-        if not (skip_existing and _copied(conn, sent)):
+        # A taken name fails the COPY (its savepoint is rolled back); the INSERT then skips
+        # it (a sync) or fails naming it (add_tasks).
+        if not _copied(conn, sent):
             statement = _NEW_TASK_INSERT
             if skip_existing:
                 statement = upsert(conn, schedules).values(_NEW_TASK_LITERALS)
@@ -273,15 +275,15 @@ def _audited_insert(columns: tuple[str, ...]) -> sa.Insert:
 _AUDIT_COLUMNS = ("at", "actor", "action", "details")
 
 
-#: From this many new rows a sync on PostgreSQL sends them by COPY.
+#: From this many new rows a sync or ``add_tasks`` on PostgreSQL sends them by COPY.
 _COPY_FROM = 100
 
 
 def _copied(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> bool:
     """Write ``rows`` (and the zero columns) by PostgreSQL's ``COPY``, in a savepoint; True
     when done: 10,000 rows in ~0.45 s, against ~1.1 s for one INSERT a row (pipelined).
-    False, nothing written, on SQLite, for a few rows, and when a name was taken meanwhile
-    (COPY has no ON CONFLICT: the caller's INSERT then skips it)."""
+    False, nothing written, on SQLite, for a few rows, and when a name was taken (COPY has
+    no ON CONFLICT: the caller's INSERT then skips it, or fails naming it)."""
     if conn.dialect.name != "postgresql" or len(rows) < _COPY_FROM:
         return False
     columns = [*rows[0], *_NEW_TASK_ZEROS]

@@ -97,6 +97,47 @@ def test_add_tasks_is_all_or_nothing_on_a_taken_name(client: Client) -> None:
     assert [t["name"] for t in client.list_tasks()] == ["taken"]
 
 
+def many(n: int, *, prefix: str = "bulk", every: str = "5m") -> list[dict[str, object]]:
+    """Enough tasks for the COPY path on PostgreSQL (sync._COPY_FROM is 100)."""
+    return [{"name": f"{prefix}-{i:03d}", "callable": GREET, "every": every} for i in range(n)]
+
+
+def test_add_tasks_of_many_writes_every_row_and_audit_event(
+    client: Client, db_engine: sa.Engine
+) -> None:
+    """150 tasks in one call (by COPY on PostgreSQL, as a sync writes them): each row as
+    one created alone would be, each with its audit event."""
+    client.add_task({"name": "alone", "callable": GREET, "every": "5m"})
+    assert len(client.add_tasks(many(150))) == 150
+    alone, bulk = schedule_row(db_engine, "alone"), schedule_row(db_engine, "bulk-077")
+    differ = {"name", "definition", "definition_hash"}  # the name is part of the definition
+    assert {k: v for k, v in bulk._mapping.items() if k not in differ} == {
+        k: v for k, v in alone._mapping.items() if k not in differ
+    }
+    assert json.loads(bulk.definition) == {**json.loads(alone.definition), "name": "bulk-077"}
+    with db_engine.connect() as conn:
+        actions = conn.execute(sa.select(audit_events.c.task_name, audit_events.c.action)).all()
+    assert sorted(tuple(a) for a in actions) == sorted(
+        [("alone", "add"), *((f"bulk-{i:03d}", "add") for i in range(150))]
+    )
+
+
+def test_add_tasks_of_many_is_all_or_nothing_on_a_taken_name(
+    client: Client, db_engine: sa.Engine
+) -> None:
+    """One of 150 names is a task file's: nothing of the call is written (its COPY and its
+    INSERT both fail), and the conflict names the owner."""
+    with db_engine.begin() as conn:
+        insert_tasks(conn, tasks({"name": "bulk-099", "command": ["true"], "every": "1h"}),
+                     now=T0, source="file")  # fmt: skip
+    with pytest.raises(TaskConflictError) as caught:
+        client.add_tasks(many(150))
+    assert caught.value.owners == {"bulk-099": "file"}
+    assert [t["name"] for t in client.list_tasks()] == ["bulk-099"]
+    with db_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit_events)).scalar() == 0
+
+
 def test_file_sync_leaves_api_tasks_alone_and_cannot_take_their_names(
     client: Client, db_engine: sa.Engine, clock: FakeClock
 ) -> None:
