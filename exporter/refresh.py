@@ -90,7 +90,9 @@ class Refresher:
             max_workers=1, thread_name_prefix="schedctl-exporter-refresh"
         )
         self._inflight: concurrent.futures.Future[Snapshot] | None = None
-        self._running: asyncio.Future[RefreshState] | None = None
+        self._running: asyncio.Future[tuple[int, RefreshState]] | None = None
+        # Refresh attempts begun so far (see refresh_once).
+        self._attempts_begun = 0
         self._reader = SnapshotReader(late_grace=settings.late_grace)
         self._schema_checked = not settings.check_schema
         self._last_warning = -_REPEAT_WARNING_EVERY
@@ -104,21 +106,36 @@ class Refresher:
         return self._clock
 
     async def refresh_once(self) -> RefreshState:
-        """Read a new snapshot; on failure keep the old one and mark the exporter down.
+        """Read a new snapshot that begins after this call; on failure keep the old one and
+        mark the exporter down.
 
-        A call while another refresh is under way waits for that one instead of starting a
-        second read, and hurries it if it was paced.
+        So whatever was committed before the call is in the state returned: the status page
+        shows a task paused as soon as its pause answers. A call while another refresh is under
+        way shares it if that read began after the call, else hurries it (if it was paced),
+        waits for it and then shares the next read.
         """
-        return await self._refresh_shared(paced=False)
+        wanted = self._attempts_begun + 1
+        while True:
+            attempt, state = await self._refresh_shared(paced=False)
+            if attempt >= wanted:
+                return state
 
-    async def _refresh_shared(self, *, paced: bool) -> RefreshState:
+    async def _refresh_shared(self, *, paced: bool) -> tuple[int, RefreshState]:
+        """The refresh under way, or a new one: the number of its attempt and its state."""
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._refresh(paced))
         elif not paced and self._pacing is not None:
             self._pacing.hurry()
         return await asyncio.shield(self._running)
 
-    async def _refresh(self, paced: bool) -> RefreshState:
+    async def _refresh(self, paced: bool) -> tuple[int, RefreshState]:
+        # Numbered before anything else: a caller that came before this line sees this read
+        # (or this failure) as beginning after its call.
+        self._attempts_begun += 1
+        attempt = self._attempts_begun
+        return attempt, await self._attempt(paced)
+
+    async def _attempt(self, paced: bool) -> RefreshState:
         if self._inflight is not None and not self._inflight.done():
             # A read that timed out is still stuck in the database; don't queue another behind it.
             reason = "previous refresh still running (database slow or unreachable)"
