@@ -33,7 +33,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from scheduler_core import models
 from scheduler_core.alert_policy import AlertPolicy
-from scheduler_core.db import select_rows
+from scheduler_core.db import select_rows, stream_rows
 from scheduler_core.histograms import HistogramCounts
 from scheduler_core.models import DURATION_HISTOGRAM, START_DELAY_HISTOGRAM, HistogramColumns
 from scheduler_core.schedules import Schedule
@@ -309,7 +309,7 @@ class SnapshotReader:
         tasks: list[TaskSnapshot] = []
         #: Tasks whose deadline needs a schedule not known yet: (index, digest, created_at).
         unjudged: list[tuple[int, str, datetime | None]] = []
-        for row in select_rows(conn, sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name)):
+        for row in stream_rows(conn, sa.select(*_SCHEDULE_COLUMNS).order_by(_S.name)):
             h = health.pop(row[0], empty_health)
             starts = running_by_task.get(row[0], ())
             open_alarms = frozenset(alarms.pop(row[0], ())) or _NO_ALARMS
@@ -351,7 +351,7 @@ _POLICY, _DIGEST, _CREATED = -3, -2, -1
 
 def _health_by_task(conn: sa.Connection, pace: Callable[[], None] | None) -> dict[str, _Health]:
     health: dict[str, _Health] = {}
-    for name, *values in select_rows(conn, sa.select(*_HEALTH_COLUMNS)):
+    for name, *values in stream_rows(conn, sa.select(*_HEALTH_COLUMNS)):
         entry = health.get(name)
         if entry is None:
             entry = health[name] = _Health()

@@ -7,7 +7,7 @@ and :func:`seed_every_state` builds one task per status badge with known metric 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -498,19 +498,85 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
-class StatementCounter:
-    """Counts SQL statements an engine sends (SQLAlchemy ``before_cursor_execute``)."""
+#: Called with each statement and the DB-API cursor it ran on, once it has run.
+AfterStatement = Callable[[str, Any], None]
 
-    def __init__(self, engine: sa.Engine) -> None:
+
+class StatementCounter:
+    """Counts the SQL statements an engine sends, and calls ``after`` once each has run.
+
+    On PostgreSQL it counts at the driver: every statement psycopg sends (a cursor's
+    ``execute``, ``executemany``, ``stream`` or ``copy``), so also those SQLAlchemy does not
+    run itself (``scheduler_core.db.stream_rows``). Elsewhere it counts SQLAlchemy's
+    ``before_cursor_execute``. Connections checked out while it is active are counted."""
+
+    def __init__(self, engine: sa.Engine, after: AfterStatement | None = None) -> None:
         self.engine = engine
         self.statements: list[str] = []
+        self._after = after
+        self._active = False
+        self._driver = engine.dialect.name == "postgresql"
 
     def _count(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self.statements.append(statement)
 
+    def _ran(self, _conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if self._after is not None:
+            self._after(statement, cursor)
+
+    def _checked_out(self, dbapi_connection: Any, *_args: Any) -> None:
+        dbapi_connection.cursor_factory = _counting_cursor(self)
+
+    def _driver_statement(self, statement: Any, cursor: Any, *, ran: bool) -> None:
+        if not self._active:
+            return
+        text = statement if isinstance(statement, str) else str(statement)
+        if not ran:
+            self.statements.append(text)
+        elif self._after is not None:
+            self._after(text, cursor)
+
     def __enter__(self) -> StatementCounter:
-        sa.event.listen(self.engine, "before_cursor_execute", self._count)
+        self._active = True
+        if self._driver:
+            sa.event.listen(self.engine, "checkout", self._checked_out)
+        else:
+            sa.event.listen(self.engine, "before_cursor_execute", self._count)
+            sa.event.listen(self.engine, "after_cursor_execute", self._ran)
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        sa.event.remove(self.engine, "before_cursor_execute", self._count)
+        self._active = False
+        if self._driver:
+            sa.event.remove(self.engine, "checkout", self._checked_out)
+        else:
+            sa.event.remove(self.engine, "before_cursor_execute", self._count)
+            sa.event.remove(self.engine, "after_cursor_execute", self._ran)
+
+
+def _counting_cursor(counter: StatementCounter) -> type[Any]:
+    """A psycopg cursor class that reports each statement to ``counter``."""
+    import psycopg
+
+    class CountingCursor(psycopg.Cursor[Any]):
+        def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+            counter._driver_statement(query, self, ran=False)
+            result = super().execute(query, params, **kw)
+            counter._driver_statement(query, self, ran=True)
+            return result
+
+        def executemany(self, query: Any, params_seq: Any, **kw: Any) -> None:
+            counter._driver_statement(query, self, ran=False)
+            super().executemany(query, params_seq, **kw)
+            counter._driver_statement(query, self, ran=True)
+
+        def stream(self, query: Any, params: Any = None, **kw: Any) -> Iterator[Any]:
+            counter._driver_statement(query, self, ran=False)
+            yield from super().stream(query, params, **kw)
+            counter._driver_statement(query, self, ran=True)
+
+        def copy(self, statement: Any, params: Any = None, **kw: Any) -> Any:
+            counter._driver_statement(statement, self, ran=False)
+            return super().copy(statement, params, **kw)
+
+    return CountingCursor

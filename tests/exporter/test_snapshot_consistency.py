@@ -19,6 +19,7 @@ from scheduler_core.store.snapshot import TaskSnapshot, read_snapshot
 from tests.exporter.factories import (
     FULL_ALERTS,
     NOW,
+    StatementCounter,
     health_row,
     insert,
     running_run_row,
@@ -139,19 +140,18 @@ def test_a_commit_between_the_statements_is_not_half_seen(url: str) -> None:
         _seed(writer)
         seen: dict[str, Any] = {}
 
-        def after_execute(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        def after_execute(statement: str, cursor: Any) -> None:
             if "scheduler_task_health" not in statement or "committed" in seen:
                 return
-            if conn.dialect.name == "postgresql":
+            if reader.dialect.name == "postgresql":
                 raw = cursor.connection
                 seen["isolation"] = raw.execute("SHOW transaction_isolation").fetchone()[0]
                 seen["read_only"] = raw.execute("SHOW transaction_read_only").fetchone()[0]
             _finish_the_run(writer)
             seen["committed"] = True
 
-        sa.event.listen(reader, "after_cursor_execute", after_execute)
-        [task] = read_snapshot(reader, NOW).tasks
-        sa.event.remove(reader, "after_cursor_execute", after_execute)
+        with StatementCounter(reader, after=after_execute):
+            [task] = read_snapshot(reader, NOW).tasks
         assert seen.get("committed"), "the hook did not run after the health SELECT"
         assert _state(task) == BEFORE
         if url.startswith("postgresql"):
