@@ -527,31 +527,31 @@ class StatementCounter:
     def _checked_out(self, dbapi_connection: Any, *_args: Any) -> None:
         dbapi_connection.cursor_factory = _counting_cursor(self)
 
-    def _driver_statement(self, statement: Any, cursor: Any, *, ran: bool) -> None:
-        if not self._active:
-            return
+    @contextmanager
+    def sent(self, statement: Any, cursor: Any) -> Iterator[None]:
+        """Around one statement the driver sends: counted, then ``after`` once it has run."""
         text = statement if isinstance(statement, str) else str(statement)
-        if not ran:
+        if self._active:
             self.statements.append(text)
-        elif self._after is not None:
+        yield
+        if self._active and self._after is not None:
             self._after(text, cursor)
+
+    def _listeners(self) -> list[tuple[str, Callable[..., None]]]:
+        if self._driver:
+            return [("checkout", self._checked_out)]
+        return [("before_cursor_execute", self._count), ("after_cursor_execute", self._ran)]
 
     def __enter__(self) -> StatementCounter:
         self._active = True
-        if self._driver:
-            sa.event.listen(self.engine, "checkout", self._checked_out)
-        else:
-            sa.event.listen(self.engine, "before_cursor_execute", self._count)
-            sa.event.listen(self.engine, "after_cursor_execute", self._ran)
+        for name, listener in self._listeners():
+            sa.event.listen(self.engine, name, listener)
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._active = False
-        if self._driver:
-            sa.event.remove(self.engine, "checkout", self._checked_out)
-        else:
-            sa.event.remove(self.engine, "before_cursor_execute", self._count)
-            sa.event.remove(self.engine, "after_cursor_execute", self._ran)
+        for name, listener in self._listeners():
+            sa.event.remove(self.engine, name, listener)
 
 
 def _counting_cursor(counter: StatementCounter) -> type[Any]:
@@ -560,23 +560,19 @@ def _counting_cursor(counter: StatementCounter) -> type[Any]:
 
     class CountingCursor(psycopg.Cursor[Any]):
         def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
-            counter._driver_statement(query, self, ran=False)
-            result = super().execute(query, params, **kw)
-            counter._driver_statement(query, self, ran=True)
-            return result
+            with counter.sent(query, self):
+                return super().execute(query, params, **kw)
 
         def executemany(self, query: Any, params_seq: Any, **kw: Any) -> None:
-            counter._driver_statement(query, self, ran=False)
-            super().executemany(query, params_seq, **kw)
-            counter._driver_statement(query, self, ran=True)
+            with counter.sent(query, self):
+                super().executemany(query, params_seq, **kw)
 
         def stream(self, query: Any, params: Any = None, **kw: Any) -> Iterator[Any]:
-            counter._driver_statement(query, self, ran=False)
-            yield from super().stream(query, params, **kw)
-            counter._driver_statement(query, self, ran=True)
+            with counter.sent(query, self):
+                yield from super().stream(query, params, **kw)
 
         def copy(self, statement: Any, params: Any = None, **kw: Any) -> Any:
-            counter._driver_statement(statement, self, ran=False)
-            return super().copy(statement, params, **kw)
+            with counter.sent(statement, None):  # counted; the rows go through the copy
+                return super().copy(statement, params, **kw)
 
     return CountingCursor
